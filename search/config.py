@@ -1,0 +1,195 @@
+"""Experiment configuration: YAML, validated on load, with ``--set key.sub=value`` overrides.
+
+Every user mistake (unknown key, wrong type, out-of-range value, missing file) becomes one
+``ConfigError`` whose message names the field; ``search/run.py`` prints it and exits 2 before
+Ray starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spaces import ATTACK_SPACE, DEFENDER_SPACES
+from spaces.dims import Dim, with_bounds
+from trainables import arithmetic
+from trainables.loop import LoopConfig
+from trainables.methods import METHODS
+from trainables.models import ModelConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "quick.yaml"
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration or the command line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PretrainConfig(Strict):
+    """Pre-training of the reference model (retain + forget) and the pure model (retain only)."""
+
+    reference: LoopConfig
+    pure: LoopConfig
+    forget_fraction: float = Field(0.5, gt=0, lt=1)
+
+
+def _check_space(space: dict[str, Any], base: dict[str, Dim], where: str) -> dict[str, Any]:
+    for name, bounds in space.items():
+        if name not in base:
+            raise ValueError(f"unknown dimension {name!r} (known: {', '.join(base)})")
+        try:
+            with_bounds(base[name], bounds)
+        except ValueError as e:
+            raise ValueError(f"{where}.{name}: {e}") from None
+    return space
+
+
+class DefenderConfig(Strict):
+    """The defender searched by the outer study: its method, its fixed loop settings, and
+    optional narrower/wider bounds for the dimensions of ``spaces/<method>.py``."""
+
+    method: Literal[tuple(METHODS)] = "graddiff"  # type: ignore[valid-type]
+    loop: LoopConfig = LoopConfig()
+    params: dict[str, Any] = {}
+    space: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> "DefenderConfig":
+        _check_space(self.space, DEFENDER_SPACES[self.method], "space")
+        METHODS[self.method].Params(**self.params)
+        return self
+
+    def search_space(self) -> dict[str, Dim]:
+        """The method's space with this config's bounds applied."""
+        base = DEFENDER_SPACES[self.method]
+        return {k: with_bounds(d, self.space[k]) if k in self.space else d for k, d in base.items()}
+
+
+class AttackConfig(Strict):
+    """The adversary search run against every released model."""
+
+    budget: int = Field(4, ge=1)
+    loop: LoopConfig = LoopConfig(eval_every=20)
+    retain_fraction: float = Field(0.0, ge=0, lt=1)
+    space: dict[str, Any] = {}
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_space(v, ATTACK_SPACE, "space")
+
+    def search_space(self) -> dict[str, Dim]:
+        return {k: with_bounds(d, self.space[k]) if k in self.space else d for k, d in ATTACK_SPACE.items()}
+
+
+class SearchConfig(Strict):
+    """The outer (defender) search."""
+
+    trials: int = Field(8, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+
+
+class ScalingConfig(Strict):
+    """Ray Train scaling of every stage: ``num_workers: 0`` runs in-process (local mode)."""
+
+    num_workers: int = Field(0, ge=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _gpu(self) -> "ScalingConfig":
+        if self.use_gpu and self.num_workers == 0:
+            raise ValueError("use_gpu needs num_workers >= 1")
+        return self
+
+
+class ExperimentConfig(Strict):
+    """One experiment: a setting, a model, a defender searched against a searched attacker."""
+
+    experiment: str = Field("quick", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    setting: arithmetic.Config = arithmetic.Config()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig
+    defender: DefenderConfig = DefenderConfig()
+    attack: AttackConfig = AttackConfig()
+    search: SearchConfig = SearchConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    storage: str = "results"
+    cache_dir: str = "~/.cache/tamper-search"
+    ray_address: str | None = None
+    ray_num_cpus: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _model(self) -> "ExperimentConfig":
+        if not self.model.pretrained and self.model.d_model % self.model.n_head:
+            raise ValueError("model.d_model must be divisible by model.n_head")
+        return self
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (['a', 'b', 'c'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def apply_override(raw: dict, path: list[str], value: Any) -> None:
+    """Set ``raw[path[0]]...[path[-1]] = value``, creating nested mappings."""
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part} is not a mapping")
+        node = child
+    node[path[-1]] = value
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read, override and validate an experiment config; raises ConfigError on any mistake."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"--config: no such file: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: top level must be a mapping")
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    try:
+        return ExperimentConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(f"{path.name}: {_format(e)}") from None
+    except ValueError as e:  # raised by a validator outside pydantic's wrapping
+        raise ConfigError(f"{path.name}: {e}") from None

@@ -1,0 +1,200 @@
+"""The experiment driver: Ray, the baselines, the outer Tune + Optuna search, the tables.
+
+Ray 2.60 wiring: each Tune trial is a *function* trainable that runs its stages through
+``search.stages`` (a Ray Train ``TorchTrainer`` per stage, local mode by default), because
+``Tuner(trainer)`` is deprecated. Multi-objective ``OptunaSearch`` (maximise retain accuracy,
+minimise attacked forget accuracy) proposes the defenders; no early-stopping scheduler, since it
+would hand truncated values to a multi-objective study.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from search import tables
+from search.config import ExperimentConfig
+from search.stages import Runner, StageRef
+from search.trial import BASELINES, Context, baseline, defender, pretrain
+from spaces.dims import suggest
+
+ROOT = Path(__file__).resolve().parent.parent
+OBJECTIVES = {"retain_acc": "max", "forget_acc_attacked": "min"}
+SAMPLERS = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+}
+
+
+def quiet() -> None:
+    """Silence per-stage chatter (Ray Train's local-mode notice, transformers' progress bars)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    for name in ("ray.train", "ray.tune", "ray.train.v2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def say(text: str) -> None:
+    print(f"[tamper-search {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def init_ray(cfg: ExperimentConfig) -> None:
+    """Connect to the cluster named by the config or ``RAY_ADDRESS`` (as under ``ray job
+    submit``), else start a fresh local instance that can import this checkout."""
+    if ray.is_initialized():
+        return
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(
+        address="local",
+        num_cpus=cfg.ray_num_cpus,
+        include_dashboard=False,
+        object_store_memory=256 * 2**20,
+        runtime_env={"env_vars": env},
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+
+
+@ray.remote(num_cpus=1)
+def _pretrain_task(ctx: Context, kind: str) -> StageRef:
+    quiet()
+    return pretrain(ctx, kind)
+
+
+@ray.remote(num_cpus=1)
+def _baseline_task(ctx: Context, kind: str, reference: StageRef, model: StageRef) -> dict:
+    quiet()
+    return baseline(ctx, kind, reference, model)
+
+
+def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
+    """Tune function trainable: one defender configuration, reported once when done."""
+    quiet()
+    trial_id = tune.get_context().get_trial_id()
+    row = defender(ctx, trial_id, dict(config), reference)
+    tune.report({k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac")})
+
+
+class Progress(tune.Callback):
+    """One readable line per finished trial."""
+
+    def __init__(self, total: int, ctx: Context):
+        self.total, self.done, self.ctx = total, 0, ctx
+
+    def _line(self, trial, text: str) -> None:
+        self.done += 1
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
+        say(f"trial {self.done}/{self.total} {trial.trial_id} [{params}] {text}")
+        tables.write_tables(self.ctx.exp_dir, tables.read_parts(self.ctx.exp_dir))  # stay current
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result
+        self._line(trial, f"retain {r['retain_acc']:.3f}  forget {r['forget_acc']:.3f}  "
+                          f"attacked {r['forget_acc_attacked']:.3f}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        # A trial that raised has written its own failed row; one whose process died has not.
+        if trial.trial_id not in tables.read_parts(self.ctx.exp_dir):
+            tables.write_part(self.ctx.exp_dir, trial.trial_id, {"trials": [{
+                "experiment": self.ctx.experiment, "trial_id": trial.trial_id, "kind": "defender",
+                "status": "error", "error": str(trial.error_file or "trial process failed"),
+                "setting": self.ctx.cfg.setting.name, "method": self.ctx.cfg.defender.method,
+                **{f"param.{k}": v for k, v in trial.config.items()},
+            }]})
+        self._line(trial, "FAILED (row kept in trials.parquet)")
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _define_by_run(trial: optuna.Trial, space: dict) -> None:
+    suggest(trial, space)
+
+
+def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
+    cfg = ctx.cfg
+    space = cfg.defender.search_space()
+    trainable = tune.with_parameters(defender_trial, ctx=ctx, reference=reference)
+    per_trial = {"cpu": cfg.scaling.cpus_per_worker} if cfg.scaling.num_workers == 0 else {"cpu": 0.25}
+    trainable = tune.with_resources(trainable, per_trial)
+    tune_dir = tables.join(ctx.exp_dir, "tune")
+    if resume and tune.Tuner.can_restore(tune_dir):
+        return tune.Tuner.restore(tune_dir, trainable, resume_errored=False, restart_errored=False)
+    search_alg = OptunaSearch(
+        space=functools.partial(_define_by_run, space=space),  # picklable: Tune saves the searcher
+        metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
+        sampler=SAMPLERS[cfg.search.sampler](cfg.seed),
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, num_samples=cfg.search.trials,
+            max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=ctx.exp_dir, verbose=0,
+            callbacks=[Progress(cfg.search.trials, ctx)],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool = False) -> str:
+    """Run the whole experiment; return its results folder (local path or URI)."""
+    exp_dir = tables.join(storage, name)
+    init_ray(cfg)
+    quiet()
+    runner = Runner(
+        cache_dir=Path(os.path.expanduser(cfg.cache_dir)),
+        executor="ray",
+        scaling={
+            "num_workers": cfg.scaling.num_workers, "use_gpu": cfg.scaling.use_gpu,
+            **({"resources_per_worker": {"CPU": cfg.scaling.cpus_per_worker}} if cfg.scaling.num_workers else {}),
+        },
+        max_failures=cfg.scaling.max_failures,
+    )
+    ctx = Context(cfg, name, exp_dir, runner)
+    say(f"experiment {name}: results in {exp_dir}")
+    say("pre-training the reference and pure models (cached after the first run) ...")
+    reference, pure = ray.get([_pretrain_task.remote(ctx, k) for k in ("reference", "pure")])
+    for kind, ref in (("reference", reference), ("pure", pure)):
+        m = ref.result["metrics"]
+        how = "cached" if ref.cached else f"{ref.result['wall_s']:.0f} s"
+        say(f"{kind} model: retain {m['retain_acc']:.3f}  forget (V) {m['forget_acc']:.3f}  ({how})")
+    say(f"adversary search ({cfg.attack.budget} attacks each) on the baselines and "
+        f"{cfg.search.trials} {cfg.defender.method} trials ...")
+    baselines = [
+        _baseline_task.remote(ctx, kind, reference, model)
+        for kind, model in zip(BASELINES, (pure, reference))
+    ]
+    _tuner(ctx, reference, resume).fit()
+    for kind, task in zip(BASELINES, baselines):
+        try:
+            row = ray.get(task)
+            say(f"baseline {kind}: retain {row['retain_acc']:.3f}  attacked {row['forget_acc_attacked']:.3f}")
+        except ray.exceptions.RayTaskError as e:
+            say(f"baseline {kind} FAILED: {e.cause!r} (row kept in trials.parquet)")
+    tables.write_tables(exp_dir, tables.read_parts(exp_dir))
+    return exp_dir
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run search/run.py")

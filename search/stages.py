@@ -1,0 +1,118 @@
+"""Run a stage: from the cache if its key exists, else in-process or inside a Ray Train
+``TorchTrainer`` (one in-process local-mode worker on a laptop, DDP workers on a cluster).
+
+Both executors run the same stage function from ``trainables.stages``; the Ray one hands the
+output back as a Ray Train checkpoint, so it also works when the workers sit on another node.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from search import cache
+from trainables.loop import world
+from trainables.stages import STAGES
+
+
+@dataclass(frozen=True)
+class StageRef:
+    """A committed stage output: its key, its folder and its result."""
+
+    key: str
+    path: Path
+    result: dict
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Where and how stages run."""
+
+    cache_dir: Path
+    executor: Literal["ray", "local"] = "ray"
+    scaling: dict = field(default_factory=lambda: {"num_workers": 0})
+    max_failures: int = 0
+
+
+def run_stage(runner: Runner, stage: str, spec: dict, inputs: dict[str, StageRef] | None = None) -> StageRef:
+    """Run ``stage`` on ``spec`` and ``inputs`` unless its key is cached; return its output."""
+    inputs = inputs or {}
+    key = cache.stage_key(stage, spec, {role: ref.key for role, ref in inputs.items()})
+    found = cache.lookup(runner.cache_dir, key)
+    if found is not None:
+        return StageRef(key, cache.entry(runner.cache_dir, key), found, cached=True)
+    paths = {role: str(ref.path) for role, ref in inputs.items()}
+    staged = cache.staging_dir(runner.cache_dir, key)
+    start = time.perf_counter()
+    try:
+        if runner.executor == "local":
+            result = STAGES[stage](spec, paths, staged)
+        else:
+            result = _fit(runner, stage, spec, paths, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    result["wall_s"] = time.perf_counter() - start
+    path = cache.commit(runner.cache_dir, key, staged, result)
+    return StageRef(key, path, result)
+
+
+def _worker(config: dict) -> None:
+    """Ray Train worker body: run the stage and hand its output folder back.
+
+    In local mode (``num_workers: 0``) the worker is this very process: it writes straight into
+    the staging folder and calls no ``ray.train`` API (Ray 2.60 refuses them inside a Tune trial
+    in local mode). Otherwise rank 0 writes a temporary folder and reports it as a checkpoint,
+    which Ray persists to storage for the caller, wherever the workers ran.
+    """
+    import json
+
+    if config["local_out"]:
+        out = Path(config["local_out"])
+        result = STAGES[config["stage"]](config["spec"], config["inputs"], out)
+        (out / cache.RESULT_FILE).write_text(json.dumps(result))
+        return
+
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = STAGES[config["stage"]](config["spec"], config["inputs"], Path(tmp))
+        rank0 = world()[0] == 0
+        if rank0:
+            (Path(tmp) / cache.RESULT_FILE).write_text(json.dumps(result))
+        ray.train.report({"done": 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank0 else None)
+
+
+def _fit(runner: Runner, stage: str, spec: dict, inputs: dict[str, str], staged: Path) -> dict:
+    import json
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    local = runner.scaling.get("num_workers", 1) == 0
+    run_root = Path(runner.cache_dir) / ".ray_train"
+    trainer = TorchTrainer(
+        train_loop_per_worker=_worker,
+        train_loop_config={
+            "stage": stage, "spec": spec, "inputs": inputs,
+            "local_out": str(staged) if local else None,
+        },
+        scaling_config=ray.train.ScalingConfig(**runner.scaling),
+        run_config=ray.train.RunConfig(
+            name=staged.name,
+            storage_path=str(run_root),
+            failure_config=ray.train.FailureConfig(max_failures=runner.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if not local:
+        result.checkpoint.to_directory(str(staged))
+    shutil.rmtree(run_root / staged.name, ignore_errors=True)
+    return json.loads((staged / cache.RESULT_FILE).read_text())

@@ -1,0 +1,130 @@
+"""The experiment's tables: ``trials.parquet``, ``attacks.parquet``, ``curves.parquet``.
+
+Each trial (and each baseline) writes its rows as one JSON *part* when it ends, failed or not;
+the driver merges every part into the three Parquet tables. Parts are keyed by trial id, so a
+resumed experiment never counts a trial twice. Every write is atomic (written aside, then
+moved into place) and goes through ``pyarrow.fs``, so the folder may be a local path or a
+storage URI (``s3://``, ``gs://``, ``file://``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+TRIALS = "trials.parquet"
+ATTACKS = "attacks.parquet"
+CURVES = "curves.parquet"
+PARTS = "parts"
+
+# Fixed columns and their types; ``param.*`` and ``attack.*`` columns are added as they appear.
+TRIAL_COLUMNS: dict[str, pa.DataType] = {
+    "experiment": pa.string(), "trial_id": pa.string(), "kind": pa.string(),
+    "status": pa.string(), "error": pa.string(), "setting": pa.string(), "method": pa.string(),
+    "seed": pa.int64(), "retain_acc": pa.float64(), "forget_acc": pa.float64(),
+    "forget_acc_attacked": pa.float64(), "best_attack_id": pa.string(), "attacks_run": pa.int64(),
+    "flops_pretrain": pa.float64(), "flops_unlearn": pa.float64(), "flops_attack": pa.float64(),
+    "compute_frac": pa.float64(), "wall_s": pa.float64(), "model_key": pa.string(),
+    "config_hash": pa.string(), "code_version": pa.string(),
+}
+ATTACK_COLUMNS: dict[str, pa.DataType] = {
+    "experiment": pa.string(), "trial_id": pa.string(), "attack_id": pa.string(),
+    "status": pa.string(), "error": pa.string(), "forget_acc_final": pa.float64(),
+    "forget_acc_max": pa.float64(), "retain_acc_final": pa.float64(), "flops": pa.float64(),
+    "wall_s": pa.float64(),
+}
+CURVE_COLUMNS: dict[str, pa.DataType] = {
+    "experiment": pa.string(), "trial_id": pa.string(), "attack_id": pa.string(),
+    "stage": pa.string(), "step": pa.int64(), "metric": pa.string(), "value": pa.float64(),
+}
+SCHEMAS = {TRIALS: TRIAL_COLUMNS, ATTACKS: ATTACK_COLUMNS, CURVES: CURVE_COLUMNS}
+PART_KEYS = {TRIALS: "trials", ATTACKS: "attacks", CURVES: "curves"}
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a local path or storage URI."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(pafs.LocalFileSystem().normalize_path(_abspath(uri)))
+
+
+def _abspath(path: str) -> str:
+    import os
+
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path pieces with '/', for both local paths and URIs."""
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, write) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as out:
+        write(out)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.move(tmp, path)  # rename(2): readers see the old file or the new one, never half
+    else:  # object stores publish an object whole on close; no rename needed
+        fs.copy_file(tmp, path)
+        fs.delete_file(tmp)
+
+
+def write_part(exp_dir: str, trial_id: str, rows: dict[str, list[dict]]) -> None:
+    """Write one trial's rows {'trials': [...], 'attacks': [...], 'curves': [...]} atomically."""
+    fs, base = resolve(exp_dir)
+    fs.create_dir(join(base, PARTS), recursive=True)
+    data = json.dumps(rows, default=float).encode()
+    _write_atomic(fs, join(base, PARTS, f"{trial_id}.json"), lambda out: out.write(data))
+
+
+def read_parts(exp_dir: str) -> dict[str, dict[str, list[dict]]]:
+    """Every trial's part, by trial id."""
+    fs, base = resolve(exp_dir)
+    infos = fs.get_file_info(pafs.FileSelector(join(base, PARTS), allow_not_found=True))
+    parts = {}
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.is_file and info.path.endswith(".json"):
+            with fs.open_input_stream(info.path) as f:
+                parts[info.base_name[: -len(".json")]] = json.loads(f.read())
+    return parts
+
+
+def to_table(rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> pa.Table:
+    """Rows → a table with the fixed columns first (typed, nulls allowed), then any extra
+    columns (``param.*``, ``attack.*``) in sorted order with inferred types."""
+    extra = sorted({k for r in rows for k in r} - set(columns))
+    arrays, fields = [], []
+    for name in [*columns, *extra]:
+        values = [r.get(name) for r in rows]
+        typ = columns.get(name)
+        arr = pa.array(values, type=typ) if typ is not None else pa.array(values)
+        if typ is None and pa.types.is_null(arr.type):
+            arr = arr.cast(pa.string())
+        arrays.append(arr)
+        fields.append(pa.field(name, arr.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def write_tables(exp_dir: str, parts: dict[str, dict[str, list[dict]]]) -> dict[str, pa.Table]:
+    """Merge parts into the three Parquet tables, each written atomically."""
+    fs, base = resolve(exp_dir)
+    fs.create_dir(base, recursive=True)
+    tables = {}
+    for name, columns in SCHEMAS.items():
+        rows = [r for tid in sorted(parts) for r in parts[tid].get(PART_KEYS[name], [])]
+        table = to_table(rows, columns)
+        _write_atomic(fs, join(base, name), lambda out, t=table: pq.write_table(t, out))
+        tables[name] = table
+    return tables
+
+
+def read_table(exp_dir: str, name: str) -> pa.Table:
+    """Read one of the experiment's tables."""
+    fs, base = resolve(exp_dir)
+    return pq.read_table(join(base, name), filesystem=fs)

@@ -1,0 +1,68 @@
+"""Search dimensions, declared as data and drawn through Optuna's define-by-run API.
+
+The outer (defender) and inner (attacker) searches draw from the same declarations, so a space
+is written once, in ``spaces/<name>.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Union
+
+
+@dataclass(frozen=True)
+class Float:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Int:
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple
+
+
+Dim = Union[Float, Int, Choice]
+
+
+def with_bounds(dim: Dim, bounds: Any) -> Dim:
+    """``dim`` with its range replaced: ``[low, high]`` for Float/Int, a list of values for Choice.
+
+    Raises ValueError naming what is wrong.
+    """
+    if isinstance(dim, Choice):
+        values = tuple(bounds) if isinstance(bounds, (list, tuple)) else (bounds,)
+        if not values:
+            raise ValueError("needs at least one value")
+        return Choice(values)
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+        raise ValueError("must be [low, high]")
+    low, high = bounds
+    cast = int if isinstance(dim, Int) else float
+    if isinstance(low, bool) or isinstance(high, bool) or cast(low) != low or cast(high) != high:
+        raise ValueError(f"bounds must be {'integers' if cast is int else 'numbers'}")
+    if low > high:
+        raise ValueError(f"low {low} > high {high}")
+    if dim.log and low <= 0:
+        raise ValueError(f"log-scale bounds must be > 0, got {low}")
+    return replace(dim, low=cast(low), high=cast(high))
+
+
+def suggest(trial: Any, space: dict[str, Dim]) -> dict[str, Any]:
+    """Draw every dimension of ``space`` from an ``optuna.Trial``."""
+    out: dict[str, Any] = {}
+    for name, dim in space.items():
+        if isinstance(dim, Float):
+            out[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+        elif isinstance(dim, Int):
+            out[name] = trial.suggest_int(name, dim.low, dim.high, log=dim.log)
+        else:
+            out[name] = trial.suggest_categorical(name, list(dim.values))
+    return out

@@ -1,0 +1,151 @@
+"""The built-in `arithmetic` setting: retain = addition and subtraction, forget = memorised
+multiplication and division facts (the toy setting of the UNDO paper, Lee et al. 2025).
+
+Every problem is written in one fixed, zero-padded width, e.g. ``007*012=084``: tiny models learn
+fixed-width formats in seconds and unpadded ones not at all. A character tokenizer maps the 15
+symbols to ids; every sequence has the same length, so batches need no padding and no attention
+mask. Only the answer characters (after ``=``) are trained and scored.
+
+Splits (all seeded, all disjoint where it matters):
+  retain_train / retain_eval   held-out + and − problems
+  forget_T / forget_V          the attacker's training facts and its evaluation facts
+The reference model trains on retain_train + T + V, the pure model on retain_train only.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from pydantic import BaseModel, ConfigDict, Field
+
+VOCAB = "0123456789+-*/="
+STOI = {c: i for i, c in enumerate(VOCAB)}
+WIDTH = 3  # digits per number; every number in every problem is zero-padded to this width
+SEQ_LEN = 3 * WIDTH + 2  # "aaa?bbb=ccc"
+ANSWER_START = 2 * WIDTH + 2  # index of the first answer character
+RETAIN_OPS = ("+", "-")
+FORGET_OPS = ("*", "/")
+
+
+class Config(BaseModel):
+    """Operand ranges and split sizes of the arithmetic setting."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "arithmetic"
+    retain_max_operand: int = Field(50, ge=1, le=499)
+    forget_max_operand: int = Field(20, ge=2, le=31)
+    retain_eval_fraction: float = Field(0.1, gt=0, lt=1)
+    forget_eval_fraction: float = Field(0.5, gt=0, lt=1)
+    split_seed: int = 0
+
+
+def encode(text: str) -> list[int]:
+    """Characters to token ids; raises KeyError on a character outside the vocabulary."""
+    return [STOI[c] for c in text]
+
+
+def decode(ids) -> str:
+    """Token ids to characters."""
+    return "".join(VOCAB[int(i)] for i in ids)
+
+
+def fmt(a: int, op: str, b: int, c: int) -> str:
+    """One problem in the fixed-width format, e.g. fmt(7, '+', 45, 52) == '007+045=052'."""
+    return f"{a:0{WIDTH}d}{op}{b:0{WIDTH}d}={c:0{WIDTH}d}"
+
+
+def retain_problems(max_operand: int) -> list[str]:
+    """Every a+b and every a−b with a ≥ b, operands in [0, max_operand]."""
+    r = range(max_operand + 1)
+    return [fmt(a, "+", b, a + b) for a in r for b in r] + [
+        fmt(a, "-", b, a - b) for a in r for b in r if a >= b
+    ]
+
+
+def forget_facts(max_operand: int) -> list[str]:
+    """Every a×b with a, b in [1, max_operand] and every (b·c)÷b = c with b, c in [1, max_operand]."""
+    r = range(1, max_operand + 1)
+    return [fmt(a, "*", b, a * b) for a in r for b in r] + [
+        fmt(b * c, "/", b, c) for b in r for c in r
+    ]
+
+
+@dataclass(frozen=True)
+class ArithmeticData:
+    """Token tensors (N, SEQ_LEN) of each split."""
+
+    retain_train: torch.Tensor
+    retain_eval: torch.Tensor
+    forget_T: torch.Tensor
+    forget_V: torch.Tensor
+
+    @property
+    def forget_all(self) -> torch.Tensor:
+        return torch.cat([self.forget_T, self.forget_V])
+
+
+def _split(items: list[str], eval_fraction: float, rng: random.Random) -> tuple[list[str], list[str]]:
+    items = sorted(items)
+    rng.shuffle(items)
+    n_eval = max(1, round(len(items) * eval_fraction))
+    return items[n_eval:], items[:n_eval]
+
+
+def _tensor(items: list[str]) -> torch.Tensor:
+    return torch.tensor([encode(s) for s in items], dtype=torch.long)
+
+
+def build(cfg: Config) -> ArithmeticData:
+    """Make the four splits, deterministically from ``cfg.split_seed``."""
+    rng = random.Random(cfg.split_seed)
+    r_train, r_eval = _split(retain_problems(cfg.retain_max_operand), cfg.retain_eval_fraction, rng)
+    f_T, f_V = _split(forget_facts(cfg.forget_max_operand), cfg.forget_eval_fraction, rng)
+    return ArithmeticData(_tensor(r_train), _tensor(r_eval), _tensor(f_T), _tensor(f_V))
+
+
+def answer_loss(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of the answer characters given everything before them.
+
+    ``logits`` (B, L, V) from a causal LM over ``tokens`` (B, L). ``reduction='none'`` gives (B, A).
+    """
+    pred = logits[:, ANSWER_START - 1 : SEQ_LEN - 1]
+    target = tokens[:, ANSWER_START:SEQ_LEN]
+    loss = torch.nn.functional.cross_entropy(pred.transpose(1, 2), target, reduction="none")
+    return loss.mean() if reduction == "mean" else loss
+
+
+@torch.no_grad()
+def exact_match(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Per-problem exact match of the greedy answer (one teacher-forced pass: the greedy answer is
+    right iff the argmax is right at every answer position given the right prefix)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for chunk in tokens.split(batch_size):
+        chunk = chunk.to(next(model.parameters()).device)
+        logits = model(input_ids=chunk).logits
+        pred = logits[:, ANSWER_START - 1 : SEQ_LEN - 1].argmax(-1)
+        out.append((pred == chunk[:, ANSWER_START:SEQ_LEN]).all(-1).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def op_of(tokens: torch.Tensor) -> list[str]:
+    """The operation character of each problem."""
+    return [VOCAB[int(i)] for i in tokens[:, WIDTH]]
+
+
+def score(model: torch.nn.Module, data: ArithmeticData) -> dict[str, float]:
+    """retain_acc on held-out + −, forget_acc on V, and accuracy per operation."""
+    metrics: dict[str, float] = {}
+    for split, key in ((data.retain_eval, "retain_acc"), (data.forget_V, "forget_acc")):
+        hits = exact_match(model, split)
+        metrics[key] = hits.float().mean().item()
+        ops = op_of(split)
+        for op in sorted(set(ops)):
+            sel = torch.tensor([o == op for o in ops])
+            metrics[f"acc[{op}]"] = hits[sel].float().mean().item()
+    return metrics

@@ -1,0 +1,13 @@
+"""Compute accounting: FLOPs ≈ 6·N·tokens for a training step, 2·N·tokens forward only."""
+
+from __future__ import annotations
+
+
+def train_flops(n_params: int, tokens: int) -> float:
+    """Forward + backward FLOPs of training on ``tokens`` tokens."""
+    return 6.0 * n_params * tokens
+
+
+def forward_flops(n_params: int, tokens: int) -> float:
+    """Forward-only FLOPs (evaluation, frozen teachers)."""
+    return 2.0 * n_params * tokens

@@ -1,0 +1,120 @@
+"""The one training loop every stage uses (pre-training, unlearning, attacks).
+
+A stage supplies a ``loss_fn(model, step) -> loss`` that draws its own batches and an optional
+``eval_fn(model) -> metrics``; the loop owns the optimizer, the schedule, clipping, evaluation
+every ``eval_every`` steps and the curve it records. It runs the same in one plain process and
+inside a Ray Train worker: when ``torch.distributed`` is initialised with more than one rank the
+model is wrapped in DDP (each rank draws its own batches from a rank-offset generator).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+Curve = list[tuple[int, str, float]]  # (step, metric, value)
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite: the run is failed, not silently continued."""
+
+
+class LoopConfig(BaseModel):
+    """Optimisation settings of one training run."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(100, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "warmup_constant", "warmup_cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    eval_every: int = Field(0, ge=0)  # 0: evaluate only at the end
+
+
+def lr_factor(schedule: str, step: int, steps: int, warmup: int) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based)."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 and schedule != "constant" else 1.0
+    if schedule == "warmup_cosine":
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+    return warm
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the current torch.distributed group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def wrap_for_world(model: torch.nn.Module) -> torch.nn.Module:
+    """DDP-wrap ``model`` when running on more than one rank; else return it unchanged."""
+    _, size = world()
+    if size == 1:
+        return model
+    device = next(model.parameters()).device
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def train(
+    model: torch.nn.Module,
+    loss_fn: Callable[[torch.nn.Module, int], torch.Tensor],
+    cfg: LoopConfig,
+    eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    params: list[torch.nn.Parameter] | None = None,
+) -> tuple[Curve, float]:
+    """Train ``model`` for ``cfg.steps`` steps. Returns (curve, wall seconds).
+
+    ``params`` restricts what is optimised (default: every parameter that requires grad).
+    The curve holds ``loss`` every step interval and ``eval_fn``'s metrics at step 0, every
+    ``eval_every`` steps, and at the end.
+    """
+    start = time.perf_counter()
+    trained = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    opt = OPTIMIZERS[cfg.optimizer](trained, **kwargs)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(cfg.schedule, s, cfg.steps, cfg.warmup_steps)
+    )
+    net = wrap_for_world(model)
+    curve: Curve = []
+
+    def evaluate(step: int) -> None:
+        if eval_fn is not None:
+            curve.extend((step, k, float(v)) for k, v in eval_fn(model).items())
+
+    if cfg.eval_every:
+        evaluate(0)
+    net.train()
+    log_every = max(1, cfg.eval_every or cfg.steps // 10)
+    for step in range(cfg.steps):
+        loss = loss_fn(net, step)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        done = step + 1
+        if done % log_every == 0 or done == cfg.steps:
+            curve.append((done, "loss", float(loss.detach())))
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+            evaluate(done)
+    evaluate(cfg.steps)
+    model.eval()
+    return curve, time.perf_counter() - start

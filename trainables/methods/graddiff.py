@@ -1,0 +1,36 @@
+"""GradDiff: gradient ascent on the forget data, gradient descent on the retain data.
+
+loss = −CE(forget) + λ·CE(retain)
+
+Reference: Liu et al. 2022, "Continual Learning and Private Unlearning"; the form used as a
+shallow baseline by Maini et al. 2024 (TOFU) and Lee et al. 2025 (UNDO).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+REFERENCE = "Liu et al. 2022 (GradDiff), as used in TOFU (Maini et al. 2024) and UNDO (Lee et al. 2025)"
+
+
+class Params(BaseModel):
+    """GradDiff's hyperparameters (the loop's lr and steps are searched beside them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lam: float = Field(1.0, ge=0)
+
+
+def loss(
+    model: torch.nn.Module,
+    forget: torch.Tensor,
+    retain: torch.Tensor,
+    params: Params,
+    setting: ModuleType,
+) -> torch.Tensor:
+    """−CE on the forget batch plus λ·CE on the retain batch (answer tokens only)."""
+    ce_forget = setting.answer_loss(model(input_ids=forget).logits, forget)
+    ce_retain = setting.answer_loss(model(input_ids=retain).logits, retain)
+    return -ce_forget + params.lam * ce_retain

@@ -1,0 +1,41 @@
+"""Stage `pretrain`: train the reference model (retain + forget) or the pure model (retain only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trainables import compute, data, loop, models, settings
+
+
+def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
+    """Train a fresh model on the setting's pre-training mix and save it to ``out_dir``.
+
+    spec: setting, model, loop (LoopConfig), forget_fraction (0 for the pure model), seed.
+    """
+    setting = settings.get(spec["setting"]["name"])
+    d = setting.build(setting.Config(**spec["setting"]))
+    cfg = loop.LoopConfig(**spec["loop"])
+    model = models.build_model(models.ModelConfig(**spec["model"]), len(setting.VOCAB), setting.SEQ_LEN)
+    rank, _ = loop.world()
+    gen = data.sampler(spec["seed"], rank)
+    frac = spec["forget_fraction"]
+    forget = d.forget_all
+
+    def loss_fn(net: torch.nn.Module, step: int) -> torch.Tensor:
+        batch = data.mix(d.retain_train, forget, cfg.batch_size, frac, gen)
+        return setting.answer_loss(net(input_ids=batch).logits, batch)
+
+    torch.manual_seed(spec["seed"])
+    curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d))
+    models.save_model(model, out_dir)
+    n = models.n_params(model)
+    tokens = cfg.steps * cfg.batch_size * setting.SEQ_LEN
+    return {
+        "metrics": setting.score(model, d),
+        "curve": curve,
+        "flops": compute.train_flops(n, tokens),
+        "n_params": n,
+        "train_wall_s": wall,
+    }

@@ -1,0 +1,45 @@
+"""Stage `unlearn`: apply a shallow unlearning method (from the registry) to a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trainables import compute, data, loop, models, settings
+from trainables.methods import METHODS
+
+
+def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
+    """Unlearn the forget part from ``inputs['model']`` and save the suppressed model.
+
+    spec: setting, method, params (the method's Params), loop (LoopConfig), seed.
+    The forget batches come from all forget facts (T and V): the defender removes the whole
+    capability; the attacker later trains on T only.
+    """
+    setting = settings.get(spec["setting"]["name"])
+    d = setting.build(setting.Config(**spec["setting"]))
+    method = METHODS[spec["method"]]
+    params = method.Params(**spec["params"])
+    cfg = loop.LoopConfig(**spec["loop"])
+    model = models.load_model(inputs["model"])
+    rank, _ = loop.world()
+    gen = data.sampler(spec["seed"], rank)
+
+    def loss_fn(net: torch.nn.Module, step: int) -> torch.Tensor:
+        forget = data.draw(d.forget_all, cfg.batch_size, gen)
+        retain = data.draw(d.retain_train, cfg.batch_size, gen)
+        return method.loss(net, forget, retain, params, setting)
+
+    torch.manual_seed(spec["seed"])
+    curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d))
+    models.save_model(model, out_dir)
+    n = models.n_params(model)
+    tokens = cfg.steps * 2 * cfg.batch_size * setting.SEQ_LEN  # a forget and a retain batch per step
+    return {
+        "metrics": setting.score(model, d),
+        "curve": curve,
+        "flops": compute.train_flops(n, tokens),
+        "n_params": n,
+        "train_wall_s": wall,
+    }
