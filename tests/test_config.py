@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import pytest
+
+from search import config
+from tests.conftest import ROOT
+
+
+def test_quick_config_loads():
+    cfg = config.load()
+    assert cfg.defender.method == "graddiff" and cfg.search.trials >= 1
+    assert set(cfg.defender.search_space()) == {"lr", "steps", "lam"}
+
+
+@pytest.mark.parametrize("override, field", [
+    ("attack.budget=0", "attack.budget"),
+    ("defender.loop.lr=-1", "defender.loop.lr"),
+    ("pretrain.reference.lr=-0.1", "pretrain.reference.lr"),
+    ("search.trials=many", "search.trials"),
+    ("bogus=1", "bogus"),
+    ("defender.method=rmu_typo", "defender.method"),
+    ("defender.space.lr=[1.0e-2,1.0e-3]", "space.lr"),
+    ("defender.space.nope=[1,2]", "nope"),
+    ("defender.space.lr=[0,1]", "space.lr"),
+    ("setting.forget_eval_fraction=1.5", "setting.forget_eval_fraction"),
+    ("model.n_head=3", "n_head"),
+    ("scaling.use_gpu=true", "use_gpu"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(config.ConfigError, match=field.replace(".", r"\.").replace("[", r"\[")):
+        config.load(None, [override])
+
+
+def test_missing_file_and_bad_override():
+    with pytest.raises(config.ConfigError, match="--config"):
+        config.load("no/such.yaml")
+    with pytest.raises(config.ConfigError, match="--set"):
+        config.load(None, ["novalue"])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "attack.budget=0"], "attack.budget"),
+    (["--config", "missing.yaml"], "no such file"),
+    (["--set", "defender.loop.lr=-1"], "defender.loop.lr"),
+])
+def test_cli_exits_2_with_one_message_before_ray(tmp_path, args, needle):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path), *args],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("error:") and needle in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "Ray" not in out.stdout + out.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_to_overwrite_an_experiment(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "trials.parquet").write_text("keep me")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path), "--name", "mine"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and "--resume" in out.stderr
+    assert (tmp_path / "mine" / "trials.parquet").read_text() == "keep me"

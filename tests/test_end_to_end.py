@@ -1,0 +1,54 @@
+"""The Tune + Optuna path end to end at a tiny budget, through the real entry point."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from search import tables
+from tests.conftest import ROOT, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp_path, *extra):
+    sets = [a for o in TINY for a in ("--set", o)]
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"),
+           "--name", "e2e", *sets, "--set", f"cache_dir={tmp_path / 'cache'}", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def test_search_writes_all_tables_and_resumes(tmp_path):
+    out = _run(tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Pareto set" in out.stdout
+    exp = tmp_path / "results" / "e2e"
+    trials = pd.read_parquet(exp / tables.TRIALS)
+    attacks = pd.read_parquet(exp / tables.ATTACKS)
+    curves = pd.read_parquet(exp / tables.CURVES)
+    assert list(trials.columns[: len(tables.TRIAL_COLUMNS)]) == list(tables.TRIAL_COLUMNS)
+    assert {"param.lr", "param.steps", "param.lam"} <= set(trials.columns)
+    assert {"attack.lr", "attack.steps", "attack.kind"} <= set(attacks.columns)
+    defenders = trials[trials["kind"] == "defender"]
+    assert len(defenders) == 2 and (defenders["status"] == "ok").all()
+    assert set(trials.loc[trials["kind"] == "baseline", "method"]) == {"pure", "reference"}
+    assert (trials["attacks_run"] == 2).all() and len(attacks) == 2 * len(trials)
+    # the attacked score is the best attack found, and names it
+    best = attacks.groupby("trial_id")["forget_acc_max"].max()
+    assert (trials.set_index("trial_id")["forget_acc_attacked"] == best).all()
+    ids = trials.set_index("trial_id")["best_attack_id"]
+    assert all(attacks.set_index("attack_id").loc[a, "trial_id"] == t for t, a in ids.items())
+    assert set(curves["stage"]) == {"pretrain", "unlearn", "attack"}
+    assert curves.loc[curves["stage"] == "unlearn", "attack_id"].isna().all()
+    assert (exp / "pareto.png").stat().st_size > 10_000
+
+    again = _run(tmp_path, "--resume")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    resumed = pd.read_parquet(exp / tables.TRIALS)
+    assert sorted(resumed["trial_id"]) == sorted(trials["trial_id"])  # nothing run or counted twice
+
+    report = subprocess.run([sys.executable, "-m", "analysis", str(exp), "--out", str(tmp_path / "fig")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert report.returncode == 0 and "Pareto set" in report.stdout
+    assert (tmp_path / "fig" / "pareto.png").exists()

@@ -1,0 +1,66 @@
+"""Stage functions on a tiny budget, in-process (no Ray), and the stage cache."""
+
+import torch
+
+from search import cache
+from search.stages import Runner, run_stage
+from search.trial import pretrain_spec, unlearn_spec
+from search.adversary import attack_spec
+from trainables import data as data_mod
+from trainables import models
+
+
+def test_pretrain_unlearn_attack_and_cache(tiny_cfg, tmp_path):
+    runner = Runner(tmp_path / "cache", executor="local")
+    ref = run_stage(runner, "pretrain", pretrain_spec(tiny_cfg, "reference"))
+    assert not ref.cached and (ref.path / "model.safetensors").exists()
+    assert {"retain_acc", "forget_acc"} <= set(ref.result["metrics"])
+    again = run_stage(runner, "pretrain", pretrain_spec(tiny_cfg, "reference"))
+    assert again.cached and again.key == ref.key
+
+    params = {"lr": 1e-3, "steps": 5, "lam": 1.0}
+    released = run_stage(runner, "unlearn", unlearn_spec(tiny_cfg, params), {"model": ref})
+    before = models.load_model(ref.path).state_dict()
+    after = models.load_model(released.path).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # unlearning changed weights
+
+    atk = run_stage(runner, "attack", attack_spec(tiny_cfg, {"lr": 1e-3, "steps": 6}, 0), {"model": released})
+    m = atk.result["metrics"]
+    forget_curve = [v for _, k, v in atk.result["curve"] if k == "forget_acc"]
+    assert m["forget_acc_max"] == max(forget_curve) and m["forget_acc_final"] == forget_curve[-1]
+    assert atk.result["flops"] == 6 * atk.result["n_params"] * 6 * 64 * 11
+
+
+def test_stage_key_depends_on_spec_and_inputs(tiny_cfg):
+    a = cache.stage_key("unlearn", unlearn_spec(tiny_cfg, {"lr": 1e-3}), {"model": "k1"})
+    assert a == cache.stage_key("unlearn", unlearn_spec(tiny_cfg, {"lr": 1e-3}), {"model": "k1"})
+    assert a != cache.stage_key("unlearn", unlearn_spec(tiny_cfg, {"lr": 2e-3}), {"model": "k1"})
+    assert a != cache.stage_key("unlearn", unlearn_spec(tiny_cfg, {"lr": 1e-3}), {"model": "k2"})
+
+
+def test_attack_trains_on_T_only_and_is_scored_on_V(tiny_cfg, tmp_path, monkeypatch):
+    from trainables import arithmetic
+
+    runner = Runner(tmp_path / "cache", executor="local")
+    ref = run_stage(runner, "pretrain", pretrain_spec(tiny_cfg, "pure"))
+    seen = []
+    real_draw = data_mod.draw
+    monkeypatch.setattr(data_mod, "draw", lambda t, n, g: seen.append(real_draw(t, n, g)) or seen[-1])
+    run_stage(runner, "attack", attack_spec(tiny_cfg, {"lr": 1e-3, "steps": 3}, 0), {"model": ref})
+    d = arithmetic.build(tiny_cfg.setting)
+    trained = {arithmetic.decode(r) for b in seen for r in b}
+    T = {arithmetic.decode(r) for r in d.forget_T}
+    V = {arithmetic.decode(r) for r in d.forget_V}
+    assert trained and trained <= T and not trained & V
+
+
+def test_failed_stage_leaves_no_cache_entry(tiny_cfg, tmp_path):
+    import pytest
+
+    runner = Runner(tmp_path / "cache", executor="local")
+    spec = pretrain_spec(tiny_cfg, "pure")
+    spec["loop"]["lr"] = float("nan")
+    with pytest.raises(Exception):
+        run_stage(runner, "pretrain", spec)
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == []
+    assert list((tmp_path / "cache" / ".staging").iterdir()) == []

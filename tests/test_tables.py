@@ -1,0 +1,46 @@
+import pyarrow.dataset as ds
+import pytest
+
+from search import tables
+
+
+def _parts():
+    return {
+        "t1": {"trials": [{"experiment": "e", "trial_id": "t1", "status": "ok", "retain_acc": 0.9,
+                           "param.lr": 1e-3, "param.steps": 10}],
+               "attacks": [{"experiment": "e", "trial_id": "t1", "attack_id": "t1-a0", "status": "ok",
+                            "forget_acc_max": 0.2, "attack.lr": 1e-3}],
+               "curves": [{"experiment": "e", "trial_id": "t1", "attack_id": None, "stage": "unlearn",
+                           "step": 0, "metric": "loss", "value": 1.0}]},
+        "t2": {"trials": [{"experiment": "e", "trial_id": "t2", "status": "error", "error": "boom"}]},
+    }
+
+
+def test_parts_merge_and_read_back_with_other_readers(tmp_path):
+    exp = str(tmp_path / "exp")
+    for tid, rows in _parts().items():
+        tables.write_part(exp, tid, rows)
+    tables.write_part(exp, "t1", _parts()["t1"])  # written twice (resume): counted once
+    written = tables.write_tables(exp, tables.read_parts(exp))
+    trials = ds.dataset(str(tmp_path / "exp" / tables.TRIALS)).to_table()
+    assert trials.num_rows == 2 and trials.equals(written[tables.TRIALS])
+    df = trials.to_pandas().set_index("trial_id")
+    assert df.loc["t2", "error"] == "boom" and df.loc["t1", "param.steps"] == 10
+    assert list(trials.column_names[:len(tables.TRIAL_COLUMNS)]) == list(tables.TRIAL_COLUMNS)
+    import pandas as pd
+    assert pd.read_parquet(tmp_path / "exp" / tables.CURVES)["attack_id"].isna().all()
+    assert not [p for p in (tmp_path / "exp").rglob("*.tmp-*")]
+
+
+def test_duckdb_reads_the_tables(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    exp = str(tmp_path / "exp")
+    tables.write_tables(exp, _parts())
+    n = duckdb.sql(f"select count(*) from '{tmp_path}/exp/attacks.parquet'").fetchone()[0]
+    assert n == 1
+
+
+def test_file_uri_storage(tmp_path):
+    uri = f"file://{tmp_path}/exp"
+    tables.write_tables(uri, _parts())
+    assert tables.read_table(uri, tables.TRIALS).num_rows == 2
