@@ -36,7 +36,7 @@ def test_duckdb_reads_the_tables(tmp_path):
     duckdb = pytest.importorskip("duckdb")
     exp = str(tmp_path / "exp")
     tables.write_tables(exp, _parts())
-    n = duckdb.sql(f"select count(*) from '{tmp_path}/exp/attacks.parquet'").fetchone()[0]
+    n = duckdb.sql(f"select count(*) from '{tmp_path}/exp/attacks.parquet'").fetchall()[0][0]
     assert n == 1
 
 
