@@ -50,12 +50,20 @@ def run_local(cfg, points, reference, work: Path) -> float:
     return time.perf_counter() - start
 
 
+def _point_trial(config: dict, points: list[dict], ctx, reference) -> None:
+    """The driver's Tune trainable, on a fixed point instead of one Optuna proposes."""
+    from search.driver import defender_trial
+
+    defender_trial(points[config["i"]], ctx, reference)
+
+
 def run_ray(cfg, points, reference, work: Path, concurrent: int, tag: str) -> float:
+    """The Ray path; each trial gets the machine's CPUs / ``concurrent`` (torch threads follow,
+    as Ray sets OMP_NUM_THREADS from the trial's CPUs), like the in-process run gets them all."""
     import ray
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from search.driver import defender_trial, init_ray, quiet
+    from search.driver import init_ray, quiet
 
     start = time.perf_counter()
     init_ray(cfg)
@@ -63,14 +71,13 @@ def run_ray(cfg, points, reference, work: Path, concurrent: int, tag: str) -> fl
     runner = Runner(work / f"cache-{tag}", "ray", scaling={"num_workers": 0})
     ctx = Context(cfg, f"bench-{tag}", str(work / f"results-{tag}"), runner)
     trainable = tune.with_resources(
-        tune.with_parameters(defender_trial, ctx=ctx, reference=reference), {"cpu": 1}
+        tune.with_parameters(_point_trial, points=points, ctx=ctx, reference=reference),
+        {"cpu": max(1, (os.cpu_count() or 1) // concurrent)},
     )
     tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrent),
-            num_samples=len(points), max_concurrent_trials=concurrent, reuse_actors=True,
-        ),
+        param_space={"i": tune.grid_search(list(range(len(points))))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(work / f"tune-{tag}"), name="bench", verbose=0),
     ).fit()
     elapsed = time.perf_counter() - start
@@ -85,6 +92,9 @@ def main() -> None:
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
     cfg = config.load(args.config, args.set)
+    from search.driver import quiet
+
+    quiet()  # both paths equally quiet
     work = Path(tempfile.mkdtemp(prefix="tamper-bench-"))
     try:
         ref_ctx = Context(cfg, "bench", str(work), Runner(Path(os.path.expanduser(cfg.cache_dir)), "local"))

@@ -89,7 +89,7 @@ def adversary_search(
         try:
             ref = run_stage(runner, "attack", spec, {"model": released})
         except Exception as e:
-            out.attacks.append({**row, "status": "error", "error": _error(e)})
+            out.attacks.append({**row, "status": "error", "error": error_text(e)})
             raise
         m = ref.result["metrics"]
         out.attacks.append({
@@ -115,7 +115,7 @@ def curve_rows(experiment: str, trial_id: str, attack_id: str | None, stage: str
     ]
 
 
-def _error(e: BaseException) -> str:
+def error_text(e: BaseException) -> str:
     """One line naming the error, then the innermost frames (enough to debug from a table)."""
     tb = traceback.format_exception(e)
     return f"{type(e).__name__}: {e}\n" + "".join(tb[-3:])

@@ -133,6 +133,8 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
     cfg = ctx.cfg
     space = cfg.defender.search_space()
     trainable = tune.with_parameters(defender_trial, ctx=ctx, reference=reference)
+    # Local mode: the stages run in the trial's own process, which holds the CPUs. With Ray
+    # Train workers, the workers hold the resources and the trial only coordinates.
     per_trial = {"cpu": cfg.scaling.cpus_per_worker} if cfg.scaling.num_workers == 0 else {"cpu": 0.25}
     trainable = tune.with_resources(trainable, per_trial)
     tune_dir = tables.join(ctx.exp_dir, "tune")

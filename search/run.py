@@ -9,6 +9,7 @@ outer search and prints where the results are and the Pareto set.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,11 +57,21 @@ def experiment_name(args: argparse.Namespace, experiment: str, storage: str) -> 
     return f"{experiment}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
+def storage_root(storage: str) -> str:
+    """Where results go. Under ``ray job submit`` the job's working directory is a temporary
+    copy of the checkout, so a relative path is placed under ``~/tamper-search/`` instead."""
+    if "://" in storage or os.path.isabs(os.path.expanduser(storage)):
+        return storage
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        return os.path.join(os.path.expanduser("~/tamper-search"), storage)
+    return os.path.abspath(storage)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load(args.config, args.set)
-        storage = args.storage or cfg.storage
+        storage = storage_root(args.storage or cfg.storage)
         name = experiment_name(args, cfg.experiment, storage)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

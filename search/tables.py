@@ -10,6 +10,7 @@ storage URI (``s3://``, ``gs://``, ``file://``).
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from typing import Any
 
@@ -50,13 +51,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) of a local path or storage URI."""
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(pafs.LocalFileSystem().normalize_path(_abspath(uri)))
-
-
-def _abspath(path: str) -> str:
-    import os
-
-    return os.path.abspath(os.path.expanduser(path))
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
 def join(base: str, *parts: str) -> str:

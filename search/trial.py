@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from search import cache, tables
-from search.adversary import AttackOutcome, _error, adversary_search, curve_rows
+from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
 from trainables import settings
@@ -125,7 +125,7 @@ def _finish(
 
 
 def _fail(ctx: Context, row: dict, e: BaseException, start: float, outcome: AttackOutcome | None) -> None:
-    row.update({"status": "error", "error": _error(e), "wall_s": time.perf_counter() - start})
+    row.update({"status": "error", "error": error_text(e), "wall_s": time.perf_counter() - start})
     outcome = outcome or AttackOutcome()
     tables.write_part(ctx.exp_dir, row["trial_id"], {
         "trials": [row], "attacks": outcome.attacks, "curves": outcome.curves,

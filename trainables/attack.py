@@ -20,8 +20,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     spec: setting, loop (LoopConfig with lr, steps, batch_size, eval_every), retain_fraction
     (share of retain problems in each attack batch, default 0), seed.
     """
-    setting = settings.get(spec["setting"]["name"])
-    d = setting.build(setting.Config(**spec["setting"]))
+    setting, d = settings.load(spec["setting"])
     cfg = loop.LoopConfig(**spec["loop"])
     model = models.load_model(inputs["model"])
     rank, _ = loop.world()
@@ -36,16 +35,10 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d))
     forget = [v for _, k, v in curve if k == "forget_acc"]
     retain = [v for _, k, v in curve if k == "retain_acc"]
-    n = models.n_params(model)
-    tokens = cfg.steps * cfg.batch_size * setting.SEQ_LEN
-    return {
-        "metrics": {
-            "forget_acc_final": forget[-1],
-            "forget_acc_max": max(forget),
-            "retain_acc_final": retain[-1],
-        },
-        "curve": curve,
-        "flops": compute.train_flops(n, tokens),
-        "n_params": n,
-        "train_wall_s": wall,
+    metrics = {
+        "forget_acc_final": forget[-1],
+        "forget_acc_max": max(forget),
+        "retain_acc_final": retain[-1],
     }
+    tokens = cfg.steps * cfg.batch_size * setting.SEQ_LEN
+    return compute.training_result(model, metrics, curve, tokens, wall)

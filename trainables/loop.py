@@ -118,3 +118,9 @@ def train(
     evaluate(cfg.steps)
     model.eval()
     return curve, time.perf_counter() - start
+
+
+def last_eval(curve: Curve) -> dict[str, float]:
+    """The evaluation metrics at the last step of a curve (the final ``eval_fn`` call)."""
+    end = max(step for step, _, _ in curve)
+    return {k: v for step, k, v in curve if step == end and k != "loss"}

@@ -68,7 +68,3 @@ def save_model(model: PreTrainedModel, path: str | Path) -> None:
     if world()[0] == 0:
         model.save_pretrained(str(path))
 
-
-def n_params(model: torch.nn.Module) -> int:
-    """Number of parameters (the N of the 6·N·tokens FLOPs estimate)."""
-    return sum(p.numel() for p in model.parameters())

@@ -14,8 +14,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
 
     spec: setting, model, loop (LoopConfig), forget_fraction (0 for the pure model), seed.
     """
-    setting = settings.get(spec["setting"]["name"])
-    d = setting.build(setting.Config(**spec["setting"]))
+    setting, d = settings.load(spec["setting"])
     cfg = loop.LoopConfig(**spec["loop"])
     model = models.build_model(models.ModelConfig(**spec["model"]), len(setting.VOCAB), setting.SEQ_LEN)
     rank, _ = loop.world()
@@ -30,12 +29,5 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     torch.manual_seed(spec["seed"])
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d))
     models.save_model(model, out_dir)
-    n = models.n_params(model)
     tokens = cfg.steps * cfg.batch_size * setting.SEQ_LEN
-    return {
-        "metrics": setting.score(model, d),
-        "curve": curve,
-        "flops": compute.train_flops(n, tokens),
-        "n_params": n,
-        "train_wall_s": wall,
-    }
+    return compute.training_result(model, loop.last_eval(curve), curve, tokens, wall)

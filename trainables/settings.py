@@ -8,6 +8,7 @@ A setting module provides ``Config`` (pydantic), ``build(cfg) -> data`` (with ``
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 from trainables import arithmetic
 
@@ -17,3 +18,9 @@ SETTINGS: dict[str, ModuleType] = {"arithmetic": arithmetic}
 def get(name: str) -> ModuleType:
     """The setting module registered as ``name``."""
     return SETTINGS[name]
+
+
+def load(setting_spec: dict) -> tuple[ModuleType, Any]:
+    """(setting module, its data) from a stage spec's ``setting`` entry."""
+    setting = get(setting_spec["name"])
+    return setting, setting.build(setting.Config(**setting_spec))

@@ -17,8 +17,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     The forget batches come from all forget facts (T and V): the defender removes the whole
     capability; the attacker later trains on T only.
     """
-    setting = settings.get(spec["setting"]["name"])
-    d = setting.build(setting.Config(**spec["setting"]))
+    setting, d = settings.load(spec["setting"])
     method = METHODS[spec["method"]]
     params = method.Params(**spec["params"])
     cfg = loop.LoopConfig(**spec["loop"])
@@ -34,12 +33,5 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     torch.manual_seed(spec["seed"])
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d))
     models.save_model(model, out_dir)
-    n = models.n_params(model)
     tokens = cfg.steps * 2 * cfg.batch_size * setting.SEQ_LEN  # a forget and a retain batch per step
-    return {
-        "metrics": setting.score(model, d),
-        "curve": curve,
-        "flops": compute.train_flops(n, tokens),
-        "n_params": n,
-        "train_wall_s": wall,
-    }
+    return compute.training_result(model, loop.last_eval(curve), curve, tokens, wall)

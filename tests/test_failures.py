@@ -1,0 +1,28 @@
+"""A trial that fails is a row with its error, not a lost trial."""
+
+import pytest
+
+from search import tables
+from search.stages import Runner
+from search.trial import Context, defender, pretrain
+
+
+def test_failed_defender_trial_writes_an_error_row(tiny_cfg, tmp_path):
+    ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
+    reference = pretrain(ctx, "reference")
+    with pytest.raises(Exception, match="loss is inf"):  # λ·CE(retain) overflows
+        defender(ctx, "t-inf", {"lr": 1e-3, "steps": 3, "lam": 1e308}, reference)
+    row = tables.read_parts(ctx.exp_dir)["t-inf"]["trials"][0]
+    assert row["status"] == "error" and "NonFiniteLoss" in row["error"]
+    assert row["param.lam"] == 1e308  # the value that caused it is recorded
+
+
+def test_defender_trial_row_is_complete(tiny_cfg, tmp_path):
+    ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
+    reference = pretrain(ctx, "reference")
+    row = defender(ctx, "t1", {"lr": 1e-3, "steps": 5, "lam": 1.0}, reference)
+    part = tables.read_parts(ctx.exp_dir)["t1"]
+    assert row["status"] == "ok" and row["attacks_run"] == len(part["attacks"]) == tiny_cfg.attack.budget
+    assert row["forget_acc_attacked"] == max(a["forget_acc_max"] for a in part["attacks"])
+    assert row["compute_frac"] == pytest.approx(row["flops_unlearn"] / reference.result["flops"])
+    assert row["flops_unlearn"] == 6 * reference.result["n_params"] * 5 * 2 * 64 * 11
