@@ -47,6 +47,15 @@ def quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def use_assigned_cpus() -> None:
+    """Give torch as many threads as CPUs Ray assigned to this task or trial (Ray sets
+    OMP_NUM_THREADS only for a worker's first task, so a reused trial actor would keep it)."""
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+
+
 def say(text: str) -> None:
     print(f"[tamper-search {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
@@ -75,18 +84,21 @@ def init_ray(cfg: ExperimentConfig) -> None:
 @ray.remote(num_cpus=1)
 def _pretrain_task(ctx: Context, kind: str) -> StageRef:
     quiet()
+    use_assigned_cpus()
     return pretrain(ctx, kind)
 
 
 @ray.remote(num_cpus=1)
 def _baseline_task(ctx: Context, kind: str, reference: StageRef, model: StageRef) -> dict:
     quiet()
+    use_assigned_cpus()
     return baseline(ctx, kind, reference, model)
 
 
 def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
     """Tune function trainable: one defender configuration, reported once when done."""
     quiet()
+    use_assigned_cpus()
     trial_id = tune.get_context().get_trial_id()
     row = defender(ctx, trial_id, dict(config), reference)
     tune.report({k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac")})

@@ -64,3 +64,18 @@ def test_failed_stage_leaves_no_cache_entry(tiny_cfg, tmp_path):
         run_stage(runner, "pretrain", spec)
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == []
     assert list((tmp_path / "cache" / ".staging").iterdir()) == []
+
+
+def test_llama_style_model_builds_saves_and_loads_by_path(tmp_path):
+    from trainables import arithmetic
+    from trainables.models import ModelConfig, build_model, load_model, save_model
+
+    cfg = ModelConfig(arch="llama", d_model=32, n_layer=1, n_head=2)
+    model = build_model(cfg, len(arithmetic.VOCAB), arithmetic.SEQ_LEN)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    save_model(model, tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    loaded = build_model(ModelConfig(pretrained=str(tmp_path / "m")), 0, 0)
+    x = torch.randint(0, len(arithmetic.VOCAB), (2, arithmetic.SEQ_LEN))
+    assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)
+    assert type(load_model(tmp_path / "m")) is type(loaded)
