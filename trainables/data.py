@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from trainables.loop import device
+
 
 def sampler(seed: int, rank: int = 0) -> torch.Generator:
     """A generator for batch draws; ranks of one DDP run draw different batches."""
@@ -11,8 +13,8 @@ def sampler(seed: int, rank: int = 0) -> torch.Generator:
 
 
 def draw(tokens: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` rows of ``tokens`` drawn uniformly with replacement."""
-    return tokens[torch.randint(len(tokens), (n,), generator=gen)]
+    """``n`` rows of ``tokens`` drawn uniformly with replacement, on this process's device."""
+    return tokens[torch.randint(len(tokens), (n,), generator=gen)].to(device())
 
 
 def mix(a: torch.Tensor, b: torch.Tensor, n: int, frac_b: float, gen: torch.Generator) -> torch.Tensor:

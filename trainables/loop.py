@@ -10,6 +10,7 @@ model is wrapped in DDP (each rank draws its own batches from a rank-offset gene
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Callable, Literal
 
@@ -59,13 +60,21 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def device() -> torch.device:
+    """This process's accelerator: ``cuda:LOCAL_RANK`` where CUDA is visible (Ray Train sets
+    LOCAL_RANK for its GPU workers), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def wrap_for_world(model: torch.nn.Module) -> torch.nn.Module:
     """DDP-wrap ``model`` when running on more than one rank; else return it unchanged."""
     _, size = world()
     if size == 1:
         return model
-    device = next(model.parameters()).device
-    ids = [device.index] if device.type == "cuda" else None
+    dev = next(model.parameters()).device
+    ids = [dev.index] if dev.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
@@ -83,6 +92,7 @@ def train(
     ``eval_every`` steps, and at the end.
     """
     start = time.perf_counter()
+    model.to(device())
     trained = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     opt = OPTIMIZERS[cfg.optimizer](trained, **kwargs)
