@@ -1,60 +1,248 @@
-"""The Pareto set of an experiment, as text and as ``pareto.png``."""
+"""The report: Pareto sets, baselines, strongest attacks, failures and figures of one or more
+experiments, as Markdown and HTML (``python -m analysis RESULTS... [--out DIR]``)."""
 
 from __future__ import annotations
 
+import html
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from analysis import plot
+from analysis.hypervolume import hypervolume_progress
 from analysis.pareto import pareto_mask
-from analysis.plot import pareto_plot
 
 OBJECTIVES = {"retain_acc": True, "forget_acc_attacked": False}  # column: maximise?
+HV_REF = np.array([0.0, 1.0])  # worst retain, worst attacked forget accuracy
+
+
+@dataclass
+class Experiment:
+    """One results folder, read back."""
+
+    name: str
+    path: str
+    trials: pd.DataFrame
+    attacks: pd.DataFrame
+    curves: pd.DataFrame
+    config: str | None
+
+
+def load(results: str) -> Experiment:
+    """Read an experiment's tables (local path or storage URI)."""
+    from search import tables
+
+    trials = tables.read_table(results, tables.TRIALS).to_pandas()
+    attacks = tables.read_table(results, tables.ATTACKS).to_pandas()
+    curves = tables.read_table(results, tables.CURVES).to_pandas()
+    name = str(trials["experiment"].iloc[0]) if len(trials) else results.rstrip("/").rsplit("/", 1)[-1]
+    return Experiment(name, results, trials, attacks, curves, tables.read_text(results, tables.CONFIG))
 
 
 def load_trials(results: str) -> pd.DataFrame:
-    """``trials.parquet`` of a results folder (local path or storage URI)."""
+    """``trials.parquet`` of a results folder."""
     from search.tables import TRIALS, read_table
 
     return read_table(results, TRIALS).to_pandas()
 
 
-def front_mask(trials: pd.DataFrame) -> pd.Series:
-    """Pareto-optimal defender trials (ok ones only; baselines are context, not candidates)."""
+def front_mask(trials: pd.DataFrame, retain_floor: float | None = None) -> pd.Series:
+    """Pareto-optimal defender trials: ok ones only, and above ``retain_floor`` if given
+    (baselines are context, not candidates)."""
     cand = (trials["kind"] == "defender") & (trials["status"] == "ok")
     mask = pd.Series(False, index=trials.index)
     if cand.any():
-        values = trials.loc[cand, list(OBJECTIVES)].to_numpy(dtype=float)
-        mask[cand] = pareto_mask(values, list(OBJECTIVES.values()))
+        sub = trials.loc[cand]
+        feasible = None if retain_floor is None else (sub["retain_acc"] >= retain_floor).to_numpy()
+        mask[cand] = pareto_mask(sub[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()), feasible)
     return mask
 
 
-def _table(df: pd.DataFrame) -> str:
-    params = sorted(c for c in df.columns if c.startswith("param.") and df[c].notna().any())
-    cols = ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked", *params]
-    return df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+def progress(trials: pd.DataFrame) -> np.ndarray:
+    """Hypervolume of the front after each defender trial, in order of completion."""
+    d = trials[trials["kind"] == "defender"]
+    if "finished_at" in d:
+        d = d.sort_values("finished_at", kind="stable")
+    values = d[list(OBJECTIVES)].to_numpy(dtype=float, copy=True)
+    values[(d["status"] != "ok").to_numpy()] = np.nan
+    return hypervolume_progress(values, HV_REF, list(OBJECTIVES.values()))
 
 
-def summarize(results: str, out_dir: str | None = None) -> str:
-    """Write ``pareto.png`` (into ``out_dir``, default the results folder when local) and return
-    the Pareto set, the baselines and the failures as text."""
-    trials = load_trials(results)
-    front = front_mask(trials)
-    local = "://" not in results
-    out = Path(out_dir or (results if local else tempfile.mkdtemp()))
+def strongest_attacks(trials: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
+    """Per model, the attack that recovered the most forget accuracy, with its settings."""
+    ok = attacks[attacks["status"] == "ok"].dropna(subset=["forget_acc_max"])
+    if ok.empty:
+        return ok
+    best = ok.loc[ok.groupby("trial_id")["forget_acc_max"].idxmax()]
+    cols = ["trial_id", "model", "attack_id", "forget_acc_max", "forget_acc_final", "retain_acc_final",
+            *sorted(c for c in best.columns if c.startswith("attack.") and best[c].notna().any())]
+    best = best.assign(model=best["trial_id"].map(trials.set_index("trial_id")["method"]))
+    return best[cols].sort_values("forget_acc_max", ascending=False)
+
+
+def _params(df: pd.DataFrame) -> list[str]:
+    return sorted(c for c in df.columns if c.startswith("param.") and df[c].notna().any())
+
+
+def pareto_table(trials: pd.DataFrame, front: pd.Series) -> pd.DataFrame:
+    cols = ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked", "compute_frac"]
+    return trials.loc[front, cols + _params(trials[front])].sort_values("forget_acc_attacked")
+
+
+def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
+    failed = trials[trials["status"] != "ok"]
+    first_line = failed["error"].fillna("").astype(str).str.split("\n").str[0].str.slice(0, 160)
+    return failed[["trial_id", "kind", "method"]].assign(error=first_line)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def md_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table."""
+    if df.empty:
+        return "_(none)_"
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "---|" * len(df.columns)
+    rows = ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><em>(none)</em></p>"
+    return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+
+
+class _Doc:
+    """Builds the same report as Markdown and as HTML."""
+
+    def __init__(self, title: str):
+        self.md = [f"# {title}", ""]
+        self.html = [f"<h1>{html.escape(title)}</h1>"]
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md += [f"{'#' * level} {text}", ""]
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def text(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, df: pd.DataFrame) -> None:
+        self.md += [md_table(df), ""]
+        self.html.append(_html_table(df))
+
+    def code(self, text: str) -> None:
+        self.md += ["```yaml", text.rstrip(), "```", ""]
+        self.html.append(f"<pre>{html.escape(text)}</pre>")
+
+    def image(self, path: Path, alt: str) -> None:
+        self.md += [f"![{alt}]({path.name})", ""]
+        self.html.append(f'<img src="{html.escape(path.name)}" alt="{html.escape(alt)}" style="max-width:100%">')
+
+    def write(self, out: Path) -> tuple[Path, Path]:
+        (out / "report.md").write_text("\n".join(self.md))
+        style = "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
+        page = f"<!doctype html><html><head><meta charset='utf-8'><title>tamper-search report</title><style>{style}</style></head><body>{''.join(self.html)}</body></html>"
+        (out / "report.html").write_text(page)
+        return out / "report.md", out / "report.html"
+
+
+def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, retain_floor, trial: str | None) -> None:
+    t = exp.trials
+    front = front_mask(t, retain_floor)
+    defenders = t[t["kind"] == "defender"]
+    hv = progress(t)
+    doc.heading(f"Experiment {exp.name}")
+    doc.text(f"Results: {exp.path}. {len(defenders)} defender trials "
+             f"({int((defenders['status'] == 'ok').sum())} ok), {len(exp.attacks)} attack runs, "
+             f"final hypervolume {hv[-1] if len(hv) else 0:.4f}"
+             + (f", retain floor {retain_floor}" if retain_floor is not None else "") + ".")
+    if exp.config:
+        doc.heading("Configuration", 3)
+        doc.code(exp.config)
+    doc.heading("Pareto set (maximise retain_acc, minimise forget_acc_attacked)", 3)
+    doc.table(pareto_table(t, front))
+    doc.heading("Baselines", 3)
+    doc.table(t.loc[t["kind"] == "baseline", ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked", "compute_frac"]])
+    doc.heading("Strongest attack per model", 3)
+    doc.table(strongest_attacks(t, exp.attacks))
+    doc.heading("Failed trials", 3)
+    doc.table(failed_table(t))
+    figs = [(plot.tradeoff_plot(t, front, out / f"{prefix}pareto.png")[0], "retain vs. attacked forget")]
+    figs.append((plot.compute_plot(t, out / f"{prefix}compute.png")[0], "attacked forget vs. compute"))
+    chosen = trial or _most_robust(t, front)
+    if chosen is not None:
+        figs.append((plot.attack_curves_plot(exp.curves, exp.attacks, chosen, out / f"{prefix}attack_curves.png")[0],
+                     f"attack curves against {chosen}"))
+    doc.heading("Figures", 3)
+    for path, alt in figs:
+        doc.image(path, alt)
+
+
+def _most_robust(trials: pd.DataFrame, front: pd.Series) -> str | None:
+    """The front's trial with the lowest attacked score (else the best baseline)."""
+    pool = trials[front] if front.any() else trials[trials["status"] == "ok"]
+    if pool.empty:
+        return None
+    return str(pool.sort_values("forget_acc_attacked")["trial_id"].iloc[0])
+
+
+def write_report(results: list[str], out_dir: str | Path, retain_floor: float | None = None,
+                 trial: str | None = None) -> tuple[Path, Path]:
+    """Write plots and ``report.md`` / ``report.html`` for one or more experiments."""
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    png = pareto_plot(trials, front, out / "pareto.png")
+    exps = [load(r) for r in results]
+    doc = _Doc("tamper-search report")
+    if len(exps) > 1:
+        doc.heading("Comparison")
+        rows = []
+        for e in exps:
+            t = e.trials
+            base = t[t["kind"] == "baseline"].set_index("method")["forget_acc_attacked"]
+            hv = progress(t)
+            rows.append({"experiment": e.name, "defender trials": int((t["kind"] == "defender").sum()),
+                         "front size": int(front_mask(t, retain_floor).sum()), "hypervolume": hv[-1] if len(hv) else 0.0,
+                         "pure attacked": base.get("pure"), "reference attacked": base.get("reference")})
+        doc.table(pd.DataFrame(rows))
+        both = pd.concat([e.trials for e in exps], ignore_index=True)
+        doc.image(plot.tradeoff_plot(both, front_mask(both, retain_floor), out / "pareto_all.png")[0], "all experiments")
+    doc.image(plot.hypervolume_plot({e.name: progress(e.trials) for e in exps}, out / "hypervolume.png")[0],
+              "hypervolume vs. trial")
+    for i, e in enumerate(exps):
+        _experiment_section(doc, e, out, f"{i + 1}-" if len(exps) > 1 else "", retain_floor, trial)
+    return doc.write(out)
+
+
+def summary_text(trials: pd.DataFrame, front: pd.Series) -> str:
+    """The Pareto set, the baselines and the failures of one experiment, as text."""
+    show = lambda df: df.to_string(index=False, float_format=lambda v: f"{v:.4g}")  # noqa: E731
     lines = [f"Pareto set ({int(front.sum())} of {int((trials['kind'] == 'defender').sum())} "
              "defender trials; maximise retain_acc, minimise forget_acc_attacked):"]
-    lines.append(_table(trials[front].sort_values("forget_acc_attacked")) if front.any() else "  (none)")
+    lines.append(show(pareto_table(trials, front)) if front.any() else "  (none)")
     base = trials[trials["kind"] == "baseline"]
     if len(base):
-        lines += ["", "Baselines:", _table(base)]
+        lines += ["", "Baselines:", show(base[["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked"]])]
     failed = trials[trials["status"] != "ok"]
     if len(failed):
         lines += ["", f"Failed: {len(failed)} (errors in trials.parquet, column 'error')"]
-    lines += ["", f"Plot: {png}"]
     return "\n".join(lines)
 
 
+def summarize(results: str, out_dir: str | None = None, retain_floor: float | None = None) -> str:
+    """Write ``pareto.png`` (into ``out_dir``, default the results folder when local) and return
+    the summary text (what ``search/run.py`` prints at the end)."""
+    trials = load_trials(results)
+    front = front_mask(trials, retain_floor)
+    out = Path(out_dir or (results if "://" not in results else tempfile.mkdtemp()))
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot.tradeoff_plot(trials, front, out / "pareto.png")[0]
+    return summary_text(trials, front) + f"\n\nPlot: {png}"

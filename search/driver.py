@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import ray
+import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
@@ -127,6 +128,7 @@ class Progress(tune.Callback):
             tables.write_part(self.ctx.exp_dir, trial.trial_id, {"trials": [{
                 "experiment": self.ctx.experiment, "trial_id": trial.trial_id, "kind": "defender",
                 "status": "error", "error": str(trial.error_file or "trial process failed"),
+                "finished_at": time.time(),
                 "setting": self.ctx.cfg.setting.name, "method": self.ctx.cfg.defender.method,
                 **{f"param.{k}": v for k, v in trial.config.items()},
             }]})
@@ -186,6 +188,7 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         max_failures=cfg.scaling.max_failures,
     )
     ctx = Context(cfg, name, exp_dir, runner)
+    tables.write_text(exp_dir, tables.CONFIG, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     say(f"experiment {name}: results in {exp_dir}")
     say("pre-training the reference and pure models (cached after the first run) ...")
     reference, pure = ray.get([_pretrain_task.remote(ctx, k) for k in ("reference", "pure")])

@@ -22,6 +22,7 @@ TRIALS = "trials.parquet"
 ATTACKS = "attacks.parquet"
 CURVES = "curves.parquet"
 PARTS = "parts"
+CONFIG = "config.yaml"  # the resolved experiment config, beside the tables
 
 # Fixed columns and their types; ``param.*`` and ``attack.*`` columns are added as they appear.
 TRIAL_COLUMNS: dict[str, pa.DataType] = {
@@ -30,7 +31,8 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "seed": pa.int64(), "retain_acc": pa.float64(), "forget_acc": pa.float64(),
     "forget_acc_attacked": pa.float64(), "best_attack_id": pa.string(), "attacks_run": pa.int64(),
     "flops_pretrain": pa.float64(), "flops_unlearn": pa.float64(), "flops_attack": pa.float64(),
-    "compute_frac": pa.float64(), "wall_s": pa.float64(), "model_key": pa.string(),
+    "compute_frac": pa.float64(), "wall_s": pa.float64(), "finished_at": pa.float64(),
+    "model_key": pa.string(),
     "config_hash": pa.string(), "code_version": pa.string(),
 }
 ATTACK_COLUMNS: dict[str, pa.DataType] = {
@@ -76,6 +78,24 @@ def write_part(exp_dir: str, trial_id: str, rows: dict[str, list[dict]]) -> None
     fs.create_dir(join(base, PARTS), recursive=True)
     data = json.dumps(rows, default=float).encode()
     _write_atomic(fs, join(base, PARTS, f"{trial_id}.json"), lambda out: out.write(data))
+
+
+def write_text(exp_dir: str, name: str, text: str) -> None:
+    """Write a small text file (e.g. the resolved config) into the experiment folder."""
+    fs, base = resolve(exp_dir)
+    fs.create_dir(base, recursive=True)
+    data = text.encode()
+    _write_atomic(fs, join(base, name), lambda out: out.write(data))
+
+
+def read_text(exp_dir: str, name: str) -> str | None:
+    """A text file of the experiment folder, or None if it is not there."""
+    fs, base = resolve(exp_dir)
+    path = join(base, name)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
 
 
 def read_parts(exp_dir: str) -> dict[str, dict[str, list[dict]]]:

@@ -116,7 +116,7 @@ def _finish(
         "flops_pretrain": flops_pretrain, "flops_unlearn": flops_unlearn,
         "flops_attack": outcome.flops,
         "compute_frac": defence_flops / ref_flops,
-        "model_key": released.key,
+        "model_key": released.key, "finished_at": time.time(),
     })
     tables.write_part(ctx.exp_dir, row["trial_id"], {
         "trials": [row], "attacks": outcome.attacks, "curves": curves + outcome.curves,
@@ -125,7 +125,10 @@ def _finish(
 
 
 def _fail(ctx: Context, row: dict, e: BaseException, start: float, outcome: AttackOutcome | None) -> None:
-    row.update({"status": "error", "error": error_text(e), "wall_s": time.perf_counter() - start})
+    row.update({
+        "status": "error", "error": error_text(e), "wall_s": time.perf_counter() - start,
+        "finished_at": time.time(),
+    })
     outcome = outcome or AttackOutcome()
     tables.write_part(ctx.exp_dir, row["trial_id"], {
         "trials": [row], "attacks": outcome.attacks, "curves": outcome.curves,

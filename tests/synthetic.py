@@ -1,0 +1,46 @@
+"""Synthetic experiments in the project's table format, for analysis tests and benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from search import tables
+
+
+def make_experiment(exp_dir: str, n_trials: int, attacks_per_trial: int, seed: int = 0,
+                    name: str = "synthetic", failed: int = 1) -> None:
+    """Write parts and tables of a fake experiment: defenders, two baselines, attacks, curves."""
+    rng = np.random.default_rng(seed)
+    parts = {}
+    ids = [f"t{i:05d}" for i in range(n_trials)] + ["pure", "reference"]
+    for i, tid in enumerate(ids):
+        kind = "baseline" if tid in ("pure", "reference") else "defender"
+        method = tid if kind == "baseline" else ("graddiff" if i % 2 else "maxent")
+        if kind == "defender" and i < failed:
+            parts[tid] = {"trials": [{"experiment": name, "trial_id": tid, "kind": kind, "method": method,
+                                      "status": "error", "error": "RuntimeError: boom\nTraceback ...",
+                                      "finished_at": float(i)}]}
+            continue
+        attacks, curves = [], []
+        for a in range(attacks_per_trial):
+            aid = f"{tid}-a{a}"
+            steps = np.arange(0, 101, 20)
+            vals = np.clip(rng.random() * steps / 100 + rng.normal(0, 0.02, len(steps)), 0, 1)
+            attacks.append({"experiment": name, "trial_id": tid, "attack_id": aid, "status": "ok",
+                            "forget_acc_max": float(vals.max()), "forget_acc_final": float(vals[-1]),
+                            "retain_acc_final": float(rng.random()), "attack.lr": float(10 ** rng.uniform(-4, -2)),
+                            "attack.steps": 100, "flops": 1e9, "wall_s": 1.0})
+            curves += [{"experiment": name, "trial_id": tid, "attack_id": aid, "stage": "attack",
+                        "step": int(s), "metric": "forget_acc", "value": float(v)} for s, v in zip(steps, vals)]
+        best = max(attacks, key=lambda r: r["forget_acc_max"])
+        parts[tid] = {"trials": [{
+            "experiment": name, "trial_id": tid, "kind": kind, "method": method, "status": "ok",
+            "retain_acc": float(rng.random()), "forget_acc": float(rng.random() * 0.2),
+            "forget_acc_attacked": best["forget_acc_max"], "best_attack_id": best["attack_id"],
+            "attacks_run": attacks_per_trial, "compute_frac": float(10 ** rng.uniform(-2, 0)) if tid != "reference" else 0.0,
+            "finished_at": float(i), "param.lr": float(10 ** rng.uniform(-4, -2)),
+        }], "attacks": attacks, "curves": curves}
+    for tid, rows in parts.items():
+        tables.write_part(exp_dir, tid, rows)
+    tables.write_tables(exp_dir, tables.read_parts(exp_dir))
+    tables.write_text(exp_dir, tables.CONFIG, f"experiment: {name}\nseed: {seed}\n")

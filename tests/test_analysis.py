@@ -1,0 +1,129 @@
+"""Hypervolume against hand-computed cases and Monte Carlo; ranks; plots and the report."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from analysis.hypervolume import hypervolume, hypervolume_progress
+from analysis.pareto import pareto_mask, pareto_ranks
+from analysis.report import write_report
+from tests.conftest import ROOT
+from tests.synthetic import make_experiment
+
+
+def test_hypervolume_hand_computed():
+    ref = np.array([1.0, 1.0])
+    assert hypervolume(np.array([[0.5, 0.5]]), ref, [False, False]) == pytest.approx(0.25)
+    # union of [0.2,1]x[0.8,1] and [0.5,1]x[0.5,1]: 0.16 + 0.25 − 0.10
+    assert hypervolume(np.array([[0.2, 0.8], [0.5, 0.5]]), ref, [False, False]) == pytest.approx(0.31)
+    # dominated, duplicate, NaN and out-of-box points add nothing
+    pts = np.array([[0.2, 0.8], [0.5, 0.5], [0.6, 0.9], [0.5, 0.5], [np.nan, 0.0], [1.5, 0.1]])
+    assert hypervolume(pts, ref, [False, False]) == pytest.approx(0.31)
+    # maximised objectives with reference at the origin
+    assert hypervolume(np.array([[1.0, 2.0], [2.0, 1.0]]), np.zeros(2), [True, True]) == pytest.approx(3.0)
+    # 3-D: two boxes 0.5^3 and [0,1]x[0,1]x[0.75,1]-style overlap, by inclusion–exclusion
+    p3 = np.array([[0.5, 0.5, 0.5], [0.0, 0.0, 0.75]])
+    assert hypervolume(p3, np.ones(3), [False] * 3) == pytest.approx(0.125 + 0.25 - 0.125 * 0.5)
+    assert hypervolume(np.empty((0, 2)), ref, [False, False]) == 0.0
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_hypervolume_matches_monte_carlo(k):
+    rng = np.random.default_rng(k)
+    pts = rng.random((12, k))
+    maximize = rng.random(k) < 0.5
+    ref = np.where(maximize, 0.0, 1.0)
+    exact = hypervolume(pts, ref, maximize)
+    samples = rng.random((200_000, k))
+    g = np.where(maximize, 1.0, -1.0)
+    dominated = ((pts * g)[None, :, :] >= (samples * g)[:, None, :]).all(-1).any(-1)
+    estimate = dominated.mean()
+    assert exact == pytest.approx(estimate, abs=4 * np.sqrt(estimate * (1 - estimate) / len(samples)) + 1e-3)
+
+
+def test_hypervolume_progress_is_hypervolume_of_prefixes():
+    rng = np.random.default_rng(3)
+    pts = rng.random((30, 2))
+    pts[5] = np.nan
+    ref, mx = np.array([0.0, 1.0]), [True, False]
+    prog = hypervolume_progress(pts, ref, mx)
+    assert np.all(np.diff(prog) >= 0)
+    for i in (0, 4, 5, 17, 29):
+        assert prog[i] == pytest.approx(hypervolume(pts[: i + 1], ref, mx))
+
+
+def brute_ranks(values, maximize, feasible):
+    g = np.where(maximize, 1.0, -1.0) * values
+    ok = ~np.isnan(g).any(1) & feasible
+    ranks = np.zeros(len(g), int)
+    left = set(np.flatnonzero(ok))
+    r = 0
+    while left:
+        r += 1
+        front = {i for i in left if not any((g[j] >= g[i]).all() and (g[j] > g[i]).any() for j in left)}
+        for i in front:
+            ranks[i] = r
+        left -= front
+    return ranks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ranks_and_feasibility_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    v = rng.integers(0, 5, size=(50, 3)).astype(float)
+    v[rng.random(50) < 0.1, 0] = np.nan
+    mx = rng.random(3) < 0.5
+    feasible = rng.random(50) < 0.8
+    ranks = pareto_ranks(v, mx, feasible)
+    assert (ranks == brute_ranks(v, mx, feasible)).all()
+    assert (pareto_mask(v, mx, feasible) == (ranks == 1)).all()
+
+
+@pytest.mark.parametrize("n_trials", [1, 2000])
+def test_report_and_plots_from_one_to_many_trials(tmp_path, n_trials):
+    exp = str(tmp_path / "exp")
+    make_experiment(exp, n_trials, attacks_per_trial=5 if n_trials > 1 else 3, failed=1 if n_trials > 1 else 0)
+    md, page = write_report([exp], tmp_path / "out")
+    text = md.read_text()
+    assert "### Pareto set" in text and "| trial_id | method | retain_acc |" in text
+    assert "Strongest attack per model" in text and "experiment: synthetic" in text
+    for name in ("pareto", "compute", "attack_curves", "hypervolume"):
+        for ext in ("png", "svg"):
+            size = (tmp_path / "out" / f"{name}.{ext}").stat().st_size
+            assert 5_000 < size < 20_000_000, (name, ext, size)
+    assert "<table" in page.read_text() and 'src="pareto.png"' in page.read_text()
+    if n_trials > 1:
+        assert "RuntimeError: boom" in text  # failed trial listed with its error
+
+
+def test_report_compares_experiments_through_the_cli(tmp_path):
+    make_experiment(str(tmp_path / "a"), 20, 3, seed=1, name="a")
+    make_experiment(str(tmp_path / "b"), 20, 3, seed=2, name="b")
+    out = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "a"), f"file://{tmp_path}/b",
+                          "--out", str(tmp_path / "rep"), "--retain-floor", "0.3"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Comparison" in text and "## Experiment a" in text and "## Experiment b" in text
+    assert (tmp_path / "rep" / "pareto_all.png").exists()
+    bad = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "RESULTS" in bad.stderr
+
+
+def test_retain_floor_makes_collapsed_trials_infeasible():
+    import pandas as pd
+
+    from analysis.report import front_mask
+
+    t = pd.DataFrame({
+        "trial_id": ["collapsed", "a", "b", "dominated", "pure"],
+        "kind": ["defender"] * 4 + ["baseline"],
+        "status": ["ok"] * 5,
+        "retain_acc": [0.2, 0.9, 0.95, 0.85, 1.0],
+        "forget_acc_attacked": [0.0, 0.3, 0.5, 0.4, 0.0],
+    })
+    assert front_mask(t).tolist() == [True, True, True, False, False]
+    assert front_mask(t, retain_floor=0.5).tolist() == [False, True, True, False, False]
