@@ -106,6 +106,8 @@ def compute_plot(trials: pd.DataFrame, path: Path) -> list[Path]:
         ax.axhline(value, color="tab:red", ls="--", lw=1, label="reference model (attacked)")
     if len(ok):
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels would overlap
     ax.set(xlabel="defence compute / reference pre-training compute", ylabel=ATTACKED.split(",")[0],
            ylim=(-0.03, 1.03))
