@@ -50,13 +50,17 @@ def load_trials(results: str) -> pd.DataFrame:
 
 
 def front_mask(trials: pd.DataFrame, retain_floor: float | None = None) -> pd.Series:
-    """Pareto-optimal defender trials: ok ones only, and above ``retain_floor`` if given
-    (baselines are context, not candidates)."""
+    """Pareto-optimal defender trials: ok and feasible ones only (the run's ``feasible`` column,
+    and above ``retain_floor`` if given); baselines are context, not candidates."""
     cand = (trials["kind"] == "defender") & (trials["status"] == "ok")
     mask = pd.Series(False, index=trials.index)
     if cand.any():
         sub = trials.loc[cand]
-        feasible = None if retain_floor is None else (sub["retain_acc"] >= retain_floor).to_numpy()
+        feasible = np.ones(len(sub), dtype=bool)
+        if "feasible" in sub:
+            feasible &= sub["feasible"].fillna(True).to_numpy(dtype=bool)
+        if retain_floor is not None:
+            feasible &= (sub["retain_acc"] >= retain_floor).to_numpy()
         mask[cand] = pareto_mask(sub[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()), feasible)
     return mask
 

@@ -37,7 +37,7 @@ def defender_points(cfg: config.ExperimentConfig) -> list[dict]:
     points = []
     for _ in range(cfg.search.trials):
         trial = study.ask()
-        points.append(suggest(trial, cfg.defender.search_space()))
+        points.append(suggest(trial, cfg.defender.search_space()[cfg.defender.methods[0]]))
         study.tell(trial, 0.0)
     return points
 

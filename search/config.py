@@ -43,7 +43,7 @@ class PretrainConfig(Strict):
 def _check_space(space: dict[str, Any], base: dict[str, Dim], where: str) -> dict[str, Any]:
     for name, bounds in space.items():
         if name not in base:
-            raise ValueError(f"unknown dimension {name!r} (known: {', '.join(base)})")
+            raise ValueError(f"{where}.{name}: unknown dimension (known: {', '.join(base)})")
         try:
             with_bounds(base[name], bounds)
         except ValueError as e:
@@ -51,25 +51,73 @@ def _check_space(space: dict[str, Any], base: dict[str, Dim], where: str) -> dic
     return space
 
 
-class DefenderConfig(Strict):
-    """The defender searched by the outer study: its method, its fixed loop settings, and
-    optional narrower/wider bounds for the dimensions of ``spaces/<method>.py``."""
+MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
-    method: Literal[tuple(METHODS)] = "graddiff"  # type: ignore[valid-type]
+
+class DefenderConfig(Strict):
+    """The defender searched by the outer study: one method or several (the search then picks
+    the method too), loop settings that override the methods' defaults, fixed hyperparameters
+    and narrower/wider bounds for the dimensions of ``spaces/<method>.py``.
+
+    Keys of ``params`` and ``space`` are a name (for every selected method) or
+    ``method.name`` (for one of them), e.g. ``lam`` or ``rmu.c``.
+    """
+
+    method: MethodName | list[MethodName] = "graddiff"
     loop: LoopConfig = LoopConfig()
     params: dict[str, Any] = {}
     space: dict[str, Any] = {}
 
+    @field_validator("params", "space", mode="before")
+    @classmethod
+    def _flatten(cls, v: Any) -> Any:
+        """``{rmu: {c: 3}}`` (YAML nesting, or ``--set defender.params.rmu.c=3``) → ``{"rmu.c": 3}``."""
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for k, val in v.items():
+            if k in METHODS and isinstance(val, dict):
+                out.update({f"{k}.{kk}": vv for kk, vv in val.items()})
+            else:
+                out[k] = val
+        return out
+
+    @property
+    def methods(self) -> list[str]:
+        return [self.method] if isinstance(self.method, str) else list(dict.fromkeys(self.method))
+
+    def _for(self, table: dict[str, Any], method: str) -> dict[str, Any]:
+        return {k.split(".", 1)[-1]: v for k, v in table.items() if "." not in k or k.split(".", 1)[0] == method}
+
     @model_validator(mode="after")
     def _check(self) -> "DefenderConfig":
-        _check_space(self.space, DEFENDER_SPACES[self.method], "space")
-        METHODS[self.method].Params(**self.params)
+        if not self.methods:
+            raise ValueError("method: name at least one method")
+        for field, table in (("params", self.params), ("space", self.space)):
+            for key in table:
+                if "." in key and key.split(".", 1)[0] not in self.methods:
+                    raise ValueError(f"{field}.{key}: {key.split('.', 1)[0]} is not a selected method")
+        for m in self.methods:
+            where = "space" if len(self.methods) == 1 else f"space.{m}"
+            _check_space(self._for(self.space, m), DEFENDER_SPACES[m], where)
+            try:
+                METHODS[m].Params(**self._for(self.params, m))
+            except ValidationError as e:
+                where = "params" if len(self.methods) == 1 else f"params.{m}"
+                raise ValueError(f"{where}.{_format(e)}") from None
         return self
 
-    def search_space(self) -> dict[str, Dim]:
-        """The method's space with this config's bounds applied."""
-        base = DEFENDER_SPACES[self.method]
-        return {k: with_bounds(d, self.space[k]) if k in self.space else d for k, d in base.items()}
+    def method_params(self, method: str) -> dict[str, Any]:
+        """The fixed hyperparameters that apply to ``method``."""
+        return self._for(self.params, method)
+
+    def search_space(self) -> dict[str, dict[str, Dim]]:
+        """Each selected method's space with this config's bounds applied."""
+        out = {}
+        for m in self.methods:
+            bounds = self._for(self.space, m)
+            out[m] = {k: with_bounds(d, bounds[k]) if k in bounds else d for k, d in DEFENDER_SPACES[m].items()}
+        return out
 
 
 class AttackConfig(Strict):
@@ -95,6 +143,9 @@ class SearchConfig(Strict):
     trials: int = Field(8, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    # Trials whose released model falls below this retain accuracy are infeasible: marked so in
+    # trials.parquet, never on the front, and reported to the search as the worst attacked score.
+    retain_floor: float | None = Field(None, ge=0, le=1)
 
 
 class ScalingConfig(Strict):

@@ -102,7 +102,10 @@ def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
     use_assigned_cpus()
     trial_id = tune.get_context().get_trial_id()
     row = defender(ctx, trial_id, dict(config), reference)
-    tune.report({k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac")})
+    metrics = {k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac")}
+    if not row["feasible"]:  # below the retain floor: the worst attacked score, to the search
+        metrics["forget_acc_attacked"] = 1.0
+    tune.report(metrics)
 
 
 class Progress(tune.Callback):
@@ -129,7 +132,8 @@ class Progress(tune.Callback):
                 "experiment": self.ctx.experiment, "trial_id": trial.trial_id, "kind": "defender",
                 "status": "error", "error": str(trial.error_file or "trial process failed"),
                 "finished_at": time.time(),
-                "setting": self.ctx.cfg.setting.name, "method": self.ctx.cfg.defender.method,
+                "setting": self.ctx.cfg.setting.name,
+                "method": trial.config.get("method", self.ctx.cfg.defender.methods[0]),
                 **{f"param.{k}": v for k, v in trial.config.items()},
             }]})
         self._line(trial, "FAILED (row kept in trials.parquet)")
@@ -139,8 +143,14 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _define_by_run(trial: optuna.Trial, space: dict) -> None:
-    suggest(trial, space)
+def _define_by_run(trial: optuna.Trial, spaces: dict[str, dict]) -> None:
+    """One method: its dimensions by name. Several: the method, then its dimensions as
+    ``<method>.<name>`` (a conditional space; each method keeps its own ranges)."""
+    if len(spaces) == 1:
+        suggest(trial, next(iter(spaces.values())))
+        return
+    method = trial.suggest_categorical("method", list(spaces))
+    suggest(trial, {f"{method}.{k}": d for k, d in spaces[method].items()})
 
 
 def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
@@ -155,7 +165,7 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
     if resume and tune.Tuner.can_restore(tune_dir):
         return tune.Tuner.restore(tune_dir, trainable, resume_errored=False, restart_errored=False)
     search_alg = OptunaSearch(
-        space=functools.partial(_define_by_run, space=space),  # picklable: Tune saves the searcher
+        space=functools.partial(_define_by_run, spaces=space),  # picklable: Tune saves the searcher
         metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
         sampler=SAMPLERS[cfg.search.sampler](cfg.seed),
     )
@@ -197,7 +207,7 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         how = "cached" if ref.cached else f"{ref.result['wall_s']:.0f} s"
         say(f"{kind} model: retain {m['retain_acc']:.3f}  forget (V) {m['forget_acc']:.3f}  ({how})")
     say(f"adversary search ({cfg.attack.budget} attacks each) on the baselines and "
-        f"{cfg.search.trials} {cfg.defender.method} trials ...")
+        f"{cfg.search.trials} {'/'.join(cfg.defender.methods)} trials ...")
     baselines = [
         _baseline_task.remote(ctx, kind, reference, model)
         for kind, model in zip(BASELINES, (pure, reference))

@@ -31,7 +31,8 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "seed": pa.int64(), "retain_acc": pa.float64(), "forget_acc": pa.float64(),
     "forget_acc_attacked": pa.float64(), "best_attack_id": pa.string(), "attacks_run": pa.int64(),
     "flops_pretrain": pa.float64(), "flops_unlearn": pa.float64(), "flops_attack": pa.float64(),
-    "compute_frac": pa.float64(), "wall_s": pa.float64(), "finished_at": pa.float64(),
+    "compute_frac": pa.float64(), "feasible": pa.bool_(), "wall_s": pa.float64(),
+    "finished_at": pa.float64(),
     "model_key": pa.string(),
     "config_hash": pa.string(), "code_version": pa.string(),
 }

@@ -19,6 +19,7 @@ from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
 from trainables import settings
 from trainables.loop import LoopConfig
+from trainables.methods import METHODS
 
 BASELINES = ("pure", "reference")
 
@@ -67,14 +68,28 @@ def split_params(params: dict) -> tuple[dict, dict]:
     )
 
 
-def unlearn_spec(cfg: ExperimentConfig, params: dict) -> dict:
-    """Spec of the unlearning stage for one point of the defender space."""
-    loop, method = split_params(params)
+def decode(cfg: ExperimentConfig, config: dict) -> tuple[str, dict]:
+    """A point of the defender search → (method, its parameters). With several methods the
+    point holds ``method`` and ``<method>.<name>`` keys; with one, plain names."""
+    if "method" not in config:
+        return cfg.defender.methods[0], dict(config)
+    method = config["method"]
+    prefix = f"{method}."
+    return method, {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}
+
+
+def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict) -> dict:
+    """Spec of the unlearning stage: the method's default loop, overridden by the loop keys the
+    config sets, overridden by the searched values; fixed then searched hyperparameters."""
+    loop, hyper = split_params(params)
     return {
         "setting": cfg.setting.model_dump(),
-        "method": cfg.defender.method,
-        "params": {**cfg.defender.params, **method},
-        "loop": {**cfg.defender.loop.model_dump(), **loop},
+        "method": method,
+        "params": {**cfg.defender.method_params(method), **hyper},
+        "loop": {
+            **LoopConfig().model_dump(), **METHODS[method].DEFAULT_LOOP,
+            **cfg.defender.loop.model_dump(exclude_unset=True), **loop,
+        },
         "seed": cfg.seed,
     }
 
@@ -116,6 +131,7 @@ def _finish(
         "flops_pretrain": flops_pretrain, "flops_unlearn": flops_unlearn,
         "flops_attack": outcome.flops,
         "compute_frac": defence_flops / ref_flops,
+        "feasible": ok and (ctx.cfg.search.retain_floor is None or m["retain_acc"] >= ctx.cfg.search.retain_floor),
         "model_key": released.key, "finished_at": time.time(),
     })
     tables.write_part(ctx.exp_dir, row["trial_id"], {
@@ -135,12 +151,14 @@ def _fail(ctx: Context, row: dict, e: BaseException, start: float, outcome: Atta
     })
 
 
-def defender(ctx: Context, trial_id: str, params: dict, reference: StageRef) -> dict:
-    """Unlearn ``reference`` with ``params``, then attack the released model. Returns the row."""
+def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> dict:
+    """Unlearn ``reference`` with one point of the defender search, then attack the released
+    model. Returns the trial's row."""
     start = time.perf_counter()
-    row = _row(ctx, trial_id, "defender", ctx.cfg.defender.method, params)
+    method, params = decode(ctx.cfg, config)
+    row = _row(ctx, trial_id, "defender", method, params)
     try:
-        released = run_stage(ctx.runner, "unlearn", unlearn_spec(ctx.cfg, params), {"model": reference})
+        released = run_stage(ctx.runner, "unlearn", unlearn_spec(ctx.cfg, method, params), {"model": reference})
         curves = curve_rows(ctx.experiment, trial_id, None, "unlearn", released.result["curve"])
         outcome = _attack_released(ctx, trial_id, released)
         row["wall_s"] = time.perf_counter() - start

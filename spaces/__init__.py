@@ -1,7 +1,13 @@
 """Search spaces: one per defender method, one for attacks."""
 
-from spaces import attack, graddiff
+from spaces import attack, gradascent, graddiff, maxent, npo, rmu
 from spaces.dims import Dim
 
-DEFENDER_SPACES: dict[str, dict[str, Dim]] = {"graddiff": graddiff.SPACE}
+DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
+    "gradascent": gradascent.SPACE,
+    "graddiff": graddiff.SPACE,
+    "maxent": maxent.SPACE,
+    "npo": npo.SPACE,
+    "rmu": rmu.SPACE,
+}
 ATTACK_SPACE: dict[str, Dim] = attack.SPACE

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 def test_quick_config_loads():
     cfg = config.load()
     assert cfg.defender.method == "graddiff" and cfg.search.trials >= 1
-    assert set(cfg.defender.search_space()) == {"lr", "steps", "lam"}
+    assert set(cfg.defender.search_space()["graddiff"]) == {"lr", "steps", "lam"}
 
 
 @pytest.mark.parametrize("override, field", [

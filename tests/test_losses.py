@@ -45,4 +45,4 @@ def test_graddiff_loss_matches_formula():
 def test_registry_lists_graddiff_with_reference():
     assert METHODS["graddiff"] is graddiff
     assert "Liu" in graddiff.REFERENCE
-    assert graddiff.Params().lam == 1.0
+    assert graddiff.Params().lam == 5.0 and graddiff.DEFAULT_LOOP["steps"] > 0

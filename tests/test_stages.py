@@ -19,7 +19,7 @@ def test_pretrain_unlearn_attack_and_cache(tiny_cfg, tmp_path):
     assert again.cached and again.key == ref.key
 
     params = {"lr": 1e-3, "steps": 5, "lam": 1.0}
-    released = run_stage(runner, "unlearn", unlearn_spec(tiny_cfg, params), {"model": ref})
+    released = run_stage(runner, "unlearn", unlearn_spec(tiny_cfg, "graddiff", params), {"model": ref})
     before = models.load_model(ref.path).state_dict()
     after = models.load_model(released.path).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # unlearning changed weights
@@ -32,10 +32,10 @@ def test_pretrain_unlearn_attack_and_cache(tiny_cfg, tmp_path):
 
 
 def test_stage_key_depends_on_spec_and_inputs(tiny_cfg):
-    a = cache.stage_key("unlearn", unlearn_spec(tiny_cfg, {"lr": 1e-3}), {"model": "k1"})
-    assert a == cache.stage_key("unlearn", unlearn_spec(tiny_cfg, {"lr": 1e-3}), {"model": "k1"})
-    assert a != cache.stage_key("unlearn", unlearn_spec(tiny_cfg, {"lr": 2e-3}), {"model": "k1"})
-    assert a != cache.stage_key("unlearn", unlearn_spec(tiny_cfg, {"lr": 1e-3}), {"model": "k2"})
+    a = cache.stage_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k1"})
+    assert a == cache.stage_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k1"})
+    assert a != cache.stage_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 2e-3}), {"model": "k1"})
+    assert a != cache.stage_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k2"})
 
 
 def test_attack_trains_on_T_only_and_is_scored_on_V(tiny_cfg, tmp_path, monkeypatch):

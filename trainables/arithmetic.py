@@ -106,12 +106,17 @@ def build(cfg: Config) -> ArithmeticData:
     return ArithmeticData(_tensor(r_train), _tensor(r_eval), _tensor(f_T), _tensor(f_V))
 
 
+def answer_logits(logits: torch.Tensor) -> torch.Tensor:
+    """The logits that predict the answer characters, (B, A, V)."""
+    return logits[:, ANSWER_START - 1 : SEQ_LEN - 1]
+
+
 def answer_loss(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of the answer characters given everything before them.
 
     ``logits`` (B, L, V) from a causal LM over ``tokens`` (B, L). ``reduction='none'`` gives (B, A).
     """
-    pred = logits[:, ANSWER_START - 1 : SEQ_LEN - 1]
+    pred = answer_logits(logits)
     target = tokens[:, ANSWER_START:SEQ_LEN]
     loss = torch.nn.functional.cross_entropy(pred.transpose(1, 2), target, reduction="none")
     return loss.mean() if reduction == "mean" else loss

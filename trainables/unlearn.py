@@ -21,17 +21,19 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     method = METHODS[spec["method"]]
     params = method.Params(**spec["params"])
     cfg = loop.LoopConfig(**spec["loop"])
-    model = models.load_model(inputs["model"])
+    model = models.load_model(inputs["model"]).to(loop.device())
     rank, _ = loop.world()
     gen = data.sampler(spec["seed"], rank)
+    state = method.setup(model, params, spec["seed"])
 
     def loss_fn(net: torch.nn.Module, step: int) -> torch.Tensor:
         forget = data.draw(d.forget_all, cfg.batch_size, gen)
         retain = data.draw(d.retain_train, cfg.batch_size, gen)
-        return method.loss(net, forget, retain, params, setting)
+        return method.loss(net, forget, retain, params, setting, state)
 
     torch.manual_seed(spec["seed"])
-    curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d))
+    curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d),
+                             params=method.trainable(model, params))
     models.save_model(model, out_dir)
     tokens = cfg.steps * 2 * cfg.batch_size * setting.SEQ_LEN  # a forget and a retain batch per step
     return compute.training_result(model, loop.last_eval(curve), curve, tokens, wall)

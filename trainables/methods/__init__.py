@@ -1,13 +1,24 @@
 """Registry of unlearning methods: one file per method, each with its loss, defaults and paper.
 
-A method module provides ``Params`` (pydantic: its hyperparameters and their defaults),
-``REFERENCE`` (the paper) and ``loss(model, forget_batch, retain_batch, params, setting)``.
+A method module provides
+  REFERENCE      the paper (and code) it follows
+  DEFAULT_LOOP   its default learning rate and steps on the arithmetic setting
+  Params         pydantic model of its hyperparameters and their defaults
+  setup(model, params, seed) -> state      frozen copies, control vectors (may return None)
+  trainable(model, params) -> parameters   what it optimises (None: every parameter)
+  loss(model, forget, retain, params, setting, state) -> scalar tensor
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from trainables.methods import graddiff
+from trainables.methods import gradascent, graddiff, maxent, npo, rmu
 
-METHODS: dict[str, ModuleType] = {"graddiff": graddiff}
+METHODS: dict[str, ModuleType] = {
+    "gradascent": gradascent,
+    "graddiff": graddiff,
+    "maxent": maxent,
+    "npo": npo,
+    "rmu": rmu,
+}

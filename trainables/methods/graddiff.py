@@ -13,23 +13,21 @@ from types import ModuleType
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainables.methods.common import all_parameters as trainable  # noqa: F401
+from trainables.methods.common import no_setup as setup  # noqa: F401
+
 REFERENCE = "Liu et al. 2022 (GradDiff), as used in TOFU (Maini et al. 2024) and UNDO (Lee et al. 2025)"
+DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 
 class Params(BaseModel):
     """GradDiff's hyperparameters (the loop's lr and steps are searched beside them)."""
 
     model_config = ConfigDict(extra="forbid")
-    lam: float = Field(1.0, ge=0)
+    lam: float = Field(5.0, ge=0)
 
 
-def loss(
-    model: torch.nn.Module,
-    forget: torch.Tensor,
-    retain: torch.Tensor,
-    params: Params,
-    setting: ModuleType,
-) -> torch.Tensor:
+def loss(model, forget: torch.Tensor, retain: torch.Tensor, params: Params, setting: ModuleType, state=None) -> torch.Tensor:
     """−CE on the forget batch plus λ·CE on the retain batch (answer tokens only)."""
     ce_forget = setting.answer_loss(model(input_ids=forget).logits, forget)
     ce_retain = setting.answer_loss(model(input_ids=retain).logits, retain)

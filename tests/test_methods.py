@@ -1,0 +1,142 @@
+"""The shallow unlearning suite: each loss against its paper's formula on small tensors, RMU's
+parameter selection across architectures, and the registry/spaces agreeing."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from spaces import DEFENDER_SPACES
+from trainables import arithmetic as A
+from trainables.loop import LoopConfig, train
+from trainables.methods import METHODS, gradascent, maxent, npo, rmu
+from trainables.models import ModelConfig, build_model
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' returning given logits per batch (keyed by the batch's first token)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, input_ids):
+        return type("Out", (), {"logits": self.table[int(input_ids[0, 0])]})()
+
+
+def _batches(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randint(0, 15, (3, A.SEQ_LEN), generator=g)
+    r = torch.randint(0, 15, (3, A.SEQ_LEN), generator=g)
+    f[:, 0], r[:, 0] = 1, 2
+    return f, r, torch.randn(3, A.SEQ_LEN, 15, generator=g), torch.randn(3, A.SEQ_LEN, 15, generator=g)
+
+
+def _ce(logits, tokens):
+    vals = [-(torch.log_softmax(logits[b, p - 1], -1)[tokens[b, p]]) for b in range(len(tokens))
+            for p in range(A.ANSWER_START, A.SEQ_LEN)]
+    return torch.stack(vals).mean().item()
+
+
+def test_registry_spaces_and_references():
+    assert set(METHODS) == set(DEFENDER_SPACES) == {"gradascent", "graddiff", "maxent", "npo", "rmu"}
+    for name, m in METHODS.items():
+        assert m.REFERENCE and set(m.DEFAULT_LOOP) == {"lr", "steps"}
+        m.Params()  # defaults validate
+        assert {"lr", "steps"} <= set(DEFENDER_SPACES[name])
+
+
+def test_gradascent_is_negative_ce():
+    f, r, lf, lr = _batches()
+    got = gradascent.loss(FixedLogits({1: lf, 2: lr}), f, r, gradascent.Params(), A, None)
+    assert got.item() == pytest.approx(-_ce(lf, f), abs=1e-5)
+
+
+def test_maxent_kl_formula_and_zero_at_uniform():
+    f, r, lf, lr = _batches(1)
+    got = maxent.loss(FixedLogits({1: lf, 2: lr}), f, r, maxent.Params(lam=0.7), A, None)
+    kl = []
+    for b in range(3):
+        for p in range(A.ANSWER_START, A.SEQ_LEN):
+            prob = torch.softmax(lf[b, p - 1], -1)
+            kl.append(sum((1 / 15) * math.log((1 / 15) / prob[v].item()) for v in range(15)))
+    assert got.item() == pytest.approx(sum(kl) / len(kl) + 0.7 * _ce(lr, r), abs=1e-5)
+    uniform = torch.zeros(3, A.SEQ_LEN, 15)
+    assert maxent.kl_uniform(uniform).abs().max().item() < 1e-6
+    zero_retain = maxent.loss(FixedLogits({1: uniform, 2: lr}), f, r, maxent.Params(lam=0.0), A, None)
+    assert abs(zero_retain.item()) < 1e-6
+
+
+def test_npo_formula_and_value_at_reference():
+    f, r, lf, lr = _batches(2)
+    ref_logits = torch.randn(3, A.SEQ_LEN, 15, generator=torch.Generator().manual_seed(9))
+    model, ref = FixedLogits({1: lf, 2: lr}), FixedLogits({1: ref_logits})
+    beta, lam = 0.5, 2.0
+    got = npo.loss(model, f, r, npo.Params(beta=beta, lam=lam), A, ref)
+
+    def seq_logp(logits, b):
+        return sum(torch.log_softmax(logits[b, p - 1], -1)[f[b, p]].item() for p in range(A.ANSWER_START, A.SEQ_LEN))
+
+    terms = [math.log(1 + math.exp(beta * (seq_logp(lf, b) - seq_logp(ref_logits, b)))) for b in range(3)]
+    assert got.item() == pytest.approx((2 / beta) * sum(terms) / 3 + lam * _ce(lr, r), abs=1e-4)
+    same = npo.loss(FixedLogits({1: lf, 2: lr}), f, r, npo.Params(beta=beta, lam=0.0), A, FixedLogits({1: lf}))
+    assert same.item() == pytest.approx((2 / beta) * math.log(2), abs=1e-6)
+
+
+def test_rmu_control_vector_and_loss_formula():
+    cu = rmu.control_vector(64, 6.5, seed=3)
+    assert cu.norm().item() == pytest.approx(6.5, rel=1e-6) and (cu >= 0).all()
+    model = build_model(ModelConfig(d_model=32, n_layer=3, n_head=2), 15, A.SEQ_LEN)
+    params = rmu.Params(layer=1, c=4.0, alpha=3.0)
+    state = rmu.setup(model, params, seed=0)
+    f, r, _, _ = _batches(3)
+    with torch.no_grad():  # perturb so the retain term is not zero
+        model.transformer.h[1].mlp.c_proj.weight.add_(0.05)
+    got = rmu.loss(model, f, r, params, A, state).item()
+    hs_f = model(input_ids=f, output_hidden_states=True).hidden_states[2]  # output of layer 1
+    hs_r = model(input_ids=r, output_hidden_states=True).hidden_states[2]
+    hs_r0 = state["frozen"](input_ids=r, output_hidden_states=True).hidden_states[2]
+    expected = ((hs_f - state["cu"]) ** 2).mean() + 3.0 * ((hs_r - hs_r0) ** 2).mean()
+    assert got == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_rmu_trains_only_the_mlp_output_projections_it_should():
+    model = build_model(ModelConfig(d_model=32, n_layer=4, n_head=2), 15, A.SEQ_LEN)
+    params = rmu.Params(layer=3)
+    chosen = rmu.trainable(model, params)
+    names = {n for n, p in model.named_parameters() if any(p is c for c in chosen)}
+    assert names == {f"transformer.h.{i}.mlp.c_proj.weight" for i in (1, 2, 3)}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state = rmu.setup(model, params, 0)
+    f, r, _, _ = _batches(4)
+    train(model, lambda m, s: rmu.loss(m, f, r, params, A, state), LoopConfig(steps=2, lr=1e-2, weight_decay=0.1),
+          params=chosen)
+    for n, p in model.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        assert changed == (n in names), n
+
+
+@pytest.mark.parametrize("arch, layers, proj", [
+    ("llama", "model.layers", "mlp.down_proj"),
+    ("mistral", "model.layers", "mlp.down_proj"),
+    ("gemma2", "model.layers", "mlp.down_proj"),
+    ("gpt2", "transformer.h", "mlp.c_proj"),
+])
+def test_rmu_finds_layers_across_architectures(arch, layers, proj):
+    common = dict(vocab_size=15, num_hidden_layers=3, hidden_size=32, intermediate_size=64,
+                  num_attention_heads=2, num_key_value_heads=2, head_dim=16, max_position_embeddings=16)
+    cfg = AutoConfig.for_model("gpt2", vocab_size=15, n_layer=3, n_embd=32, n_head=2, n_positions=16) \
+        if arch == "gpt2" else AutoConfig.for_model(arch, **common)
+    model = AutoModelForCausalLM.from_config(cfg)
+    chosen = rmu.trainable(model, rmu.Params(layer=2))
+    named = dict(model.named_parameters())
+    assert [n for n, p in named.items() if any(p is c for c in chosen)] == \
+        [f"{layers}.{i}.{proj}.weight" for i in (0, 1, 2)]
+    state = rmu.setup(model, rmu.Params(layer=2), 0)
+    f, r, _, _ = _batches(5)
+    assert torch.isfinite(rmu.loss(model, f, r, rmu.Params(layer=2), A, state))
+    explicit = rmu.Params(layer=1, layers_path=layers, mlp_out=proj)
+    assert len(rmu.trainable(model, explicit)) == 2
+    with pytest.raises(ValueError, match="layers_path"):
+        rmu.trainable(model, rmu.Params(layers_path="nowhere"))
