@@ -1,5 +1,5 @@
 """RMU's space: c and α on log scales (as the WMDP sweeps), around the arithmetic defaults
-(c 200, α 10, lr 1e-2, 200 steps)."""
+(c 250, α 10, lr 1e-2, 300 steps)."""
 
 from spaces.dims import Float, Int
 

@@ -52,3 +52,15 @@ def test_search_writes_all_tables_and_resumes(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert report.returncode == 0 and "Pareto set" in report.stdout
     assert (tmp_path / "fig" / "pareto.png").exists()
+
+
+def test_several_methods_in_one_search_and_one_plot(tmp_path):
+    out = _run(tmp_path, "--set", "defender.method=[graddiff,maxent,npo,rmu]", "--set", "search.trials=4",
+               "--set", "search.sampler=random", "--set", "attack.budget=1", "--set", "search.retain_floor=0.5")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "results" / "e2e" / tables.TRIALS)
+    defenders = trials[trials["kind"] == "defender"]
+    assert len(defenders) == 4 and (defenders["status"] == "ok").all()
+    assert set(defenders["method"]) <= {"graddiff", "maxent", "npo", "rmu"} and defenders["method"].nunique() >= 2
+    assert (defenders["feasible"] == (defenders["retain_acc"] >= 0.5)).all()
+    assert (tmp_path / "results" / "e2e" / "pareto.png").exists()

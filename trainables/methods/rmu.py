@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from trainables.methods.common import frozen_copy, unwrap
 
 REFERENCE = "Li et al. 2024, The WMDP Benchmark (RMU), rmu/unlearn.py"
-DEFAULT_LOOP = {"lr": 1e-2, "steps": 200}
+DEFAULT_LOOP = {"lr": 1e-2, "steps": 300}
 
 # Where decoder layers live, and the MLP output projection inside each, per architecture family.
 LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
@@ -33,7 +33,7 @@ MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2")
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     layer: int = Field(-1, description="ℓ; negative counts from the last layer")
-    c: float = Field(200.0, gt=0, description="steering coefficient: ‖c·u‖ = c")
+    c: float = Field(250.0, gt=0, description="steering coefficient: ‖c·u‖ = c")
     alpha: float = Field(10.0, ge=0, description="retain weight")
     layers_path: str | None = None  # e.g. "model.layers"; None: the first of LAYER_PATHS found
     mlp_out: str | None = None  # e.g. "mlp.down_proj"; None: the first of MLP_OUT found
