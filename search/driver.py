@@ -102,7 +102,8 @@ def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
     use_assigned_cpus()
     trial_id = tune.get_context().get_trial_id()
     row = defender(ctx, trial_id, dict(config), reference)
-    metrics = {k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac")}
+    metrics = {k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac", "feasible")}
+    metrics["attacked"] = row["forget_acc_attacked"]  # the true value, for the progress line
     if not row["feasible"]:  # below the retain floor: the worst attacked score, to the search
         metrics["forget_acc_attacked"] = 1.0
     tune.report(metrics)
@@ -123,7 +124,7 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result
         self._line(trial, f"retain {r['retain_acc']:.3f}  forget {r['forget_acc']:.3f}  "
-                          f"attacked {r['forget_acc_attacked']:.3f}")
+                          f"attacked {r['attacked']:.3f}" + ("" if r["feasible"] else "  (below retain floor)"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # A trial that raised has written its own failed row; one whose process died has not.
