@@ -35,7 +35,7 @@ def load(results: str) -> Experiment:
     """Read an experiment's tables (local path or storage URI)."""
     from search import tables
 
-    trials = tables.read_table(results, tables.TRIALS).to_pandas()
+    trials = load_trials(results)
     attacks = tables.read_table(results, tables.ATTACKS).to_pandas()
     curves = tables.read_table(results, tables.CURVES).to_pandas()
     name = str(trials["experiment"].iloc[0]) if len(trials) else results.rstrip("/").rsplit("/", 1)[-1]

@@ -46,7 +46,7 @@ def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> dict:
     }
 
 
-def attack_columns(cfg: ExperimentConfig, spec: dict, n_examples: int | None) -> dict:
+def attack_columns(spec: dict, n_examples: int | None) -> dict:
     """The ``attack.*`` columns describing one attack."""
     loop = spec["loop"]
     return {
@@ -84,7 +84,7 @@ def adversary_search(
         spec = attack_spec(cfg, suggest(trial, space), seed_of(seed, trial.number))
         row = {
             "experiment": experiment, "trial_id": trial_id, "attack_id": attack_id,
-            **attack_columns(cfg, spec, n_examples),
+            **attack_columns(spec, n_examples),
         }
         try:
             ref = run_stage(runner, "attack", spec, {"model": released})
