@@ -57,6 +57,12 @@ def use_assigned_cpus() -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
+def _in_ray_worker() -> None:
+    """What every Ray task and trial of the driver does first."""
+    quiet()
+    use_assigned_cpus()
+
+
 def say(text: str) -> None:
     print(f"[tamper-search {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
@@ -84,22 +90,19 @@ def init_ray(cfg: ExperimentConfig) -> None:
 
 @ray.remote(num_cpus=1)
 def _pretrain_task(ctx: Context, kind: str) -> StageRef:
-    quiet()
-    use_assigned_cpus()
+    _in_ray_worker()
     return pretrain(ctx, kind)
 
 
 @ray.remote(num_cpus=1)
 def _baseline_task(ctx: Context, kind: str, reference: StageRef, model: StageRef) -> dict:
-    quiet()
-    use_assigned_cpus()
+    _in_ray_worker()
     return baseline(ctx, kind, reference, model)
 
 
 def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
     """Tune function trainable: one defender configuration, reported once when done."""
-    quiet()
-    use_assigned_cpus()
+    _in_ray_worker()
     trial_id = tune.get_context().get_trial_id()
     row = defender(ctx, trial_id, dict(config), reference)
     metrics = {k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac", "feasible")}

@@ -140,15 +140,14 @@ def _finish(
     return row
 
 
-def _fail(ctx: Context, row: dict, e: BaseException, start: float, outcome: AttackOutcome | None) -> None:
+def _fail(ctx: Context, row: dict, e: BaseException, start: float) -> None:
+    """Write the failed trial's row (attack failures are caught inside the adversary search, so
+    a trial that raises has no attack rows to keep)."""
     row.update({
         "status": "error", "error": error_text(e), "wall_s": time.perf_counter() - start,
         "finished_at": time.time(),
     })
-    outcome = outcome or AttackOutcome()
-    tables.write_part(ctx.exp_dir, row["trial_id"], {
-        "trials": [row], "attacks": outcome.attacks, "curves": outcome.curves,
-    })
+    tables.write_part(ctx.exp_dir, row["trial_id"], {"trials": [row]})
 
 
 def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> dict:
@@ -165,7 +164,7 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
         ref_flops, flops = reference.result["flops"], released.result["flops"]
         return _finish(ctx, row, released, outcome, ref_flops, flops, flops, ref_flops, curves)
     except Exception as e:
-        _fail(ctx, row, e, start, None)
+        _fail(ctx, row, e, start)
         raise
 
 
@@ -182,5 +181,5 @@ def baseline(ctx: Context, kind: str, reference: StageRef, model: StageRef | Non
         defence = own if kind == "pure" else 0.0
         return _finish(ctx, row, model, outcome, own, 0.0, defence, reference.result["flops"], curves)
     except Exception as e:
-        _fail(ctx, row, e, start, None)
+        _fail(ctx, row, e, start)
         raise
