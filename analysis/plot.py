@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-BASELINE_STYLE = {"pure": ("*", "tab:green"), "reference": ("s", "tab:red")}
+BASELINE_STYLE = {"pure": ("*", "tab:green"), "reference": ("s", "tab:red"), "suppressed": ("D", "tab:purple")}
 ATTACKED = "attacked forget accuracy on V (worst case found), lower is safer"
 RETAIN = "retain accuracy, higher is better"
 
@@ -45,11 +45,15 @@ def _baselines(ax, trials: pd.DataFrame, x: str) -> None:
 
 
 def _label(row_or_df) -> pd.Series:
-    """Legend group of each defender: its method, prefixed by its experiment when several."""
+    """Legend group of each defender: its method (+ UNDO when distilled), prefixed by its
+    experiment when several."""
     df = row_or_df
+    label = df["method"].astype(str)
+    if "suppressed_key" in df:
+        label = label + df["suppressed_key"].notna().map({True: " + UNDO", False: ""})
     if df["experiment"].nunique() > 1:
-        return df["experiment"].astype(str) + " / " + df["method"].astype(str)
-    return df["method"].astype(str)
+        return df["experiment"].astype(str) + " / " + label
+    return label
 
 
 def tradeoff_plot(trials: pd.DataFrame, front: pd.Series, path: Path) -> list[Path]:
@@ -97,10 +101,16 @@ def compute_plot(trials: pd.DataFrame, path: Path) -> list[Path]:
     size = _marker_size(len(defenders))
     for label, group in defenders.groupby(_label(defenders)):
         ax.scatter(group["compute_frac"], group["forget_acc_attacked"], s=size, alpha=0.7, label=label)
-    pure = ok[(ok["kind"] == "baseline") & (ok["method"] == "pure")]
-    if len(pure):
-        ax.scatter(pure["compute_frac"], pure["forget_acc_attacked"], marker="*", s=160,
-                   color="tab:green", edgecolor="k", zorder=5, label="pure model (retrained)")
+    if "param.undo.alpha" in defenders and len(defenders) <= 30:  # name each point of an α sweep
+        for _, r in defenders[defenders["param.undo.alpha"].notna()].iterrows():
+            ax.annotate(f"α={r['param.undo.alpha']:.2g}", (r["compute_frac"], r["forget_acc_attacked"]),
+                        xytext=(4, 4), textcoords="offset points", fontsize=7)
+    for kind, text in (("pure", "pure model (retrained)"), ("suppressed", "suppressed model (shallow only)")):
+        b = ok[(ok["kind"] == "baseline") & (ok["method"] == kind)]
+        marker, color = BASELINE_STYLE[kind]
+        if len(b):
+            ax.scatter(b["compute_frac"], b["forget_acc_attacked"], marker=marker, s=160,
+                       color=color, edgecolor="k", zorder=5, label=text)
     ref = trials[(trials["kind"] == "baseline") & (trials["method"] == "reference") & (trials["status"] == "ok")]
     for value in ref["forget_acc_attacked"]:
         ax.axhline(value, color="tab:red", ls="--", lw=1, label="reference model (attacked)")

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from spaces import ATTACK_SPACE, DEFENDER_SPACES
-from spaces.dims import Dim, with_bounds
-from trainables import arithmetic
+from spaces import ATTACK_SPACE, DEFENDER_SPACES, UNDO_SPACE
+from spaces.dims import Choice, Dim, grid_size, with_bounds
+from trainables import arithmetic, undo
 from trainables.loop import LoopConfig
 from trainables.methods import METHODS
 from trainables.models import ModelConfig
@@ -51,22 +51,88 @@ def _check_space(space: dict[str, Any], base: dict[str, Dim], where: str) -> dic
     return space
 
 
+def _check_fixed(params: dict[str, Any], base: dict[str, Dim], where: str) -> None:
+    for name in params:
+        if name not in base:
+            raise ValueError(f"{where}.{name}: unknown parameter (known: {', '.join(base)})")
+
+
+def _searched(base: dict[str, Dim], bounds: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Dim]:
+    """The dimensions of ``base`` not fixed in ``fixed``, with ``bounds`` applied."""
+    return {k: with_bounds(d, bounds[k]) if k in bounds else d for k, d in base.items() if k not in fixed}
+
+
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+
+
+class UndoConfig(Strict):
+    """UNDO after the shallow method: corrupt a copy of the suppressed model (or start a fresh
+    one) and distil the suppressed model's outputs into it (``trainables/undo.py``).
+
+    The dimensions of ``spaces/undo.py`` (alpha, beta, steps, lr) are searched unless fixed in
+    ``params``; ``space`` narrows or widens them (``{values: [...]}`` makes a sweep). With
+    ``init: fresh`` alpha and beta do not apply.
+    """
+
+    init: Literal["corrupt", "fresh"] = "corrupt"
+    temperature: float = Field(1.0, gt=0)
+    # Stop once the student's retain accuracy is within epsilon of the teacher's (absolute).
+    epsilon: float = Field(0.05, ge=0, le=1)
+    loop: LoopConfig = LoopConfig(
+        steps=1500, lr=2e-3, schedule="warmup_cosine", warmup_steps=50, eval_every=50,
+    )
+    params: dict[str, Any] = {}
+    space: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> "UndoConfig":
+        if self.loop.eval_every < 1:
+            raise ValueError("loop.eval_every: must be >= 1 (the early stop is checked at evaluations)")
+        _check_fixed(self.params, UNDO_SPACE, "params")
+        _check_space(self.space, UNDO_SPACE, "space")
+        for name in ("alpha", "beta"):
+            if name in self.params:
+                _in_unit(self.params[name], f"params.{name}")
+            if name in self.space:
+                dim = with_bounds(UNDO_SPACE[name], self.space[name])
+                for v in dim.values if isinstance(dim, Choice) else (dim.low, dim.high):
+                    _in_unit(v, f"space.{name}")
+        try:
+            LoopConfig(**{**self.loop.model_dump(), **{k: v for k, v in self.params.items() if k in ("steps", "lr")}})
+        except ValidationError as e:
+            raise ValueError(f"params.{_format(e)}") from None
+        return self
+
+    def search_space(self) -> dict[str, Dim]:
+        """The searched UNDO dimensions, as ``undo.<name>``."""
+        skip = {"alpha", "beta"} if self.init == "fresh" else set()
+        dims = _searched(UNDO_SPACE, self.space, {**self.params, **dict.fromkeys(skip)})
+        return {f"undo.{k}": d for k, d in dims.items()}
+
+
+def _in_unit(v: Any, where: str) -> None:
+    try:
+        undo.check_strength(float(v), 0.0)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: must be a number in [0, 1], got {v!r}") from None
 
 
 class DefenderConfig(Strict):
     """The defender searched by the outer study: one method or several (the search then picks
     the method too), loop settings that override the methods' defaults, fixed hyperparameters
-    and narrower/wider bounds for the dimensions of ``spaces/<method>.py``.
+    and narrower/wider bounds for the dimensions of ``spaces/<method>.py``, and optionally UNDO
+    (corrupt + distil) after the method.
 
     Keys of ``params`` and ``space`` are a name (for every selected method) or
-    ``method.name`` (for one of them), e.g. ``lam`` or ``rmu.c``.
+    ``method.name`` (for one of them), e.g. ``lam`` or ``rmu.c``. A dimension given a value in
+    ``params`` (a method hyperparameter, or the loop's ``lr``/``steps``) is fixed, not searched.
     """
 
     method: MethodName | list[MethodName] = "graddiff"
     loop: LoopConfig = LoopConfig()
     params: dict[str, Any] = {}
     space: dict[str, Any] = {}
+    undo: UndoConfig | None = None
 
     @field_validator("params", "space", mode="before")
     @classmethod
@@ -100,24 +166,30 @@ class DefenderConfig(Strict):
         for m in self.methods:
             where = "space" if len(self.methods) == 1 else f"space.{m}"
             _check_space(self._for(self.space, m), DEFENDER_SPACES[m], where)
+            fixed = self._for(self.params, m)
+            where = "params" if len(self.methods) == 1 else f"params.{m}"
+            loop_keys = {k: v for k, v in fixed.items() if k in LoopConfig.model_fields}
             try:
-                METHODS[m].Params(**self._for(self.params, m))
+                METHODS[m].Params(**{k: v for k, v in fixed.items() if k not in loop_keys})
+                LoopConfig(**{**self.loop.model_dump(), **loop_keys})
             except ValidationError as e:
-                where = "params" if len(self.methods) == 1 else f"params.{m}"
                 raise ValueError(f"{where}.{_format(e)}") from None
         return self
 
     def method_params(self, method: str) -> dict[str, Any]:
-        """The fixed hyperparameters that apply to ``method``."""
+        """The fixed values that apply to ``method`` (hyperparameters and loop keys)."""
         return self._for(self.params, method)
 
     def search_space(self) -> dict[str, dict[str, Dim]]:
-        """Each selected method's space with this config's bounds applied."""
-        out = {}
-        for m in self.methods:
-            bounds = self._for(self.space, m)
-            out[m] = {k: with_bounds(d, bounds[k]) if k in bounds else d for k, d in DEFENDER_SPACES[m].items()}
-        return out
+        """Each selected method's searched dimensions (fixed ones left out), bounds applied."""
+        return {
+            m: _searched(DEFENDER_SPACES[m], self._for(self.space, m), self._for(self.params, m))
+            for m in self.methods
+        }
+
+    def shared_space(self) -> dict[str, Dim]:
+        """Dimensions searched whatever the method: UNDO's, as ``undo.<name>``."""
+        return self.undo.search_space() if self.undo else {}
 
 
 class AttackConfig(Strict):
@@ -142,7 +214,9 @@ class SearchConfig(Strict):
 
     trials: int = Field(8, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    # grid: every point of the searched dimensions once (each a list of values, e.g. an α sweep
+    # {values: [0.1, 0.2, ...]}); trials must equal the number of points.
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     # Trials whose released model falls below this retain accuracy are infeasible: marked so in
     # trials.parquet, never on the front, and reported to the search as the worst attacked score.
     retain_floor: float | None = Field(None, ge=0, le=1)
@@ -184,7 +258,22 @@ class ExperimentConfig(Strict):
     def _model(self) -> "ExperimentConfig":
         if not self.model.pretrained and self.model.d_model % self.model.n_head:
             raise ValueError("model.d_model must be divisible by model.n_head")
+        if self.search.sampler == "grid":
+            self._check_grid()
         return self
+
+    def _check_grid(self) -> None:
+        if len(self.defender.methods) > 1:
+            raise ValueError("search.sampler: grid needs a single defender.method")
+        dims = {**next(iter(self.defender.search_space().values())), **self.defender.shared_space()}
+        for name, dim in dims.items():
+            if not isinstance(dim, Choice):
+                where = f"defender.undo.space.{name[5:]}" if name.startswith("undo.") else f"defender.space.{name}"
+                raise ValueError(f"search.sampler: grid needs a list of values for every searched "
+                                 f"dimension; {where} is a range (give {{values: [...]}} or fix it in params)")
+        n = grid_size(dims)
+        if self.search.trials != n:
+            raise ValueError(f"search.trials: the grid has {n} points; set trials: {n}")
 
 
 def _format(err: ValidationError) -> str:
@@ -194,7 +283,7 @@ def _format(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{where}: {msg}")
+        lines.append(f"{where}: {msg}" if e["loc"] else msg)
     return "; ".join(lines)
 
 

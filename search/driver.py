@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search import tables
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef
-from search.trial import BASELINES, Context, baseline, defender, pretrain
+from search.trial import BASELINES, Context, baseline, defender, pretrain, suppressed_id
 from spaces.dims import suggest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,9 +95,9 @@ def _pretrain_task(ctx: Context, kind: str) -> StageRef:
 
 
 @ray.remote(num_cpus=1)
-def _baseline_task(ctx: Context, kind: str, reference: StageRef, model: StageRef) -> dict:
+def _baseline_task(ctx: Context, kind: str, reference: StageRef, model: StageRef | None, method: str | None = None) -> dict:
     _in_ray_worker()
-    return baseline(ctx, kind, reference, model)
+    return baseline(ctx, kind, reference, model, method)
 
 
 def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
@@ -147,19 +147,34 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _define_by_run(trial: optuna.Trial, spaces: dict[str, dict]) -> None:
+def _define_by_run(trial: optuna.Trial, spaces: dict[str, dict], shared: dict | None = None) -> None:
     """One method: its dimensions by name. Several: the method, then its dimensions as
-    ``<method>.<name>`` (a conditional space; each method keeps its own ranges)."""
+    ``<method>.<name>`` (a conditional space; each method keeps its own ranges). Then the
+    dimensions every method shares (UNDO's ``undo.<name>``)."""
     if len(spaces) == 1:
         suggest(trial, next(iter(spaces.values())))
-        return
-    method = trial.suggest_categorical("method", list(spaces))
-    suggest(trial, {f"{method}.{k}": d for k, d in spaces[method].items()})
+    else:
+        method = trial.suggest_categorical("method", list(spaces))
+        suggest(trial, {f"{method}.{k}": d for k, d in spaces[method].items()})
+    suggest(trial, shared or {})
+
+
+def _search(cfg: ExperimentConfig) -> tuple[dict, OptunaSearch | None]:
+    """(Tune param_space, search algorithm): every grid point once through Tune's own variant
+    generator, else multi-objective Optuna over the define-by-run space."""
+    space, shared = cfg.defender.search_space(), cfg.defender.shared_space()
+    if cfg.search.sampler == "grid":  # validated: one method, every dimension a Choice
+        dims = {**next(iter(space.values())), **shared}
+        return {k: tune.grid_search(list(d.values)) for k, d in dims.items()}, None
+    return {}, OptunaSearch(
+        space=functools.partial(_define_by_run, spaces=space, shared=shared),  # picklable: Tune saves it
+        metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
+        sampler=SAMPLERS[cfg.search.sampler](cfg.seed),
+    )
 
 
 def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
     cfg = ctx.cfg
-    space = cfg.defender.search_space()
     trainable = tune.with_parameters(defender_trial, ctx=ctx, reference=reference)
     # Local mode: the stages run in the trial's own process, which holds the CPUs. With Ray
     # Train workers, the workers hold the resources and the trial only coordinates.
@@ -168,15 +183,12 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
     tune_dir = tables.join(ctx.exp_dir, "tune")
     if resume and tune.Tuner.can_restore(tune_dir):
         return tune.Tuner.restore(tune_dir, trainable, resume_errored=False, restart_errored=False)
-    search_alg = OptunaSearch(
-        space=functools.partial(_define_by_run, spaces=space),  # picklable: Tune saves the searcher
-        metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
-        sampler=SAMPLERS[cfg.search.sampler](cfg.seed),
-    )
+    param_space, search_alg = _search(cfg)
     return tune.Tuner(
         trainable,
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=search_alg, num_samples=cfg.search.trials,
+            search_alg=search_alg, num_samples=1 if search_alg is None else cfg.search.trials,
             max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -185,6 +197,17 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
+
+
+def _report(tasks: dict) -> None:
+    """Wait for baseline tasks and print one line each."""
+    for kind, task in tasks.items():
+        try:
+            row = ray.get(task)
+            say(f"baseline {kind}: retain {row['retain_acc']:.3f}  forget {row['forget_acc']:.3f}  "
+                f"attacked {row['forget_acc_attacked']:.3f}")
+        except ray.exceptions.RayTaskError as e:
+            say(f"baseline {kind} FAILED: {e.cause!r} (row kept in trials.parquet)")
 
 
 def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool = False) -> str:
@@ -211,18 +234,22 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         how = "cached" if ref.cached else f"{ref.result['wall_s']:.0f} s"
         say(f"{kind} model: retain {m['retain_acc']:.3f}  forget (V) {m['forget_acc']:.3f}  ({how})")
     say(f"adversary search ({cfg.attack.budget} attacks each) on the baselines and "
-        f"{cfg.search.trials} {'/'.join(cfg.defender.methods)} trials ...")
-    baselines = [
-        _baseline_task.remote(ctx, kind, reference, model)
+        f"{cfg.search.trials} {'/'.join(cfg.defender.methods)}{' + UNDO' if cfg.defender.undo else ''} trials ...")
+    baselines = {
+        kind: _baseline_task.remote(ctx, kind, reference, model)
         for kind, model in zip(BASELINES, (pure, reference))
-    ]
+    }
+    if cfg.defender.undo:
+        # The suppressed teachers (each method at its fixed + default hyperparameters) and their
+        # attacks come first, so that UNDO trials distilling them find both in the stage cache.
+        say("UNDO: unlearning and attacking the suppressed model(s) first ...")
+        suppressed = {
+            suppressed_id(cfg, m): _baseline_task.remote(ctx, "suppressed", reference, None, m)
+            for m in cfg.defender.methods
+        }
+        _report(suppressed)
     _tuner(ctx, reference, resume).fit()
-    for kind, task in zip(BASELINES, baselines):
-        try:
-            row = ray.get(task)
-            say(f"baseline {kind}: retain {row['retain_acc']:.3f}  attacked {row['forget_acc_attacked']:.3f}")
-        except ray.exceptions.RayTaskError as e:
-            say(f"baseline {kind} FAILED: {e.cause!r} (row kept in trials.parquet)")
+    _report(baselines)
     tables.write_tables(exp_dir, tables.read_parts(exp_dir))
     return exp_dir
 

@@ -30,8 +30,13 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "status": pa.string(), "error": pa.string(), "setting": pa.string(), "method": pa.string(),
     "seed": pa.int64(), "retain_acc": pa.float64(), "forget_acc": pa.float64(),
     "forget_acc_attacked": pa.float64(), "best_attack_id": pa.string(), "attacks_run": pa.int64(),
-    "flops_pretrain": pa.float64(), "flops_unlearn": pa.float64(), "flops_attack": pa.float64(),
-    "compute_frac": pa.float64(), "feasible": pa.bool_(), "wall_s": pa.float64(),
+    "flops_pretrain": pa.float64(), "flops_unlearn": pa.float64(), "flops_distill": pa.float64(),
+    "flops_attack": pa.float64(), "compute_frac": pa.float64(), "compute_frac_attack": pa.float64(),
+    "feasible": pa.bool_(), "wall_s": pa.float64(),
+    # UNDO: the suppressed teacher, the distillation, and the robustness derived from them
+    "distill_steps": pa.int64(), "retain_acc_suppressed": pa.float64(),
+    "forget_acc_suppressed": pa.float64(), "forget_acc_attacked_suppressed": pa.float64(),
+    "robustness": pa.float64(), "suppressed_key": pa.string(),
     "finished_at": pa.float64(),
     "model_key": pa.string(),
     "config_hash": pa.string(), "code_version": pa.string(),
@@ -40,7 +45,7 @@ ATTACK_COLUMNS: dict[str, pa.DataType] = {
     "experiment": pa.string(), "trial_id": pa.string(), "attack_id": pa.string(),
     "status": pa.string(), "error": pa.string(), "forget_acc_final": pa.float64(),
     "forget_acc_max": pa.float64(), "retain_acc_final": pa.float64(), "flops": pa.float64(),
-    "wall_s": pa.float64(),
+    "compute_frac": pa.float64(), "wall_s": pa.float64(),
 }
 CURVE_COLUMNS: dict[str, pa.DataType] = {
     "experiment": pa.string(), "trial_id": pa.string(), "attack_id": pa.string(),
@@ -127,6 +132,23 @@ def to_table(rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> pa.
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+def add_robustness(trials: list[dict]) -> list[dict]:
+    """Set UNDO's ``robustness = (attacked_suppressed − attacked) / (attacked_suppressed −
+    attacked_pure)`` on every row that has an attacked suppressed score (1: as robust as the
+    pure model, 0: no better than its suppressed teacher). Derived when the tables are merged,
+    because the pure baseline may finish after the trials. Returns new row dicts."""
+    pure = [r["forget_acc_attacked"] for r in trials
+            if r.get("kind") == "baseline" and r.get("method") == "pure" and r.get("status") == "ok"]
+    out = []
+    for r in trials:
+        r = dict(r)
+        s, a = r.get("forget_acc_attacked_suppressed"), r.get("forget_acc_attacked")
+        if pure and s is not None and a is not None and s == s and a == a and s != pure[0]:
+            r["robustness"] = (s - a) / (s - pure[0])
+        out.append(r)
+    return out
+
+
 def write_tables(exp_dir: str, parts: dict[str, dict[str, list[dict]]]) -> dict[str, pa.Table]:
     """Merge parts into the three Parquet tables, each written atomically."""
     fs, base = resolve(exp_dir)
@@ -134,6 +156,8 @@ def write_tables(exp_dir: str, parts: dict[str, dict[str, list[dict]]]) -> dict[
     tables = {}
     for name, columns in SCHEMAS.items():
         rows = [r for tid in sorted(parts) for r in parts[tid].get(PART_KEYS[name], [])]
+        if name == TRIALS:
+            rows = add_robustness(rows)
         table = to_table(rows, columns)
         _write_atomic(fs, join(base, name), lambda out, t=table: pq.write_table(t, out))
         tables[name] = table

@@ -1,8 +1,9 @@
 """One defender trial, and the baselines, as plain functions over the stage runner.
 
 ``defender(ctx, trial_id, params)`` unlearns the reference model with one point of the defender
-space, scores the released model and attacks it with the adversary search; ``baseline(ctx,
-kind)`` does the same for the pure and reference models. Each writes its rows as one part,
+space (then, with UNDO, corrupts and distils), scores the released model and attacks it with
+the adversary search; ``baseline(ctx, kind)`` does the same for the pure, reference and
+suppressed models. Each writes its rows as one part,
 failed or not. The Tune trainable in ``search/driver.py`` only wraps ``defender``.
 """
 
@@ -21,7 +22,7 @@ from trainables import settings
 from trainables.loop import LoopConfig
 from trainables.methods import METHODS
 
-BASELINES = ("pure", "reference")
+BASELINES = ("pure", "reference")  # and "suppressed" in UNDO experiments
 
 
 @dataclass(frozen=True)
@@ -68,28 +69,49 @@ def split_params(params: dict) -> tuple[dict, dict]:
     )
 
 
-def decode(cfg: ExperimentConfig, config: dict) -> tuple[str, dict]:
-    """A point of the defender search → (method, its parameters). With several methods the
-    point holds ``method`` and ``<method>.<name>`` keys; with one, plain names."""
-    if "method" not in config:
-        return cfg.defender.methods[0], dict(config)
-    method = config["method"]
+def decode(cfg: ExperimentConfig, config: dict) -> tuple[str, dict, dict]:
+    """A point of the defender search → (method, its searched parameters, UNDO's searched
+    parameters). With several methods the point holds ``method`` and ``<method>.<name>`` keys;
+    with one, plain names; UNDO's are ``undo.<name>`` either way."""
+    undo = {k[len("undo."):]: v for k, v in config.items() if k.startswith("undo.")}
+    rest = {k: v for k, v in config.items() if not k.startswith("undo.")}
+    if "method" not in rest:
+        return cfg.defender.methods[0], rest, undo
+    method = rest["method"]
     prefix = f"{method}."
-    return method, {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}
+    return method, {k[len(prefix):]: v for k, v in rest.items() if k.startswith(prefix)}, undo
 
 
 def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict) -> dict:
     """Spec of the unlearning stage: the method's default loop, overridden by the loop keys the
-    config sets, overridden by the searched values; fixed then searched hyperparameters."""
-    loop, hyper = split_params(params)
+    config sets, overridden by fixed then searched values; the same for hyperparameters."""
+    loop, hyper = split_params({**cfg.defender.method_params(method), **params})
     return {
         "setting": cfg.setting.model_dump(),
         "method": method,
-        "params": {**cfg.defender.method_params(method), **hyper},
+        "params": METHODS[method].Params(**hyper).model_dump(),  # canonical: defaults filled in
         "loop": {
             **LoopConfig().model_dump(), **METHODS[method].DEFAULT_LOOP,
             **cfg.defender.loop.model_dump(exclude_unset=True), **loop,
         },
+        "seed": cfg.seed,
+    }
+
+
+def distill_spec(cfg: ExperimentConfig, params: dict) -> dict:
+    """Spec of UNDO's distillation stage from fixed then searched UNDO parameters."""
+    u = cfg.defender.undo
+    values = {**u.params, **params}
+    fresh = u.init == "fresh"
+    return {
+        "setting": cfg.setting.model_dump(),
+        "init": u.init,
+        "alpha": None if fresh else values["alpha"],
+        "beta": None if fresh else values["beta"],
+        "temperature": u.temperature,
+        "epsilon": u.epsilon,
+        "forget_fraction": cfg.pretrain.forget_fraction,  # the reference's pre-training mix
+        "loop": {**u.loop.model_dump(), **{k: values[k] for k in ("steps", "lr") if k in values}},
         "seed": cfg.seed,
     }
 
@@ -112,25 +134,28 @@ def _row(ctx: Context, trial_id: str, kind: str, method: str, params: dict) -> d
 
 def _finish(
     ctx: Context, row: dict, released: StageRef, outcome: AttackOutcome,
-    flops_pretrain: float, flops_unlearn: float, defence_flops: float, ref_flops: float,
-    curves: list[dict],
+    defence_flops: float, ref_flops: float, curves: list[dict],
 ) -> dict:
     """Complete ``row`` from the released model and its attacks; write the trial's part.
 
-    ``defence_flops`` is what making this model cost beyond the reference's pre-training
-    (unlearning for a defender, its own pre-training for the pure model, 0 for the reference).
+    ``row`` already holds the ``flops_*`` of the stages that made the model; ``defence_flops``
+    is what making it cost beyond the reference's pre-training (unlearning and distillation for
+    a defender, its own pre-training for the pure model, 0 for the reference).
     """
     m = released.result["metrics"]
     ok = outcome.best == outcome.best  # not NaN: at least one attack finished
+    for a in outcome.attacks:
+        if a.get("flops") is not None:
+            a["compute_frac"] = a["flops"] / ref_flops
     row.update({
         "status": "ok" if ok else "error",
         "error": None if ok else "every attack failed; see attacks.parquet",
         "retain_acc": m["retain_acc"], "forget_acc": m["forget_acc"],
         "forget_acc_attacked": outcome.best, "best_attack_id": outcome.best_attack_id,
         "attacks_run": len(outcome.attacks),
-        "flops_pretrain": flops_pretrain, "flops_unlearn": flops_unlearn,
         "flops_attack": outcome.flops,
         "compute_frac": defence_flops / ref_flops,
+        "compute_frac_attack": outcome.flops / ref_flops,
         "feasible": ok and (ctx.cfg.search.retain_floor is None or m["retain_acc"] >= ctx.cfg.search.retain_floor),
         "model_key": released.key, "finished_at": time.time(),
     })
@@ -150,36 +175,79 @@ def _fail(ctx: Context, row: dict, e: BaseException, start: float) -> None:
     tables.write_part(ctx.exp_dir, row["trial_id"], {"trials": [row]})
 
 
+def suppress(ctx: Context, method: str, params: dict, reference: StageRef) -> StageRef:
+    """The suppressed model: ``reference`` unlearned by ``method`` (cached per distinct spec, so
+    every UNDO trial of one unlearning config distils the same teacher)."""
+    return run_stage(ctx.runner, "unlearn", unlearn_spec(ctx.cfg, method, params), {"model": reference})
+
+
 def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> dict:
-    """Unlearn ``reference`` with one point of the defender search, then attack the released
-    model. Returns the trial's row."""
+    """Unlearn ``reference`` with one point of the defender search (then, with UNDO, corrupt and
+    distil), and attack the released model. Returns the trial's row.
+
+    With UNDO the suppressed teacher is attacked too (the same seeded adversary search, so a
+    cache hit when the driver's ``suppressed`` baseline already ran it): its attacked score is
+    the trial's ``forget_acc_attacked_suppressed``, from which the tables derive robustness.
+    """
     start = time.perf_counter()
-    method, params = decode(ctx.cfg, config)
-    row = _row(ctx, trial_id, "defender", method, params)
+    method, params, undo = decode(ctx.cfg, config)
+    row = _row(ctx, trial_id, "defender", method, {**params, **{f"undo.{k}": v for k, v in undo.items()}})
     try:
-        released = run_stage(ctx.runner, "unlearn", unlearn_spec(ctx.cfg, method, params), {"model": reference})
-        curves = curve_rows(ctx.experiment, trial_id, None, "unlearn", released.result["curve"])
+        ref_flops = reference.result["flops"]
+        suppressed = suppress(ctx, method, params, reference)
+        curves = curve_rows(ctx.experiment, trial_id, None, "unlearn", suppressed.result["curve"])
+        row.update({"flops_pretrain": ref_flops, "flops_unlearn": suppressed.result["flops"], "flops_distill": 0.0})
+        released = suppressed
+        if ctx.cfg.defender.undo:
+            released = run_stage(ctx.runner, "distill", distill_spec(ctx.cfg, undo), {"teacher": suppressed})
+            curves += curve_rows(ctx.experiment, trial_id, None, "distill", released.result["curve"])
+            teacher = _attack_released(ctx, trial_id, suppressed)
+            sm = suppressed.result["metrics"]
+            row.update({
+                "flops_distill": released.result["flops"], "distill_steps": released.result["steps"],
+                "retain_acc_suppressed": sm["retain_acc"], "forget_acc_suppressed": sm["forget_acc"],
+                "forget_acc_attacked_suppressed": teacher.best, "suppressed_key": suppressed.key,
+            })
         outcome = _attack_released(ctx, trial_id, released)
         row["wall_s"] = time.perf_counter() - start
-        ref_flops, flops = reference.result["flops"], released.result["flops"]
-        return _finish(ctx, row, released, outcome, ref_flops, flops, flops, ref_flops, curves)
+        defence = row["flops_unlearn"] + row["flops_distill"]
+        return _finish(ctx, row, released, outcome, defence, ref_flops, curves)
     except Exception as e:
         _fail(ctx, row, e, start)
         raise
 
 
-def baseline(ctx: Context, kind: str, reference: StageRef, model: StageRef | None = None) -> dict:
-    """Score and attack the pure or the reference model, as a baseline row."""
+def suppressed_id(cfg: ExperimentConfig, method: str) -> str:
+    """Trial id of the ``suppressed`` baseline of ``method``."""
+    return "suppressed" if len(cfg.defender.methods) == 1 else f"suppressed-{method}"
+
+
+def baseline(
+    ctx: Context, kind: str, reference: StageRef, model: StageRef | None = None, method: str | None = None,
+) -> dict:
+    """Score and attack a baseline: the pure model, the reference model, or (UNDO experiments)
+    the suppressed model of ``method`` at its fixed and default hyperparameters."""
     start = time.perf_counter()
-    row = _row(ctx, kind, "baseline", kind, {})
+    trial_id = suppressed_id(ctx.cfg, method) if kind == "suppressed" else kind
+    row = _row(ctx, trial_id, "baseline", kind, {"teacher": method} if method else {})
     try:
-        model = model or pretrain(ctx, kind)
-        curves = curve_rows(ctx.experiment, kind, None, "pretrain", model.result["curve"])
-        outcome = _attack_released(ctx, kind, model)
+        ref_flops = reference.result["flops"]
+        if kind == "suppressed":
+            model = model or suppress(ctx, method, {}, reference)
+            flops = {"flops_pretrain": ref_flops, "flops_unlearn": model.result["flops"]}
+            stage = "unlearn"
+        else:
+            model = model or pretrain(ctx, kind)
+            flops = {"flops_pretrain": model.result["flops"], "flops_unlearn": 0.0}
+            stage = "pretrain"
+        row.update({**flops, "flops_distill": 0.0})
+        curves = curve_rows(ctx.experiment, trial_id, None, stage, model.result["curve"])
+        outcome = _attack_released(ctx, trial_id, model)
+        if kind == "suppressed":
+            row["forget_acc_attacked_suppressed"] = outcome.best
         row["wall_s"] = time.perf_counter() - start
-        own = model.result["flops"]
-        defence = own if kind == "pure" else 0.0
-        return _finish(ctx, row, model, outcome, own, 0.0, defence, reference.result["flops"], curves)
+        defence = {"pure": flops["flops_pretrain"], "reference": 0.0}.get(kind, flops["flops_unlearn"])
+        return _finish(ctx, row, model, outcome, defence, ref_flops, curves)
     except Exception as e:
         _fail(ctx, row, e, start)
         raise

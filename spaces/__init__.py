@@ -1,6 +1,6 @@
 """Search spaces: one per defender method, one for attacks."""
 
-from spaces import attack, gradascent, graddiff, maxent, npo, rmu
+from spaces import attack, gradascent, graddiff, maxent, npo, rmu, undo
 from spaces.dims import Dim
 
 DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
@@ -11,3 +11,4 @@ DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
     "rmu": rmu.SPACE,
 }
 ATTACK_SPACE: dict[str, Dim] = attack.SPACE
+UNDO_SPACE: dict[str, Dim] = undo.SPACE

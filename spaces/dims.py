@@ -33,10 +33,19 @@ Dim = Union[Float, Int, Choice]
 
 
 def with_bounds(dim: Dim, bounds: Any) -> Dim:
-    """``dim`` with its range replaced: ``[low, high]`` for Float/Int, a list of values for Choice.
+    """``dim`` with its range replaced: ``[low, high]`` for Float/Int, a list of values for Choice;
+    ``{values: [...]}`` turns a Float/Int into a Choice of those values (a sweep, or a grid).
 
     Raises ValueError naming what is wrong.
     """
+    if isinstance(bounds, dict) and not isinstance(dim, Choice):
+        if set(bounds) != {"values"} or not isinstance(bounds["values"], (list, tuple)) or not bounds["values"]:
+            raise ValueError("must be [low, high] or {values: [v1, v2, ...]}")
+        cast = int if isinstance(dim, Int) else float
+        values = bounds["values"]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or cast(v) != v for v in values):
+            raise ValueError(f"values must be {'integers' if cast is int else 'numbers'}")
+        return Choice(tuple(cast(v) for v in values))
     if isinstance(dim, Choice):
         values = tuple(bounds) if isinstance(bounds, (list, tuple)) else (bounds,)
         if not values:
@@ -53,6 +62,16 @@ def with_bounds(dim: Dim, bounds: Any) -> Dim:
     if dim.log and low <= 0:
         raise ValueError(f"log-scale bounds must be > 0, got {low}")
     return replace(dim, low=cast(low), high=cast(high))
+
+
+def grid_size(space: dict[str, Dim]) -> int | None:
+    """Number of points of the full grid over ``space``; None if a dimension is a range."""
+    n = 1
+    for dim in space.values():
+        if not isinstance(dim, Choice):
+            return None
+        n *= len(dim.values)
+    return n
 
 
 def suggest(trial: Any, space: dict[str, Dim]) -> dict[str, Any]:

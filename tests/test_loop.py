@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from trainables import loop
 from trainables.loop import LoopConfig, NonFiniteLoss, lr_factor, train
 
 
@@ -26,3 +27,20 @@ def test_non_finite_loss_fails_the_run():
     model = torch.nn.Linear(1, 1)
     with pytest.raises(NonFiniteLoss):
         train(model, lambda m, s: m.weight.sum() * float("nan"), LoopConfig(steps=3))
+
+
+def test_stop_fn_ends_training_at_an_evaluation():
+    model = torch.nn.Linear(2, 1)
+    seen = []
+
+    def loss_fn(net, step):
+        seen.append(step)
+        return net(torch.ones(1, 2)).pow(2).sum()
+
+    calls = iter([False, False, True])  # step 0, step 3, step 6 → stop
+    cfg = loop.LoopConfig(steps=20, eval_every=3, lr=0.01)
+    curve, _ = loop.train(model, loss_fn, cfg, eval_fn=lambda m: {"x": 1.0}, stop_fn=lambda m: next(calls))
+    assert seen == list(range(6)) and max(s for s, _, _ in curve) == 6
+    assert loop.last_eval(curve) == {"x": 1.0}
+    curve, _ = loop.train(model, loss_fn, cfg, eval_fn=lambda m: {"x": 1.0}, stop_fn=lambda m: True)
+    assert curve == [(0, "x", 1.0)] and len(seen) == 6  # met before any step: no step taken

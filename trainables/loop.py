@@ -84,12 +84,16 @@ def train(
     cfg: LoopConfig,
     eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     params: list[torch.nn.Parameter] | None = None,
+    stop_fn: Callable[[dict[str, float]], bool] | None = None,
 ) -> tuple[Curve, float]:
-    """Train ``model`` for ``cfg.steps`` steps. Returns (curve, wall seconds).
+    """Train ``model`` for at most ``cfg.steps`` steps. Returns (curve, wall seconds).
 
     ``params`` restricts what is optimised (default: every parameter that requires grad).
     The curve holds ``loss`` every step interval and ``eval_fn``'s metrics at step 0, every
-    ``eval_every`` steps, and at the end.
+    ``eval_every`` steps, and at the end. ``stop_fn(metrics)`` is asked after every evaluation
+    and ends training early when it returns True (every rank evaluates the same replicated
+    model on the same data, so every rank stops at the same step); the last curve step is the
+    number of steps taken.
     """
     start = time.perf_counter()
     model.to(device())
@@ -102,15 +106,19 @@ def train(
     net = wrap_for_world(model)
     curve: Curve = []
 
-    def evaluate(step: int) -> None:
-        if eval_fn is not None:
-            curve.extend((step, k, float(v)) for k, v in eval_fn(model).items())
+    def evaluate(step: int) -> bool:
+        """Record the metrics at ``step``; True if ``stop_fn`` says training is done."""
+        if eval_fn is None:
+            return False
+        metrics = eval_fn(model)
+        curve.extend((step, k, float(v)) for k, v in metrics.items())
+        return stop_fn is not None and stop_fn(metrics)
 
-    if cfg.eval_every:
-        evaluate(0)
+    stopped = bool(cfg.eval_every) and evaluate(0)
     net.train()
     log_every = max(1, cfg.eval_every or cfg.steps // 10)
-    for step in range(cfg.steps):
+    done = 0
+    for step in range(0 if stopped else cfg.steps):
         loss = loss_fn(net, step)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} at step {step}")
@@ -124,8 +132,11 @@ def train(
         if done % log_every == 0 or done == cfg.steps:
             curve.append((done, "loss", float(loss.detach())))
         if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
-            evaluate(done)
-    evaluate(cfg.steps)
+            if evaluate(done):  # the loss at ``done`` is logged: log_every == eval_every
+                stopped = True
+                break
+    if not stopped:
+        evaluate(done)
     model.eval()
     return curve, time.perf_counter() - start
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from trainables import attack, pretrain, unlearn
+from trainables import attack, pretrain, undo, unlearn
 
 StageFn = Callable[[dict, dict[str, str], Path], dict]
 
 STAGES: dict[str, StageFn] = {
     "pretrain": pretrain.run,
     "unlearn": unlearn.run,
+    "distill": undo.run,
     "attack": attack.run,
 }

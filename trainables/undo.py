@@ -1,0 +1,141 @@
+"""UNDO: corrupt a copy of the suppressed model, then distil the suppressed model into it.
+
+Unlearn → Noise → Distill-on-Outputs (Lee et al. 2025, "Distillation Robustifies Unlearning",
+arXiv 2506.06278). The shallow unlearning stage leaves the forget capability latent in the
+weights, where a few fine-tuning steps find it again. UNDO mixes the suppressed weights with
+noise (strength α) and trains this student to imitate only the teacher's *outputs*: the retain
+behaviour is re-learned from the outputs, the latent forget capability is not copied. α = 0
+keeps the weights (cheap, not robust), α = 1 is a fresh model (robust, as costly as
+pre-training); the search maps the trade-off between.
+
+Stage ``distill``: inputs ``teacher`` (the suppressed model); spec
+  setting, model (for ``init: fresh``), init (corrupt | fresh), alpha, beta, temperature,
+  epsilon, forget_fraction (the pre-training mix), loop (LoopConfig), seed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from trainables import compute, data, loop, models, settings
+
+REFERENCE = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), arXiv 2506.06278"
+INITS = ("corrupt", "fresh")
+
+
+def check_strength(alpha: float, beta: float) -> None:
+    """Raise ValueError unless α and β lie in [0, 1]."""
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {v}")
+
+
+@torch.no_grad()
+def corrupt(model: torch.nn.Module, alpha: float, beta: float, seed: int) -> torch.nn.Module:
+    """Shrink and perturb ``model`` in place; returns it.
+
+    Every trainable 2-D weight: ``p ← (1−α)·p + α·β·N`` with ``N`` Xavier-uniform for that
+    shape; every other trainable weight (norms, biases): ``p ← (1−α)·p``. The noise comes from
+    one CPU generator seeded with ``seed``, drawn parameter by parameter in
+    ``model.named_parameters()`` order (tied weights once), so a seed fixes the corruption on
+    any device.
+    """
+    check_strength(alpha, beta)
+    gen = torch.Generator().manual_seed(seed)
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() == 2:
+            noise = torch.nn.init.xavier_uniform_(torch.empty(p.shape, dtype=torch.float32), generator=gen)
+            p.mul_(1.0 - alpha).add_(noise.to(p.device, p.dtype), alpha=alpha * beta)
+        else:
+            p.mul_(1.0 - alpha)
+    return model
+
+
+def fresh_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A randomly initialised model of ``model``'s architecture (UNDO's option 1: full
+    distillation into a new network)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(copy.deepcopy(model.config))
+
+
+def distill_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Forward KL(teacher ‖ student) of the next-token distributions, averaged over the
+    positions where ``mask`` is true (every position without a mask).
+
+    KL = Σ_v p_t(v)·(log p_t(v) − log p_s(v)), with p = softmax(logits / T); multiplied by T²
+    so the gradient scale does not shrink with the temperature (Hinton et al. 2015).
+    """
+    t = temperature
+    log_s = torch.log_softmax(student_logits.float() / t, dim=-1)
+    log_t = torch.log_softmax(teacher_logits.float() / t, dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1) * (t * t)
+    if mask is None:
+        return kl.mean()
+    mask = mask.to(kl.dtype)
+    return (kl * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def student(teacher: torch.nn.Module, init: str, alpha: float, beta: float, seed: int) -> torch.nn.Module:
+    """The student UNDO trains (every parameter trainable): a corrupted copy of the teacher, or
+    a fresh model."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "fresh":
+        return fresh_copy(teacher, seed).train()
+    net = copy.deepcopy(teacher).train()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return corrupt(net, alpha, beta, seed)
+
+
+def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
+    """Corrupt (or freshly initialise) a student and distil ``inputs['teacher']`` into it on the
+    pre-training mix, until the student's retain score is within ``epsilon`` of the teacher's
+    or the step budget runs out. Saves the student; its metrics are the released model's."""
+    setting, d = settings.load(spec["setting"])
+    cfg = loop.LoopConfig(**spec["loop"])
+    dev = loop.device()
+    teacher = models.load_model(inputs["teacher"]).to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    net = student(teacher, spec["init"], spec["alpha"], spec["beta"], spec["seed"]).to(dev)
+    target = setting.score(teacher, d)["retain_acc"]
+    rank, _ = loop.world()
+    gen = data.sampler(spec["seed"], rank)
+    frac, t = spec["forget_fraction"], spec["temperature"]
+
+    def loss_fn(model: torch.nn.Module, step: int) -> torch.Tensor:
+        # The full pre-training mix: only the teacher is unlearned, so forget prompts teach the
+        # student the teacher's suppressed answers, not the capability.
+        batch = data.mix(d.retain_train, d.forget_all, cfg.batch_size, frac, gen)
+        with torch.no_grad():
+            teacher_logits = setting.answer_logits(teacher(input_ids=batch).logits)
+        return distill_loss(setting.answer_logits(model(input_ids=batch).logits), teacher_logits, temperature=t)
+
+    def close_enough(metrics: dict[str, float]) -> bool:
+        return metrics["retain_acc"] >= target - spec["epsilon"]
+
+    torch.manual_seed(spec["seed"])
+    curve, wall = loop.train(net, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), stop_fn=close_enough)
+    models.save_model(net, out_dir)
+    steps = max(s for s, _, _ in curve)
+    tokens = steps * cfg.batch_size * setting.SEQ_LEN
+    result = compute.training_result(net, loop.last_eval(curve), curve, tokens, wall)
+    teacher_n = sum(p.numel() for p in teacher.parameters())
+    result["flops"] += compute.forward_flops(teacher_n, tokens)  # the teacher's forward passes
+    result["steps"] = steps
+    result["teacher_retain_acc"] = target
+    return result
