@@ -65,6 +65,10 @@ def _searched(base: dict[str, Dim], bounds: dict[str, Any], fixed: dict[str, Any
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
 
+# Distillation defaults on arithmetic: AdamW, warmup + cosine, clipping (LoopConfig's 1.0).
+DISTILL_LOOP = {"steps": 1500, "lr": 2e-3, "schedule": "warmup_cosine", "warmup_steps": 50, "eval_every": 50}
+
+
 class UndoConfig(Strict):
     """UNDO after the shallow method: corrupt a copy of the suppressed model (or start a fresh
     one) and distil the suppressed model's outputs into it (``trainables/undo.py``).
@@ -78,11 +82,15 @@ class UndoConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     # Stop once the student's retain accuracy is within epsilon of the teacher's (absolute).
     epsilon: float = Field(0.05, ge=0, le=1)
-    loop: LoopConfig = LoopConfig(
-        steps=1500, lr=2e-3, schedule="warmup_cosine", warmup_steps=50, eval_every=50,
-    )
+    loop: LoopConfig = LoopConfig(**DISTILL_LOOP)
     params: dict[str, Any] = {}
     space: dict[str, Any] = {}
+
+    @field_validator("loop", mode="before")
+    @classmethod
+    def _loop_defaults(cls, v: Any) -> Any:
+        """Keys the config leaves out keep the distillation defaults, not LoopConfig's."""
+        return {**DISTILL_LOOP, **v} if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _check(self) -> "UndoConfig":

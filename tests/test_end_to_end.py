@@ -64,3 +64,27 @@ def test_several_methods_in_one_search_and_one_plot(tmp_path):
     assert set(defenders["method"]) <= {"graddiff", "maxent", "npo", "rmu"} and defenders["method"].nunique() >= 2
     assert (defenders["feasible"] == (defenders["retain_acc"] >= 0.5)).all()
     assert (tmp_path / "results" / "e2e" / "pareto.png").exists()
+
+
+def test_undo_alpha_sweep_through_the_driver(tmp_path):
+    """UNDO from config through the grid sweep: one row per α, a suppressed baseline whose
+    attacks the trials reuse, robustness in the table and in the report."""
+    sweep = "defender.undo.space.alpha={values: [0.3, 0.9]}"
+    out = _run(tmp_path, "--config", str(ROOT / "configs" / "undo_arithmetic.yaml"), "--set", sweep,
+               "--set", "search.trials=2", "--set", "defender.undo.params.steps=10",
+               "--set", "defender.undo.loop.eval_every=5", "--set", "defender.params.steps=5")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    exp = tmp_path / "results" / "e2e"
+    trials = pd.read_parquet(exp / tables.TRIALS)
+    defenders = trials[trials["kind"] == "defender"].sort_values("param.undo.alpha")
+    assert list(defenders["param.undo.alpha"]) == [0.3, 0.9] and (defenders["status"] == "ok").all()
+    assert set(trials.loc[trials["kind"] == "baseline", "method"]) == {"pure", "reference", "suppressed"}
+    sup = trials.set_index("trial_id").loc["suppressed"]
+    assert (defenders["suppressed_key"] == sup["model_key"]).all()  # one teacher for every α
+    assert (defenders["forget_acc_attacked_suppressed"] == sup["forget_acc_attacked"]).all()
+    assert (defenders["flops_distill"] >= 0).all() and "robustness" in trials
+    assert {"distill", "unlearn"} <= set(pd.read_parquet(exp / tables.CURVES)["stage"])
+    report = subprocess.run([sys.executable, "-m", "analysis", str(exp), "--out", str(tmp_path / "fig")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert report.returncode == 0 and "UNDO (robustness vs. compute)" in report.stdout
+    assert (tmp_path / "fig" / "compute.png").exists()
