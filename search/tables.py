@@ -135,14 +135,20 @@ def to_table(rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> pa.
 def add_robustness(trials: list[dict]) -> list[dict]:
     """Set UNDO's ``robustness = (attacked_suppressed − attacked) / (attacked_suppressed −
     attacked_pure)`` on every row that has an attacked suppressed score (1: as robust as the
-    pure model, 0: no better than its suppressed teacher). Derived when the tables are merged,
-    because the pure baseline may finish after the trials. Returns new row dicts."""
-    pure = [r["forget_acc_attacked"] for r in trials
-            if r.get("kind") == "baseline" and r.get("method") == "pure" and r.get("status") == "ok"]
+    pure model, 0: no better than its suppressed teacher), and on the pure and reference rows
+    when the experiment has one suppressed model. Derived when the tables are merged, because
+    the pure baseline may finish after the trials. Returns new row dicts."""
+    def baseline(method: str) -> list[float]:
+        return [r["forget_acc_attacked"] for r in trials
+                if r.get("kind") == "baseline" and r.get("method") == method and r.get("status") == "ok"]
+
+    pure, suppressed = baseline("pure"), baseline("suppressed")
     out = []
     for r in trials:
         r = dict(r)
         s, a = r.get("forget_acc_attacked_suppressed"), r.get("forget_acc_attacked")
+        if s is None and r.get("kind") == "baseline" and len(suppressed) == 1:
+            s = suppressed[0]
         if pure and s is not None and a is not None and s == s and a == a and s != pure[0]:
             r["robustness"] = (s - a) / (s - pure[0])
         out.append(r)

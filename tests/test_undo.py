@@ -152,7 +152,7 @@ def test_undo_trial_and_suppressed_baseline_rows(undo_cfg, tmp_path):
     s, p, a = sup["forget_acc_attacked"], pure_row["forget_acc_attacked"], row["forget_acc_attacked"]
     assert by_id["t1"]["robustness"] == (pytest.approx((s - a) / (s - p)) if s != p else None)
     assert by_id["suppressed"]["robustness"] == (0.0 if s != p else None)
-    assert by_id["pure"]["robustness"] is None  # no suppressed score of its own
+    assert by_id["pure"]["robustness"] == (1.0 if s != p else None)
     attacks = tables.read_parts(ctx.exp_dir)["t1"]["attacks"]
     assert all(x["compute_frac"] == pytest.approx(x["flops"] / reference.result["flops"]) for x in attacks)
 
@@ -167,6 +167,23 @@ def test_robustness_formula():
         {"kind": "defender", "status": "error", "forget_acc_attacked": None, "forget_acc_attacked_suppressed": 0.6},
     ]
     got = [r.get("robustness") for r in tables.add_robustness(rows)]
-    assert got[0] is None and got[1] == 0.0 and got[4] is None
+    assert got[0] == 1.0 and got[1] == 0.0 and got[4] is None  # pure: 1 by definition
     assert got[2] == pytest.approx(0.75) and got[3] == pytest.approx(1.25)  # beyond pure: > 1
     assert all("robustness" not in r for r in rows)  # inputs untouched
+    assert tables.add_robustness(rows[:1] + rows[2:])[0].get("robustness") is None  # no suppressed row
+
+
+def test_student_is_a_trainable_corrupted_copy_or_a_fresh_model():
+    teacher = _model(0)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    copy = undo.student(teacher, "corrupt", 0.0, 0.1, 0)
+    assert all(p.requires_grad for p in copy.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(copy.parameters(), teacher.parameters()))
+    fresh = undo.student(teacher, "fresh", None, None, 3)
+    assert fresh.config.to_dict() == teacher.config.to_dict()
+    assert all(p.requires_grad for p in fresh.parameters())
+    assert not torch.equal(fresh.transformer.h[0].mlp.c_fc.weight, teacher.transformer.h[0].mlp.c_fc.weight)
+    assert all(not p.requires_grad for p in teacher.parameters())  # the teacher is left frozen
+    with pytest.raises(ValueError, match="init"):
+        undo.student(teacher, "noise", 0.5, 0.1, 0)
