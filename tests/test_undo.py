@@ -187,3 +187,24 @@ def test_student_is_a_trainable_corrupted_copy_or_a_fresh_model():
     assert all(not p.requires_grad for p in teacher.parameters())  # the teacher is left frozen
     with pytest.raises(ValueError, match="init"):
         undo.student(teacher, "noise", 0.5, 0.1, 0)
+
+
+def test_undo_dimensions_join_the_outer_search():
+    import optuna
+
+    from search.driver import _define_by_run
+
+    cfg = config.load(None, ["defender.undo.init=corrupt"])
+    assert set(cfg.defender.shared_space()) == {"undo.alpha", "undo.beta", "undo.steps", "undo.lr"}
+    fresh = config.load(None, ["defender.undo.init=fresh", "defender.undo.params.lr=1e-3"])
+    assert set(fresh.defender.shared_space()) == {"undo.steps"}  # α, β do not apply; lr is fixed
+    multi = config.load(None, ["defender.method=[graddiff,npo]", "defender.undo.params.beta=0.1",
+                               "defender.params.graddiff.lam=5"])
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
+    for _ in range(6):
+        trial = study.ask()
+        _define_by_run(trial, multi.defender.search_space(), multi.defender.shared_space())
+        method, params, undo_point = decode(multi, trial.params)
+        assert set(undo_point) == {"alpha", "steps", "lr"} and 0.1 <= undo_point["alpha"] <= 1
+        assert "lam" not in params if method == "graddiff" else "lam" in params  # fixed ⇒ not searched
+        study.tell(trial, [0.0, 0.0])
