@@ -106,7 +106,7 @@ class UndoConfig(Strict):
                 for v in dim.values if isinstance(dim, Choice) else (dim.low, dim.high):
                     _in_unit(v, f"space.{name}")
         try:
-            LoopConfig(**{**self.loop.model_dump(), **{k: v for k, v in self.params.items() if k in ("steps", "lr")}})
+            LoopConfig(**{**self.loop.model_dump(), **{k: v for k, v in self.params.items() if k in LoopConfig.model_fields}})
         except ValidationError as e:
             raise ValueError(f"params.{_format(e)}") from None
         return self
@@ -120,7 +120,7 @@ class UndoConfig(Strict):
 
 def _in_unit(v: Any, where: str) -> None:
     try:
-        undo.check_strength(float(v), 0.0)
+        undo.check_unit(where, float(v))
     except (TypeError, ValueError):
         raise ValueError(f"{where}: must be a number in [0, 1], got {v!r}") from None
 
@@ -199,6 +199,10 @@ class DefenderConfig(Strict):
         """Dimensions searched whatever the method: UNDO's, as ``undo.<name>``."""
         return self.undo.search_space() if self.undo else {}
 
+    def single_space(self) -> dict[str, Dim]:
+        """Every searched dimension of a single-method defender, UNDO's included (a grid's axes)."""
+        return {**next(iter(self.search_space().values())), **self.shared_space()}
+
 
 class AttackConfig(Strict):
     """The adversary search run against every released model."""
@@ -273,7 +277,7 @@ class ExperimentConfig(Strict):
     def _check_grid(self) -> None:
         if len(self.defender.methods) > 1:
             raise ValueError("search.sampler: grid needs a single defender.method")
-        dims = {**next(iter(self.defender.search_space().values())), **self.defender.shared_space()}
+        dims = self.defender.single_space()
         for name, dim in dims.items():
             if not isinstance(dim, Choice):
                 where = f"defender.undo.space.{name[5:]}" if name.startswith("undo.") else f"defender.space.{name}"

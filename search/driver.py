@@ -162,12 +162,12 @@ def _define_by_run(trial: optuna.Trial, spaces: dict[str, dict], shared: dict | 
 def _search(cfg: ExperimentConfig) -> tuple[dict, OptunaSearch | None]:
     """(Tune param_space, search algorithm): every grid point once through Tune's own variant
     generator, else multi-objective Optuna over the define-by-run space."""
-    space, shared = cfg.defender.search_space(), cfg.defender.shared_space()
     if cfg.search.sampler == "grid":  # validated: one method, every dimension a Choice
-        dims = {**next(iter(space.values())), **shared}
-        return {k: tune.grid_search(list(d.values)) for k, d in dims.items()}, None
+        return {k: tune.grid_search(list(d.values)) for k, d in cfg.defender.single_space().items()}, None
     return {}, OptunaSearch(
-        space=functools.partial(_define_by_run, spaces=space, shared=shared),  # picklable: Tune saves it
+        space=functools.partial(  # picklable: Tune saves the searcher
+            _define_by_run, spaces=cfg.defender.search_space(), shared=cfg.defender.shared_space(),
+        ),
         metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
         sampler=SAMPLERS[cfg.search.sampler](cfg.seed),
     )

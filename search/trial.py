@@ -101,17 +101,17 @@ def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict) -> dict:
 def distill_spec(cfg: ExperimentConfig, params: dict) -> dict:
     """Spec of UNDO's distillation stage from fixed then searched UNDO parameters."""
     u = cfg.defender.undo
-    values = {**u.params, **params}
+    loop, strength = split_params({**u.params, **params})  # (steps, lr), (alpha, beta)
     fresh = u.init == "fresh"
     return {
         "setting": cfg.setting.model_dump(),
         "init": u.init,
-        "alpha": None if fresh else values["alpha"],
-        "beta": None if fresh else values["beta"],
+        "alpha": None if fresh else strength["alpha"],
+        "beta": None if fresh else strength["beta"],
         "temperature": u.temperature,
         "epsilon": u.epsilon,
         "forget_fraction": cfg.pretrain.forget_fraction,  # the reference's pre-training mix
-        "loop": {**u.loop.model_dump(), **{k: values[k] for k in ("steps", "lr") if k in values}},
+        "loop": {**u.loop.model_dump(), **loop},
         "seed": cfg.seed,
     }
 

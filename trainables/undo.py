@@ -26,11 +26,10 @@ REFERENCE = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), arXiv 
 INITS = ("corrupt", "fresh")
 
 
-def check_strength(alpha: float, beta: float) -> None:
-    """Raise ValueError unless α and β lie in [0, 1]."""
-    for name, v in (("alpha", alpha), ("beta", beta)):
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {v}")
+def check_unit(name: str, value: float) -> None:
+    """Raise ValueError unless ``value`` (α or β) lies in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
 @torch.no_grad()
@@ -43,7 +42,8 @@ def corrupt(model: torch.nn.Module, alpha: float, beta: float, seed: int) -> tor
     ``model.named_parameters()`` order (tied weights once), so a seed fixes the corruption on
     any device.
     """
-    check_strength(alpha, beta)
+    check_unit("alpha", alpha)
+    check_unit("beta", beta)
     gen = torch.Generator().manual_seed(seed)
     for _, p in model.named_parameters():
         if not p.requires_grad:
