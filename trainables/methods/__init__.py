@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from trainables.methods import gradascent, graddiff, maxent, npo, rmu
+from trainables.methods import gradascent, graddiff, maxent, npo, random_mapping, rmu
 
 METHODS: dict[str, ModuleType] = {
     "gradascent": gradascent,
     "graddiff": graddiff,
     "maxent": maxent,
     "npo": npo,
+    "random_mapping": random_mapping,
     "rmu": rmu,
 }
