@@ -1,6 +1,6 @@
 """Search spaces: one per defender method, one for attacks."""
 
-from spaces import attack, gradascent, graddiff, maxent, npo, rmu, undo
+from spaces import attack, gradascent, graddiff, maxent, npo, random_mapping, rmu, tar, undo
 from spaces.dims import Dim
 
 DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
@@ -8,7 +8,9 @@ DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
     "graddiff": graddiff.SPACE,
     "maxent": maxent.SPACE,
     "npo": npo.SPACE,
+    "random_mapping": random_mapping.SPACE,
     "rmu": rmu.SPACE,
+    "tar": tar.SPACE,
 }
 ATTACK_SPACE: dict[str, Dim] = attack.SPACE
 UNDO_SPACE: dict[str, Dim] = undo.SPACE

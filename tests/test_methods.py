@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from spaces import DEFENDER_SPACES
 from trainables import arithmetic as A
 from trainables.loop import LoopConfig, train
+from trainables.defenders import DEFENDERS, STAGE
 from trainables.methods import METHODS, gradascent, maxent, npo, rmu
 from trainables.models import ModelConfig, build_model
 
@@ -40,11 +41,13 @@ def _ce(logits, tokens):
 
 
 def test_registry_spaces_and_references():
-    assert set(METHODS) == set(DEFENDER_SPACES) == {"gradascent", "graddiff", "maxent", "npo", "rmu"}
-    for name, m in METHODS.items():
-        assert m.REFERENCE and set(m.DEFAULT_LOOP) == {"lr", "steps"}
+    assert set(METHODS) == {"gradascent", "graddiff", "maxent", "npo", "random_mapping", "rmu"}
+    assert set(DEFENDERS) == set(DEFENDER_SPACES) == set(METHODS) | {"tar"}
+    for name, m in DEFENDERS.items():
+        assert m.REFERENCE and {"lr", "steps"} <= set(m.DEFAULT_LOOP)
         m.Params()  # defaults validate
         assert {"lr", "steps"} <= set(DEFENDER_SPACES[name])
+        assert STAGE[name] == ("tar" if name == "tar" else "unlearn")
 
 
 def test_gradascent_is_negative_ce():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from trainables import attack, pretrain, undo, unlearn
+from trainables import attack, pretrain, tar, undo, unlearn
 
 StageFn = Callable[[dict, dict[str, str], Path], dict]
 
@@ -18,5 +18,6 @@ STAGES: dict[str, StageFn] = {
     "pretrain": pretrain.run,
     "unlearn": unlearn.run,
     "distill": undo.run,
+    "tar": tar.run,
     "attack": attack.run,
 }

@@ -1,0 +1,239 @@
+"""TAR: tamper-resistance training — first-order meta-learning against an inner-loop adversary.
+
+Each outer step:
+  1. snapshot the trained parameters to the CPU (only one extra copy of the weights — the
+     accumulated tamper-resistance gradient — lives on the accelerator);
+  2. for each of ``tasks_per_step`` sampled adversaries — a learning rate from a set or a
+     log-uniform range, data "forget" (forget only) or "retain_forget" (retain until step
+     ⌊Beta(6, 3)·K⌋, then forget) — run K fine-tuning steps with a fresh AdamW; after every
+     ``subsample``-th step take the tamper-resistance loss L_TR (negative entropy of the
+     next-token distribution on a held-out forget batch) at the adapted weights, scaled by
+     ``grad_scale · exp(λ·(i − (K−1))) / tasks_per_step``, and add its gradient to the
+     accumulator (first-order: the inner updates are not differentiated through); restore the
+     snapshot after each adversary;
+  3. add the gradient of the retain loss — NLL on retain + mean over layers of the mean L2
+     distance of hidden states to the reference model — and take one outer optimizer step.
+
+The outer step is one step of the project's training loop (``trainables/loop.py``): the loss it
+gets is ``retain_scale·L_retain + Σ_p ⟨g_p, p − sg(p)⟩`` with g the accumulated tamper-resistance
+gradient — a term whose value is 0 and whose gradient is exactly g — so the outer optimizer,
+schedule, clipping and DDP all-reduce are the loop's own.
+
+Reference: Tamirisa et al. 2024, "Tamper-Resistant Safeguards for Open-Weight LLMs",
+arXiv 2408.00761; code ``modules/training.py::tar_training_loop`` and ``run_tar_bio.sh``
+(Llama-3-8B: K = 64, adversary lrs {2e-6, 2e-5, 4e-5}, grad scale 4, λ = 0.0625,
+subsample 4, one task per step, outer AdamW lr 2e-5 with 32 warmup steps, 750 steps; a third
+of the adversaries retain-then-forget). Differences, and why: L_TR is masked to real tokens
+(the authors' ``max_entropy_loss`` averages over padding too); on arithmetic the forget positions
+are the answer positions, as everywhere in this project. The defaults below are scaled to the
+0.4 M-parameter arithmetic models.
+
+Stage ``tar``: inputs ``model`` (the initial safeguard) and ``reference`` (the model before any
+safeguard, for the representation term); spec setting, params (``Params``), loop (the outer
+loop: LoopConfig), seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from trainables import compute, data, loop, models, settings
+
+REFERENCE = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), arXiv 2408.00761"
+# The outer loop on arithmetic (TAR on Llama-3-8B: lr 2e-5, 750 steps, 32 warmup steps).
+DEFAULT_LOOP = {"lr": 3e-4, "steps": 100, "schedule": "warmup_constant", "warmup_steps": 10}
+TASK_KINDS = ("forget", "retain_forget")
+
+
+class Params(BaseModel):
+    """TAR's hyperparameters: the inner-loop adversary and the weights of the two losses."""
+
+    model_config = ConfigDict(extra="forbid")
+    inner_steps: int = Field(16, ge=1, description="K, adversary steps per task (TAR: 64)")
+    adversary_lrs: list[float] | None = Field(
+        None, description="draw the adversary's lr from this set (TAR: [2e-6, 2e-5, 4e-5]); "
+        "None: log-uniform in [adversary_lr / spread, adversary_lr · spread]")
+    adversary_lr: float = Field(1e-3, gt=0, description="centre of the adversary's lr range")
+    adversary_lr_spread: float = Field(3.0, ge=1, description="1: one lr")
+    adversary_batch_size: int = Field(32, ge=1, description="TAR: half the outer batch")
+    retain_forget: float = Field(0.33, ge=0, le=1, description="share of retain-then-forget adversaries")
+    switch_beta: tuple[float, float] = Field((6.0, 3.0), description="Beta(a, b) of the switching point")
+    subsample: int = Field(4, ge=1, description="L_TR after every subsample-th adversary step")
+    grad_scale: float = Field(4.0, gt=0)
+    lam: float = Field(0.0625, ge=0, description="λ of the per-step weight exp(λ·(i − (K−1)))")
+    tasks_per_step: int = Field(1, ge=1)
+    retain_scale: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Params":
+        if self.subsample > self.inner_steps:
+            raise ValueError(f"subsample ({self.subsample}) must be <= inner_steps ({self.inner_steps}): "
+                             "no step would take the tamper-resistance loss")
+        if self.adversary_lrs is not None and (not self.adversary_lrs or min(self.adversary_lrs) <= 0):
+            raise ValueError("adversary_lrs must be a non-empty list of positive learning rates")
+        if min(self.switch_beta) <= 0:
+            raise ValueError("switch_beta: both Beta parameters must be > 0")
+        return self
+
+
+@dataclass
+class Task:
+    """One sampled adversary: its learning rate, its K batches, the held-out forget batch of L_TR."""
+
+    kind: str
+    lr: float
+    batches: list[torch.Tensor]
+    meta: torch.Tensor
+
+
+def neg_entropy(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative entropy Σ_v p_v·log p_v of the next-token distributions, averaged over the
+    positions where ``mask`` is true (real tokens; every position without a mask)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    neg = (logp.exp() * logp).sum(-1)
+    if mask is None:
+        return neg.mean()
+    mask = mask.to(neg.dtype)
+    return (neg * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def step_weight(i: int, k: int, lam: float) -> float:
+    """exp(λ·(i − (K−1))): the last adversary step weighs 1, earlier ones less."""
+    return math.exp(lam * (i - (k - 1)))
+
+
+def tr_steps(p: Params) -> list[int]:
+    """The adversary steps (0-based) after which L_TR is taken."""
+    return [i for i in range(p.inner_steps) if (i + 1) % p.subsample == 0]
+
+
+def sample_task(p: Params, pools: dict[str, torch.Tensor], batch_size: int,
+                rng: random.Random, gen: torch.Generator) -> Task:
+    """Draw one adversary. ``rng`` draws its lr, kind and switching point (the same on every
+    rank, as TAR broadcasts them); ``gen`` draws the batches (rank-offset)."""
+    if p.adversary_lrs is not None:
+        lr = rng.choice(p.adversary_lrs)
+    else:
+        lo, hi = p.adversary_lr / p.adversary_lr_spread, p.adversary_lr * p.adversary_lr_spread
+        lr = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    kind = "retain_forget" if rng.random() < p.retain_forget else "forget"
+    switch = int(rng.betavariate(*p.switch_beta) * p.inner_steps) if kind == "retain_forget" else 0
+    batches = [
+        data.draw(pools["retain"] if i < switch else pools["adversary"], p.adversary_batch_size, gen)
+        for i in range(p.inner_steps)
+    ]
+    return Task(kind, lr, batches, data.draw(pools["meta"], batch_size, gen))
+
+
+def tamper_resistance_grads(
+    net: torch.nn.Module, trained: list[torch.nn.Parameter], tasks: list[Task], p: Params, setting: ModuleType,
+) -> tuple[list[torch.Tensor], float]:
+    """Run every task's adversary from the current weights and accumulate the scaled gradient
+    of L_TR at the adapted weights. Returns (gradient per trained parameter, Σ of the weighted
+    L_TR values); the weights are restored bit-identically afterwards."""
+    snapshot = [q.detach().to("cpu", copy=True) for q in trained]  # off the accelerator
+    acc = [torch.zeros_like(q) for q in trained]
+    total = 0.0
+    take = set(tr_steps(p))
+    for task in tasks:
+        inner = torch.optim.AdamW(trained, lr=task.lr)  # fresh per adversary, as TAR's
+        for i, batch in enumerate(task.batches):
+            inner.zero_grad(set_to_none=True)
+            setting.answer_loss(net(input_ids=batch).logits, batch).backward()
+            inner.step()
+            if i in take:
+                inner.zero_grad(set_to_none=True)
+                scale = p.grad_scale * step_weight(i, p.inner_steps, p.lam) / len(tasks)
+                tr = neg_entropy(setting.answer_logits(net(input_ids=task.meta).logits))
+                (tr * scale).backward()
+                for a, q in zip(acc, trained):
+                    if q.grad is not None:
+                        a.add_(q.grad)
+                total += scale * float(tr.detach())
+        del inner
+        with torch.no_grad():
+            for q, s in zip(trained, snapshot):
+                q.copy_(s)
+    for q in trained:
+        q.grad = None
+    return acc, total
+
+
+def linear_term(trained: list[torch.nn.Parameter], grads: list[torch.Tensor]) -> torch.Tensor:
+    """Σ ⟨g, p − sg(p)⟩: value 0, gradient ``grads`` (adds a precomputed gradient to a loss)."""
+    return sum(((g * (q - q.detach())).sum() for q, g in zip(trained, grads)), torch.zeros((), device=trained[0].device))
+
+
+def retain_loss(net: torch.nn.Module, reference: torch.nn.Module, batch: torch.Tensor, setting: ModuleType) -> torch.Tensor:
+    """NLL on retain plus the mean over layers (embeddings included, as TAR) of the mean L2
+    distance between the hidden states of ``net`` and of the frozen ``reference``."""
+    out = net(input_ids=batch, output_hidden_states=True)
+    with torch.no_grad():
+        ref = reference(input_ids=batch, output_hidden_states=True)
+    dist = torch.stack([(h.float() - r.float()).norm(dim=-1).mean() for h, r in zip(out.hidden_states, ref.hidden_states)])
+    return setting.answer_loss(out.logits, batch) + dist.mean()
+
+
+def split_forget(forget: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forget problems → (the adversary's half, the held-out half L_TR is taken on)."""
+    perm = torch.randperm(len(forget), generator=torch.Generator().manual_seed(seed))
+    half = len(forget) // 2
+    return forget[perm[half:]], forget[perm[:half]]
+
+
+def outer_loss_fn(
+    p: Params, setting: ModuleType, pools: dict[str, torch.Tensor], reference: torch.nn.Module,
+    trained: list[torch.nn.Parameter], batch_size: int, rng: random.Random, gen: torch.Generator,
+    log: list | None = None,
+) -> Callable[[torch.nn.Module, int], torch.Tensor]:
+    """The loss of one outer step, for ``loop.train``: sample the adversaries, accumulate their
+    tamper-resistance gradient, and return the retain loss plus the linear term carrying that
+    gradient. ``pools``: adversary / meta (held-out forget) / retain token tensors; ``log``
+    receives (step, "tr_loss", Σ weighted L_TR)."""
+
+    def loss_fn(net: torch.nn.Module, step: int) -> torch.Tensor:
+        tasks = [sample_task(p, pools, batch_size, rng, gen) for _ in range(p.tasks_per_step)]
+        grads, tr = tamper_resistance_grads(net, trained, tasks, p, setting)
+        if log is not None:
+            log.append((step + 1, "tr_loss", tr))
+        batch = data.draw(pools["retain"], batch_size, gen)
+        return p.retain_scale * retain_loss(net, reference, batch, setting) + linear_term(trained, grads)
+
+    return loss_fn
+
+
+def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
+    """TAR-train ``inputs['model']`` (the initial safeguard) and save the tamper-resistant model."""
+    setting, d = settings.load(spec["setting"])
+    p = Params(**spec["params"])
+    cfg = loop.LoopConfig(**spec["loop"])
+    dev = loop.device()
+    model = models.load_model(inputs["model"]).to(dev)
+    reference = models.load_model(inputs["reference"]).to(dev).eval()
+    for q in reference.parameters():
+        q.requires_grad_(False)
+    rank, _ = loop.world()
+    adversary, meta = split_forget(d.forget_all, spec["seed"])
+    pools = {"adversary": adversary, "meta": meta, "retain": d.retain_train}
+    trained = [q for q in model.parameters() if q.requires_grad]
+    tr_curve: list[tuple[int, str, float]] = []
+    # task draws use one rng on every rank (TAR broadcasts them); batches a rank-offset one
+    loss_fn = outer_loss_fn(p, setting, pools, reference, trained, cfg.batch_size,
+                            random.Random(spec["seed"]), data.sampler(spec["seed"], rank), tr_curve)
+    torch.manual_seed(spec["seed"])
+    curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), params=trained)
+    models.save_model(model, out_dir)
+    per_step = p.tasks_per_step * (p.inner_steps * p.adversary_batch_size + len(tr_steps(p)) * cfg.batch_size)
+    tokens = cfg.steps * (per_step + cfg.batch_size) * setting.SEQ_LEN
+    result = compute.training_result(model, loop.last_eval(curve), curve + tr_curve, tokens, wall)
+    ref_tokens = cfg.steps * cfg.batch_size * setting.SEQ_LEN
+    result["flops"] += compute.forward_flops(sum(q.numel() for q in reference.parameters()), ref_tokens)
+    return result
