@@ -45,12 +45,13 @@ def _baselines(ax, trials: pd.DataFrame, x: str) -> None:
 
 
 def _label(row_or_df) -> pd.Series:
-    """Legend group of each defender: its method (+ UNDO when distilled), prefixed by its
-    experiment when several."""
+    """Legend group of each defender: its method (+ UNDO when distilled; TAR is its own method),
+    prefixed by its experiment when several."""
     df = row_or_df
     label = df["method"].astype(str)
     if "suppressed_key" in df:
-        label = label + df["suppressed_key"].notna().map({True: " + UNDO", False: ""})
+        distilled = df["suppressed_key"].notna() & (df["method"] != "tar")
+        label = label + distilled.map({True: " + UNDO", False: ""})
     if df["experiment"].nunique() > 1:
         return df["experiment"].astype(str) + " / " + label
     return label
@@ -105,7 +106,7 @@ def compute_plot(trials: pd.DataFrame, path: Path) -> list[Path]:
         for _, r in defenders[defenders["param.undo.alpha"].notna()].iterrows():
             ax.annotate(f"α={r['param.undo.alpha']:.2g}", (r["compute_frac"], r["forget_acc_attacked"]),
                         xytext=(4, 4), textcoords="offset points", fontsize=7)
-    for kind, text in (("pure", "pure model (retrained)"), ("suppressed", "suppressed model (shallow only)")):
+    for kind, text in (("pure", "pure model (retrained)"), ("suppressed", "suppressed model (shallow only / TAR's safeguard)")):
         b = ok[(ok["kind"] == "baseline") & (ok["method"] == kind)]
         marker, color = BASELINE_STYLE[kind]
         if len(b):

@@ -96,21 +96,28 @@ def pareto_table(trials: pd.DataFrame, front: pd.Series) -> pd.DataFrame:
     return trials.loc[front, cols + _params(trials[front])].sort_values("forget_acc_attacked")
 
 
-UNDO_COLUMNS = ["trial_id", "method", "param.undo.alpha", "retain_acc", "forget_acc", "forget_acc_attacked",
-                "compute_frac", "distill_steps", "robustness"]
+ROBUSTNESS_COLUMNS = [
+    "trial_id", "method", "param.undo.alpha", "retain_acc", "forget_acc", "forget_acc_attacked",
+    "forget_acc_attacked_suppressed", "compute_frac", "distill_steps", "robustness",
+]
+ROBUSTNESS_HEADING = "Robustness vs. compute (UNDO / TAR over the suppressed model)"
+ROBUSTNESS_NOTE = ("robustness = (attacked suppressed − attacked) / (attacked suppressed − attacked pure): "
+                   "0 is no better than the suppressed model (UNDO's teacher, TAR's initial safeguard), "
+                   "1 as robust as the pure model.")
 
 
-def undo_table(trials: pd.DataFrame) -> pd.DataFrame | None:
-    """UNDO's robustness–compute table: every distilled model by corruption strength α, then
-    the baselines (suppressed, pure, reference); None when the experiment has no UNDO trials."""
+def robustness_table(trials: pd.DataFrame) -> pd.DataFrame | None:
+    """Every model built on a suppressed model (UNDO's students by corruption strength α, TAR
+    models by compute), then the baselines (suppressed, pure, reference); None when the
+    experiment has neither UNDO nor TAR trials."""
     if "suppressed_key" not in trials or not trials["suppressed_key"].notna().any():
         return None
     ok = trials[trials["status"] == "ok"]
-    undo = ok[ok["suppressed_key"].notna() & (ok["kind"] == "defender")]
-    sort = [c for c in ("param.undo.alpha", "compute_frac") if c in undo]
+    built = ok[ok["suppressed_key"].notna() & (ok["kind"] == "defender")]
+    sort = [c for c in ("param.undo.alpha", "compute_frac") if c in built]
     base = ok[ok["kind"] == "baseline"]
-    rows = pd.concat([undo.sort_values(sort), base])
-    return rows[[c for c in UNDO_COLUMNS if c in rows]]
+    rows = pd.concat([built.sort_values(sort), base])
+    return rows[[c for c in ROBUSTNESS_COLUMNS if c in rows and rows[c].notna().any()]]
 
 
 def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -193,12 +200,11 @@ def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, reta
     doc.table(pareto_table(t, front))
     doc.heading("Baselines", 3)
     doc.table(t.loc[t["kind"] == "baseline", ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked", "compute_frac"]])
-    undo = undo_table(t)
-    if undo is not None:
-        doc.heading("UNDO: robustness vs. compute", 3)
-        doc.text("robustness = (attacked suppressed − attacked) / (attacked suppressed − attacked pure): "
-                 "0 is no better than the suppressed teacher, 1 as robust as the pure model.")
-        doc.table(undo)
+    robust = robustness_table(t)
+    if robust is not None:
+        doc.heading(ROBUSTNESS_HEADING, 3)
+        doc.text(ROBUSTNESS_NOTE)
+        doc.table(robust)
     doc.heading("Strongest attack per model", 3)
     doc.table(strongest_attacks(t, exp.attacks))
     doc.heading("Failed trials", 3)
@@ -258,9 +264,9 @@ def summary_text(trials: pd.DataFrame, front: pd.Series) -> str:
     base = trials[trials["kind"] == "baseline"]
     if len(base):
         lines += ["", "Baselines:", show(base[["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked"]])]
-    undo = undo_table(trials)
-    if undo is not None:
-        lines += ["", "UNDO (robustness vs. compute):", show(undo)]
+    robust = robustness_table(trials)
+    if robust is not None:
+        lines += ["", ROBUSTNESS_HEADING + ":", show(robust)]
     failed = trials[trials["status"] != "ok"]
     if len(failed):
         lines += ["", f"Failed: {len(failed)} (errors in trials.parquet, column 'error')"]

@@ -17,6 +17,7 @@ from spaces import ATTACK_SPACE, DEFENDER_SPACES, UNDO_SPACE
 from spaces.dims import Choice, Dim, grid_size, with_bounds
 from trainables import arithmetic, undo
 from trainables.loop import LoopConfig
+from trainables.defenders import DEFENDERS
 from trainables.methods import METHODS
 from trainables.models import ModelConfig
 
@@ -62,7 +63,8 @@ def _searched(base: dict[str, Dim], bounds: dict[str, Any], fixed: dict[str, Any
     return {k: with_bounds(d, bounds[k]) if k in bounds else d for k, d in base.items() if k not in fixed}
 
 
-MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+MethodName = Literal[tuple(DEFENDERS)]  # type: ignore[valid-type]
+ShallowName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
 
 # Distillation defaults on arithmetic: AdamW, warmup + cosine, clipping (LoopConfig's 1.0).
@@ -118,6 +120,26 @@ class UndoConfig(Strict):
         return {f"undo.{k}": d for k, d in dims.items()}
 
 
+class TarConfig(Strict):
+    """TAR's initial safeguard (``trainables/tar.py``): a shallow method — TAR's random mapping
+    by default — at fixed hyperparameters (its ``Params`` and loop keys such as ``lr`` and
+    ``steps``; the rest are its defaults). TAR's own hyperparameters and outer loop are searched
+    like any method's, through ``defender.params`` / ``defender.space`` (``spaces/tar.py``)."""
+
+    safeguard: ShallowName = "random_mapping"
+    safeguard_params: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> "TarConfig":
+        loop_keys = {k: v for k, v in self.safeguard_params.items() if k in LoopConfig.model_fields}
+        try:
+            METHODS[self.safeguard].Params(**{k: v for k, v in self.safeguard_params.items() if k not in loop_keys})
+            LoopConfig(**loop_keys)
+        except ValidationError as e:
+            raise ValueError(f"safeguard_params.{_format(e)}") from None
+        return self
+
+
 def _in_unit(v: Any, where: str) -> None:
     try:
         undo.check_unit(where, float(v))
@@ -129,7 +151,8 @@ class DefenderConfig(Strict):
     """The defender searched by the outer study: one method or several (the search then picks
     the method too), loop settings that override the methods' defaults, fixed hyperparameters
     and narrower/wider bounds for the dimensions of ``spaces/<method>.py``, and optionally UNDO
-    (corrupt + distil) after the method.
+    (corrupt + distil) after the method. ``method: tar`` trains TAR on top of the initial
+    safeguard that ``tar`` names.
 
     Keys of ``params`` and ``space`` are a name (for every selected method) or
     ``method.name`` (for one of them), e.g. ``lam`` or ``rmu.c``. A dimension given a value in
@@ -141,6 +164,7 @@ class DefenderConfig(Strict):
     params: dict[str, Any] = {}
     space: dict[str, Any] = {}
     undo: UndoConfig | None = None
+    tar: TarConfig = TarConfig()
 
     @field_validator("params", "space", mode="before")
     @classmethod
@@ -150,7 +174,7 @@ class DefenderConfig(Strict):
             return v
         out = {}
         for k, val in v.items():
-            if k in METHODS and isinstance(val, dict):
+            if k in DEFENDERS and isinstance(val, dict):
                 out.update({f"{k}.{kk}": vv for kk, vv in val.items()})
             else:
                 out[k] = val
@@ -167,6 +191,8 @@ class DefenderConfig(Strict):
     def _check(self) -> "DefenderConfig":
         if not self.methods:
             raise ValueError("method: name at least one method")
+        if "tar" in self.methods and self.undo is not None:
+            raise ValueError("undo: UNDO after TAR is not supported; search one robustness method at a time")
         for field, table in (("params", self.params), ("space", self.space)):
             for key in table:
                 if "." in key and key.split(".", 1)[0] not in self.methods:
@@ -178,7 +204,7 @@ class DefenderConfig(Strict):
             where = "params" if len(self.methods) == 1 else f"params.{m}"
             loop_keys = {k: v for k, v in fixed.items() if k in LoopConfig.model_fields}
             try:
-                METHODS[m].Params(**{k: v for k, v in fixed.items() if k not in loop_keys})
+                DEFENDERS[m].Params(**{k: v for k, v in fixed.items() if k not in loop_keys})
                 LoopConfig(**{**self.loop.model_dump(), **loop_keys})
             except ValidationError as e:
                 raise ValueError(f"{where}.{_format(e)}") from None

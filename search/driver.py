@@ -239,13 +239,15 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         kind: _baseline_task.remote(ctx, kind, reference, model)
         for kind, model in zip(BASELINES, (pure, reference))
     }
-    if cfg.defender.undo:
-        # The suppressed teachers (each method at its fixed + default hyperparameters) and their
-        # attacks come first, so that UNDO trials distilling them find both in the stage cache.
-        say("UNDO: unlearning and attacking the suppressed model(s) first ...")
+    before = [m for m in cfg.defender.methods if cfg.defender.undo or m == "tar"]
+    if before:
+        # The suppressed models (UNDO's teachers: each method at its fixed + default
+        # hyperparameters; TAR's initial safeguard) and their attacks come first, so that the
+        # trials building on them find both in the stage cache.
+        say("unlearning and attacking the suppressed model(s) first ...")
         suppressed = {
             suppressed_id(cfg, m): _baseline_task.remote(ctx, "suppressed", reference, None, m)
-            for m in cfg.defender.methods
+            for m in before
         }
         _report(suppressed)
     _tuner(ctx, reference, resume).fit()

@@ -31,9 +31,11 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "seed": pa.int64(), "retain_acc": pa.float64(), "forget_acc": pa.float64(),
     "forget_acc_attacked": pa.float64(), "best_attack_id": pa.string(), "attacks_run": pa.int64(),
     "flops_pretrain": pa.float64(), "flops_unlearn": pa.float64(), "flops_distill": pa.float64(),
+    "flops_tar": pa.float64(),
     "flops_attack": pa.float64(), "compute_frac": pa.float64(), "compute_frac_attack": pa.float64(),
     "feasible": pa.bool_(), "wall_s": pa.float64(),
-    # UNDO: the suppressed teacher, the distillation, and the robustness derived from them
+    # UNDO and TAR: the suppressed model (UNDO's teacher, TAR's initial safeguard), the
+    # distillation, and the robustness derived from them
     "distill_steps": pa.int64(), "retain_acc_suppressed": pa.float64(),
     "forget_acc_suppressed": pa.float64(), "forget_acc_attacked_suppressed": pa.float64(),
     "robustness": pa.float64(), "suppressed_key": pa.string(),

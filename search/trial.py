@@ -20,7 +20,7 @@ from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
 from trainables import settings
 from trainables.loop import LoopConfig
-from trainables.methods import METHODS
+from trainables.defenders import DEFENDERS, STAGE
 
 BASELINES = ("pure", "reference")  # and "suppressed" in UNDO experiments
 
@@ -82,16 +82,19 @@ def decode(cfg: ExperimentConfig, config: dict) -> tuple[str, dict, dict]:
     return method, {k[len(prefix):]: v for k, v in rest.items() if k.startswith(prefix)}, undo
 
 
-def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict) -> dict:
-    """Spec of the unlearning stage: the method's default loop, overridden by the loop keys the
-    config sets, overridden by fixed then searched values; the same for hyperparameters."""
-    loop, hyper = split_params({**cfg.defender.method_params(method), **params})
+def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict | None = None) -> dict:
+    """Spec of the stage that applies defender ``method`` (``unlearn``, or ``tar``): the
+    method's default loop, overridden by the loop keys the config sets, overridden by fixed
+    (default: the config's ``defender.params`` for ``method``) then searched values; the same
+    for hyperparameters."""
+    fixed = cfg.defender.method_params(method) if fixed is None else fixed
+    loop, hyper = split_params({**fixed, **params})
     return {
         "setting": cfg.setting.model_dump(),
         "method": method,
-        "params": METHODS[method].Params(**hyper).model_dump(),  # canonical: defaults filled in
+        "params": DEFENDERS[method].Params(**hyper).model_dump(),  # canonical: defaults filled in
         "loop": {
-            **LoopConfig().model_dump(), **METHODS[method].DEFAULT_LOOP,
+            **LoopConfig().model_dump(), **DEFENDERS[method].DEFAULT_LOOP,
             **cfg.defender.loop.model_dump(exclude_unset=True), **loop,
         },
         "seed": cfg.seed,
@@ -176,18 +179,26 @@ def _fail(ctx: Context, row: dict, e: BaseException, start: float) -> None:
 
 
 def suppress(ctx: Context, method: str, params: dict, reference: StageRef) -> StageRef:
-    """The suppressed model: ``reference`` unlearned by ``method`` (cached per distinct spec, so
-    every UNDO trial of one unlearning config distils the same teacher)."""
-    return run_stage(ctx.runner, "unlearn", unlearn_spec(ctx.cfg, method, params), {"model": reference})
+    """The suppressed model: ``reference`` unlearned by shallow ``method`` (cached per distinct
+    spec, so every UNDO trial of one unlearning config distils the same teacher); for ``tar``,
+    TAR's initial safeguard (the configured shallow method at its fixed parameters)."""
+    if method == "tar":
+        t = ctx.cfg.defender.tar
+        spec = unlearn_spec(ctx.cfg, t.safeguard, {}, fixed=t.safeguard_params)
+    else:
+        spec = unlearn_spec(ctx.cfg, method, params)
+    return run_stage(ctx.runner, "unlearn", spec, {"model": reference})
 
 
 def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> dict:
     """Unlearn ``reference`` with one point of the defender search (then, with UNDO, corrupt and
-    distil), and attack the released model. Returns the trial's row.
+    distil; with TAR, tamper-resistance-train the initial safeguard), and attack the released
+    model. Returns the trial's row.
 
-    With UNDO the suppressed teacher is attacked too (the same seeded adversary search, so a
-    cache hit when the driver's ``suppressed`` baseline already ran it): its attacked score is
-    the trial's ``forget_acc_attacked_suppressed``, from which the tables derive robustness.
+    With UNDO or TAR the suppressed model (UNDO's teacher, TAR's initial safeguard) is attacked
+    too (the same seeded adversary search, so a cache hit when the driver's ``suppressed``
+    baseline already ran it): its attacked score is the trial's
+    ``forget_acc_attacked_suppressed``, from which the tables derive robustness.
     """
     start = time.perf_counter()
     method, params, undo = decode(ctx.cfg, config)
@@ -196,21 +207,28 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
         ref_flops = reference.result["flops"]
         suppressed = suppress(ctx, method, params, reference)
         curves = curve_rows(ctx.experiment, trial_id, None, "unlearn", suppressed.result["curve"])
-        row.update({"flops_pretrain": ref_flops, "flops_unlearn": suppressed.result["flops"], "flops_distill": 0.0})
+        row.update({"flops_pretrain": ref_flops, "flops_unlearn": suppressed.result["flops"],
+                    "flops_distill": 0.0, "flops_tar": 0.0})
         released = suppressed
+        if STAGE[method] == "tar":
+            spec = unlearn_spec(ctx.cfg, method, params)
+            released = run_stage(ctx.runner, "tar", spec, {"model": suppressed, "reference": reference})
+            curves += curve_rows(ctx.experiment, trial_id, None, "tar", released.result["curve"])
+            row["flops_tar"] = released.result["flops"]
         if ctx.cfg.defender.undo:
             released = run_stage(ctx.runner, "distill", distill_spec(ctx.cfg, undo), {"teacher": suppressed})
             curves += curve_rows(ctx.experiment, trial_id, None, "distill", released.result["curve"])
+            row.update({"flops_distill": released.result["flops"], "distill_steps": released.result["steps"]})
+        if released is not suppressed:
             teacher = _attack_released(ctx, trial_id, suppressed)
             sm = suppressed.result["metrics"]
             row.update({
-                "flops_distill": released.result["flops"], "distill_steps": released.result["steps"],
                 "retain_acc_suppressed": sm["retain_acc"], "forget_acc_suppressed": sm["forget_acc"],
                 "forget_acc_attacked_suppressed": teacher.best, "suppressed_key": suppressed.key,
             })
         outcome = _attack_released(ctx, trial_id, released)
         row["wall_s"] = time.perf_counter() - start
-        defence = row["flops_unlearn"] + row["flops_distill"]
+        defence = row["flops_unlearn"] + row["flops_distill"] + row["flops_tar"]
         return _finish(ctx, row, released, outcome, defence, ref_flops, curves)
     except Exception as e:
         _fail(ctx, row, e, start)
@@ -225,8 +243,9 @@ def suppressed_id(cfg: ExperimentConfig, method: str) -> str:
 def baseline(
     ctx: Context, kind: str, reference: StageRef, model: StageRef | None = None, method: str | None = None,
 ) -> dict:
-    """Score and attack a baseline: the pure model, the reference model, or (UNDO experiments)
-    the suppressed model of ``method`` at its fixed and default hyperparameters."""
+    """Score and attack a baseline: the pure model, the reference model, or (UNDO and TAR
+    experiments) the suppressed model of ``method`` at its fixed and default hyperparameters
+    (for TAR, its initial safeguard)."""
     start = time.perf_counter()
     trial_id = suppressed_id(ctx.cfg, method) if kind == "suppressed" else kind
     row = _row(ctx, trial_id, "baseline", kind, {"teacher": method} if method else {})
@@ -240,7 +259,7 @@ def baseline(
             model = model or pretrain(ctx, kind)
             flops = {"flops_pretrain": model.result["flops"], "flops_unlearn": 0.0}
             stage = "pretrain"
-        row.update({**flops, "flops_distill": 0.0})
+        row.update({**flops, "flops_distill": 0.0, "flops_tar": 0.0})
         curves = curve_rows(ctx.experiment, trial_id, None, stage, model.result["curve"])
         outcome = _attack_released(ctx, trial_id, model)
         if kind == "suppressed":

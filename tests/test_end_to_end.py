@@ -86,5 +86,5 @@ def test_undo_alpha_sweep_through_the_driver(tmp_path):
     assert {"distill", "unlearn"} <= set(pd.read_parquet(exp / tables.CURVES)["stage"])
     report = subprocess.run([sys.executable, "-m", "analysis", str(exp), "--out", str(tmp_path / "fig")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert report.returncode == 0 and "UNDO (robustness vs. compute)" in report.stdout
+    assert report.returncode == 0 and "Robustness vs. compute (UNDO / TAR" in report.stdout
     assert (tmp_path / "fig" / "compute.png").exists()
