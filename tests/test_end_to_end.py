@@ -88,3 +88,24 @@ def test_undo_alpha_sweep_through_the_driver(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert report.returncode == 0 and "Robustness vs. compute (UNDO / TAR" in report.stdout
     assert (tmp_path / "fig" / "compute.png").exists()
+
+
+def test_tar_search_over_the_inner_loop_adversary(tmp_path):
+    """TAR from config through the Optuna outer search: the inner-loop adversary's settings are
+    searched dimensions, the safeguard is a baseline every trial shares."""
+    out = _run(tmp_path, "--config", str(ROOT / "configs" / "tar_arithmetic.yaml"),
+               "--set", "search.trials=2", "--set", "defender.params={lr: 3.0e-4, steps: 3}",
+               "--set", "defender.space.inner_steps=[4, 8]", "--set", "defender.tar.safeguard_params.steps=5",
+               "--set", "defender.params.adversary_batch_size=8")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    exp = tmp_path / "results" / "e2e"
+    trials = pd.read_parquet(exp / tables.TRIALS)
+    defenders = trials[trials["kind"] == "defender"]
+    assert len(defenders) == 2 and (defenders["status"] == "ok").all() and set(defenders["method"]) == {"tar"}
+    assert defenders["param.inner_steps"].between(4, 8).all() and defenders["param.grad_scale"].between(1, 16).all()
+    sup = trials.set_index("trial_id").loc["suppressed"]
+    assert (defenders["suppressed_key"] == sup["model_key"]).all() and (defenders["flops_tar"] > 0).all()
+    assert "tar" in set(pd.read_parquet(exp / tables.CURVES)["stage"])
+    report = subprocess.run([sys.executable, "-m", "analysis", str(exp), "--out", str(tmp_path / "fig")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert report.returncode == 0 and "Robustness vs. compute (UNDO / TAR" in report.stdout

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from search.stages import Runner, run_stage
-from search.trial import pretrain_spec
+from search.trial import pretrain_spec, unlearn_spec
 from trainables import models
 
 pytestmark = pytest.mark.slow
@@ -19,6 +19,9 @@ def test_two_ddp_workers_train_and_return_a_checkpoint(tiny_cfg, tmp_path):
         scaling = {"num_workers": 2, "resources_per_worker": {"CPU": 1}}
         runner = Runner(tmp_path / "cache", executor="ray", scaling=scaling)
         ref = run_stage(runner, "pretrain", pretrain_spec(tiny_cfg, "pure"))
+        # TAR on two ranks: inner adversaries, the L_TR gradient and the outer step through DDP
+        spec = unlearn_spec(tiny_cfg, "tar", {"steps": 2, "inner_steps": 4, "subsample": 2, "adversary_batch_size": 8})
+        tarred = run_stage(runner, "tar", spec, {"model": ref, "reference": ref})
     finally:
         ray.shutdown()
     assert (ref.path / "model.safetensors").exists() and ref.result["metrics"]["retain_acc"] >= 0
@@ -27,3 +30,6 @@ def test_two_ddp_workers_train_and_return_a_checkpoint(tiny_cfg, tmp_path):
     b = models.load_model(local.path).state_dict()
     # DDP averages two ranks' different batches: same shapes, different weights than one process
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    t = models.load_model(tarred.path).state_dict()
+    assert all(torch.isfinite(v).all() for v in t.values()) and any(not torch.equal(t[k], a[k]) for k in t)
+    assert [s for s, k, _ in tarred.result["curve"] if k == "tr_loss"] == [1, 2]
