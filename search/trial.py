@@ -22,7 +22,7 @@ from trainables import settings
 from trainables.loop import LoopConfig
 from trainables.defenders import DEFENDERS, STAGE
 
-BASELINES = ("pure", "reference")  # and "suppressed" in UNDO experiments
+BASELINES = ("pure", "reference")  # and "suppressed" in UNDO and TAR experiments
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def suppress(ctx: Context, method: str, params: dict, reference: StageRef) -> St
     """The suppressed model: ``reference`` unlearned by shallow ``method`` (cached per distinct
     spec, so every UNDO trial of one unlearning config distils the same teacher); for ``tar``,
     TAR's initial safeguard (the configured shallow method at its fixed parameters)."""
-    if method == "tar":
+    if STAGE[method] == "tar":
         t = ctx.cfg.defender.tar
         spec = unlearn_spec(ctx.cfg, t.safeguard, {}, fixed=t.safeguard_params)
     else:
