@@ -77,7 +77,7 @@ def progress(trials: pd.DataFrame) -> np.ndarray:
 
 def strongest_attacks(trials: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
     """Per model, the attack that recovered the most forget accuracy, with its settings."""
-    ok = attacks[attacks["status"] == "ok"].dropna(subset=["forget_acc_max"])
+    ok = attacks[attacks["status"].isin(["ok", "pruned"])].dropna(subset=["forget_acc_max"])  # pruned ones ran too
     if ok.empty:
         return ok
     best = ok.loc[ok.groupby("trial_id")["forget_acc_max"].idxmax()]

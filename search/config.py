@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from spaces import ATTACK_SPACE, DEFENDER_SPACES, UNDO_SPACE
-from spaces.dims import Choice, Dim, grid_size, with_bounds
+from spaces import ATTACK_SPACE, BATTERIES, DEFENDER_SPACES, LORA_SPACE, UNDO_SPACE
+from spaces.dims import Choice, Dim, Int, grid_size, with_bounds
 from trainables import arithmetic, undo
 from trainables.loop import LoopConfig
 from trainables.defenders import DEFENDERS
@@ -231,20 +231,55 @@ class DefenderConfig(Strict):
 
 
 class AttackConfig(Strict):
-    """The adversary search run against every released model."""
+    """The attacks run against every released model: an adversary search of ``budget`` runs over
+    ``spaces/attack.py`` (LoRA's dimensions only for LoRA attacks), and/or fixed batteries
+    (``spaces/batteries.py``). ``params`` fixes dimensions (``n_examples: null``: all of T),
+    ``space`` sets bounds; the model's attacked score is the maximum over everything run."""
 
-    budget: int = Field(4, ge=1)
+    budget: int = Field(4, ge=0)
     loop: LoopConfig = LoopConfig(eval_every=20)
-    retain_fraction: float = Field(0.0, ge=0, lt=1)
+    retain_fraction: float = Field(0.5, gt=0, lt=1)  # retain share of a `mix` attack's batches
+    params: dict[str, Any] = {}
     space: dict[str, Any] = {}
+    batteries: list[Literal[tuple(BATTERIES)]] = []  # type: ignore[valid-type]
+    battery_steps: int = Field(100, ge=1)  # the batteries' fixed step budget
+    # median: stop a searched attack at an evaluation (after prune_warmup steps, once
+    # prune_startup attacks completed) where its best V accuracy so far is below the median of
+    # the completed attacks' at that step (Optuna's MedianPruner rule, applied inside the stage)
+    pruner: Literal["none", "median"] = "none"
+    prune_startup: int = Field(3, ge=1)
+    prune_warmup: int = Field(20, ge=0)
+    # searched attacks run at once (Optuna threads; each a stage of its own, on its own Ray Train
+    # workers when scaling.num_workers > 0); > 1 makes the search order depend on timing
+    concurrency: int = Field(1, ge=1)
 
-    @field_validator("space")
-    @classmethod
-    def _space(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_space(v, ATTACK_SPACE, "space")
+    @model_validator(mode="after")
+    def _check(self) -> "AttackConfig":
+        dims = {**ATTACK_SPACE, **LORA_SPACE}
+        _check_space(self.space, dims, "space")
+        _check_fixed(self.params, dims, "params")
+        for name, value in self.params.items():
+            dim = dims[name]
+            if isinstance(dim, Choice) and value not in dim.values:
+                raise ValueError(f"params.{name}: must be one of {list(dim.values)}, got {value!r}")
+            if isinstance(dim, Choice) or (value is None and name == "n_examples"):
+                continue
+            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not number or (value < 0 if name == "lora_dropout" else value <= 0):
+                raise ValueError(f"params.{name}: must be a positive number, got {value!r}")
+            if isinstance(dim, Int) and int(value) != value:
+                raise ValueError(f"params.{name}: must be an integer, got {value!r}")
+        if self.budget == 0 and not self.batteries:
+            raise ValueError("budget: 0 runs no attack; give a budget or name batteries")
+        return self
 
     def search_space(self) -> dict[str, Dim]:
-        return {k: with_bounds(d, self.space[k]) if k in self.space else d for k, d in ATTACK_SPACE.items()}
+        """The searched attack dimensions (fixed ones left out), bounds applied."""
+        return _searched(ATTACK_SPACE, self.space, self.params)
+
+    def lora_space(self) -> dict[str, Dim]:
+        """LoRA's searched dimensions, drawn for LoRA attacks only."""
+        return _searched(LORA_SPACE, self.space, self.params)
 
 
 class SearchConfig(Strict):

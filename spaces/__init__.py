@@ -1,6 +1,6 @@
 """Search spaces: one per defender method, one for attacks."""
 
-from spaces import attack, gradascent, graddiff, maxent, npo, random_mapping, rmu, tar, undo
+from spaces import attack, batteries, gradascent, graddiff, maxent, npo, random_mapping, rmu, tar, undo
 from spaces.dims import Dim
 
 DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
@@ -13,4 +13,6 @@ DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
     "tar": tar.SPACE,
 }
 ATTACK_SPACE: dict[str, Dim] = attack.SPACE
+LORA_SPACE: dict[str, Dim] = attack.LORA_SPACE
+BATTERIES = batteries.BATTERIES
 UNDO_SPACE: dict[str, Dim] = undo.SPACE

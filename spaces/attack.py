@@ -1,9 +1,27 @@
-"""The attacker's search space: a full fine-tune on the forget facts T (AdamW), its learning
-rate and its number of steps."""
+"""The attacker's search space (issue: full or LoRA, optimizer, schedule, learning rate, steps,
+batch size, data, number of examples), and LoRA's own dimensions, drawn only for LoRA attacks.
 
-from spaces.dims import Float, Int
+Ranges are the arithmetic setting's: its models pre-train at lr 3e-3, batch 64, and T holds 400
+facts. ``attack.params`` fixes any dimension, ``attack.space`` sets bounds (configs/quick.yaml
+fixes all but lr and steps).
+"""
+
+from spaces.dims import Choice, Float, Int
 
 SPACE = {
+    "kind": Choice(("full", "lora")),
+    "optimizer": Choice(("adamw", "adam", "sgd_momentum", "sgd_nesterov", "adagrad")),
+    "schedule": Choice(("constant", "warmup_constant", "cosine", "warmup_cosine")),
     "lr": Float(1e-4, 1e-2, log=True),
     "steps": Int(20, 200, log=True),
+    "batch_size": Int(16, 128, log=True),
+    "data": Choice(("forget", "retain_forget", "mix", "benign")),
+    "n_examples": Int(16, 400, log=True),
 }
+LORA_SPACE = {
+    "lora_r": Int(2, 32, log=True),
+    "lora_alpha": Float(4.0, 64.0, log=True),
+    "lora_dropout": Float(0.0, 0.1),
+    "lora_targets": Choice(("attn", "mlp", "all")),
+}
+LORA_DEFAULTS = {"lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "lora_targets": "all"}

@@ -14,7 +14,7 @@ def test_quick_config_loads():
 
 
 @pytest.mark.parametrize("override, field", [
-    ("attack.budget=0", "attack.budget"),
+    ("attack.budget=-1", "attack.budget"),
     ("defender.loop.lr=-1", "defender.loop.lr"),
     ("pretrain.reference.lr=-0.1", "pretrain.reference.lr"),
     ("search.trials=many", "search.trials"),
@@ -40,7 +40,7 @@ def test_missing_file_and_bad_override():
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--set", "attack.budget=0"], "attack.budget"),
+    (["--set", "attack.budget=-1"], "attack.budget"),
     (["--config", "missing.yaml"], "no such file"),
     (["--set", "defender.loop.lr=-1"], "defender.loop.lr"),
 ])

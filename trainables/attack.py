@@ -1,8 +1,11 @@
-"""Stage `attack`: a relearning fine-tune of a released model, scored on held-out forget data.
+"""Stage `attack`: a relearning / tampering fine-tune of a released model, scored on held-out
+forget data.
 
-The attacker trains on the forget facts T (optionally mixed with retain data) and is scored on
-the disjoint facts V every ``eval_every`` steps; ``forget_acc_max`` is the best V accuracy along
-the trajectory (the attacker may stop at any step), ``forget_acc_final`` the last.
+The attacker trains on (a subset of) the forget facts T — alone, after retain data, mixed with
+retain data — or on retain data only (benign fine-tuning), by full fine-tuning or LoRA, with any
+of the loop's optimizers and schedules; it is scored on the disjoint facts V every
+``eval_every`` steps. ``forget_acc_max`` is the best V accuracy along the trajectory (the
+attacker may stop at any step), ``forget_acc_final`` the last.
 """
 
 from __future__ import annotations
@@ -11,34 +14,90 @@ from pathlib import Path
 
 import torch
 
-from trainables import compute, data, loop, models, settings
+from trainables import compute, data, lora, loop, models, settings
+
+DATA = ("forget", "retain_forget", "mix", "benign")
+RETAIN_FIRST = 0.4  # retain_forget: share of steps on retain before switching (TAR's red team)
+
+
+def examples(forget_T: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    """The attacker's ``n`` forget examples: a seeded subset of T (all of T when ``n`` is None
+    or larger)."""
+    if n is None or n >= len(forget_T):
+        return forget_T
+    perm = torch.randperm(len(forget_T), generator=torch.Generator().manual_seed(seed))
+    return forget_T[perm[:n]]
+
+
+def batch_source(kind: str, step: int, steps: int) -> str:
+    """Where the batch of ``step`` comes from: forget, retain or mix."""
+    if kind == "retain_forget":
+        return "retain" if step < int(RETAIN_FIRST * steps) else "forget"
+    return {"forget": "forget", "benign": "retain", "mix": "mix"}[kind]
 
 
 def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
-    """Fine-tune ``inputs['model']`` on T; no checkpoint is kept, only scores and curves.
+    """Fine-tune ``inputs['model']``; no checkpoint is kept, only scores and curves.
 
-    spec: setting, loop (LoopConfig with lr, steps, batch_size, eval_every), retain_fraction
-    (share of retain problems in each attack batch, default 0), seed.
+    spec: setting, loop (LoopConfig: optimizer, schedule, lr, steps, batch_size, eval_every),
+    data (forget | retain_forget | mix | benign, default forget), retain_fraction (retain share
+    of a ``mix`` batch), n_examples (forget examples the attacker has; None: all of T), lora
+    (None for full fine-tuning, else {r, alpha, dropout, targets}), prune (None, or the
+    adversary search's pruning rule: {"warmup": steps, "below": {step: score}} — stop at an
+    evaluation step ≥ warmup where the best V accuracy so far is below ``below[step]``), seed.
     """
     setting, d = settings.load(spec["setting"])
     cfg = loop.LoopConfig(**spec["loop"])
+    kind = spec.get("data", "forget")
+    if kind not in DATA:
+        raise ValueError(f"attack data must be one of {DATA}, got {kind!r}")
     model = models.load_model(inputs["model"])
+    if spec.get("lora"):
+        model = lora.add_lora(model, **spec["lora"], seed=spec["seed"])
     rank, _ = loop.world()
     gen = data.sampler(spec["seed"], rank)
+    forget = examples(d.forget_T, spec.get("n_examples"), spec["seed"])  # never V: V scores
     frac_retain = spec.get("retain_fraction", 0.0)
 
     def loss_fn(net: torch.nn.Module, step: int) -> torch.Tensor:
-        batch = data.mix(d.forget_T, d.retain_train, cfg.batch_size, frac_retain, gen)
+        source = batch_source(kind, step, cfg.steps)
+        if source == "mix":
+            batch = data.mix(forget, d.retain_train, cfg.batch_size, frac_retain, gen)
+        else:
+            batch = data.draw(forget if source == "forget" else d.retain_train, cfg.batch_size, gen)
         return setting.answer_loss(net(input_ids=batch).logits, batch)
 
     torch.manual_seed(spec["seed"])
-    curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d))
-    forget = [v for _, k, v in curve if k == "forget_acc"]
+    stop_fn = pruning_rule(spec.get("prune"), cfg.eval_every)
+    curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), stop_fn=stop_fn)
+    steps = max(s for s, _, _ in curve)
+    forget_acc = [v for _, k, v in curve if k == "forget_acc"]
     retain = [v for _, k, v in curve if k == "retain_acc"]
     metrics = {
-        "forget_acc_final": forget[-1],
-        "forget_acc_max": max(forget),
+        "forget_acc_final": forget_acc[-1],
+        "forget_acc_max": max(forget_acc),
         "retain_acc_final": retain[-1],
     }
-    tokens = cfg.steps * cfg.batch_size * setting.SEQ_LEN
-    return compute.training_result(model, metrics, curve, tokens, wall)
+    tokens = steps * cfg.batch_size * setting.SEQ_LEN
+    result = compute.training_result(model, metrics, curve, tokens, wall)
+    result["n_examples"] = len(forget)
+    result["steps"] = steps
+    result["pruned_at"] = steps if steps < cfg.steps else None
+    return result
+
+
+def pruning_rule(prune: dict | None, eval_every: int):
+    """The loop's ``stop_fn`` for a pruning rule (None: never stop). The loop asks it at step 0
+    and every ``eval_every`` steps, so the k-th call is at step k·eval_every."""
+    if not prune or not eval_every:
+        return None
+    below = {int(k): v for k, v in prune["below"].items()}
+    state = {"calls": 0, "best": float("-inf")}
+
+    def stop(metrics: dict[str, float]) -> bool:
+        step = state["calls"] * eval_every
+        state["calls"] += 1
+        state["best"] = max(state["best"], metrics["forget_acc"])
+        return step >= prune["warmup"] and step in below and state["best"] < below[step]
+
+    return stop

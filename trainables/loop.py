@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from functools import partial
 from typing import Callable, Literal
 
 import torch
@@ -23,7 +24,11 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
+    "sgd_momentum": partial(torch.optim.SGD, momentum=0.9),
+    "sgd_nesterov": partial(torch.optim.SGD, momentum=0.9, nesterov=True),
+    "adagrad": torch.optim.Adagrad,
 }
+SCHEDULES = ("constant", "warmup_constant", "cosine", "warmup_cosine")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -37,18 +42,19 @@ class LoopConfig(BaseModel):
     steps: int = Field(100, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Literal[tuple(OPTIMIZERS)] = "adamw"  # type: ignore[valid-type]
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "warmup_constant", "warmup_cosine"] = "constant"
+    schedule: Literal[SCHEDULES] = "constant"  # type: ignore[valid-type]
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     eval_every: int = Field(0, ge=0)  # 0: evaluate only at the end
 
 
 def lr_factor(schedule: str, step: int, steps: int, warmup: int) -> float:
-    """Multiplier of the base learning rate at ``step`` (0-based)."""
-    warm = min(1.0, (step + 1) / warmup) if warmup > 0 and schedule != "constant" else 1.0
-    if schedule == "warmup_cosine":
+    """Multiplier of the base learning rate at ``step`` (0-based): linear warmup over ``warmup``
+    steps for the ``warmup_*`` schedules, then constant or a cosine decay to 0 at ``steps``."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 and schedule.startswith("warmup") else 1.0
+    if schedule.endswith("cosine"):
         return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
     return warm
 

@@ -6,6 +6,7 @@ nothing is unpickled when loading.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -56,11 +57,17 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_len: int) -> PreTrainedMo
         return AutoModelForCausalLM.from_config(_fresh_config(cfg, vocab_size, max_len))
 
 
+# transformers builds a model under a process-wide meta-device context, which two threads loading
+# at once (concurrent attacks of one adversary search) corrupt: building and wrapping take turns.
+BUILD_LOCK = threading.RLock()
+
+
 def load_model(path_or_id: str | Path, trust_remote_code: bool = False) -> PreTrainedModel:
     """Load a causal LM by hub id or local path, safetensors only."""
-    return AutoModelForCausalLM.from_pretrained(
-        str(path_or_id), use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    with BUILD_LOCK:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path_or_id), use_safetensors=True, trust_remote_code=trust_remote_code
+        )
 
 
 def save_model(model: PreTrainedModel, path: str | Path) -> None:

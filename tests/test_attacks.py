@@ -1,0 +1,199 @@
+"""The attack suite: LoRA adapters, every optimizer and schedule, data modes and the disjointness
+of attack data from scoring data, batteries, and the adversary search's bookkeeping."""
+
+import math
+
+import pytest
+import torch
+
+from search import config, tables
+from search.adversary import adversary_search, attack_spec
+from search.stages import Runner, run_stage
+from search.trial import Context, pretrain
+from spaces import BATTERIES
+from spaces.batteries import UNDO_LRS
+from trainables import arithmetic as A
+from trainables import attack, data, lora, loop, models
+
+
+def _model(arch="gpt2"):
+    cfg = models.ModelConfig(arch=arch, d_model=16, n_layer=2, n_head=2)
+    return models.build_model(cfg, len(A.VOCAB), A.SEQ_LEN)
+
+
+@pytest.mark.parametrize("arch,targets,expect", [
+    ("gpt2", "attn", {"transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj"}),
+    ("gpt2", "mlp", {"transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}),
+    ("llama", "attn", {f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"}),
+    ("llama", "mlp", {f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up", "down")}),
+])
+def test_lora_targets_found_by_module_path(arch, targets, expect):
+    names = set(lora.target_modules(_model(arch), targets))
+    assert {n for n in names if ".0." in n} == expect
+    assert not any("lm_head" in n or "wte" in n or "embed" in n for n in names)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lora_attack_changes_only_adapter_weights(arch):
+    model = lora.add_lora(_model(arch), r=4, alpha=8.0, dropout=0.0, targets="all")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    d = A.build(A.Config())
+    gen = torch.Generator().manual_seed(0)
+
+    def loss_fn(net, step):
+        batch = data.draw(d.forget_T, 16, gen)
+        return A.answer_loss(net(input_ids=batch).logits, batch)
+
+    loop.train(model, loss_fn, loop.LoopConfig(steps=5, lr=1e-2, weight_decay=0.1))  # decay on
+    after = model.state_dict()
+    adapters = [k for k in after if "lora_" in k]
+    assert adapters and all(not torch.equal(before[k], after[k]) for k in adapters if "lora_B" in k)
+    assert all(torch.equal(before[k], after[k]) for k in after if "lora_" not in k)  # base bit-identical
+
+
+@pytest.mark.parametrize("optimizer", list(loop.OPTIMIZERS))
+@pytest.mark.parametrize("schedule", loop.SCHEDULES)
+def test_every_optimizer_and_schedule_trains(optimizer, schedule):
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0]))
+    model = torch.nn.Module()
+    model.w = w
+    cfg = loop.LoopConfig(steps=30, lr=0.1, optimizer=optimizer, schedule=schedule, warmup_steps=3)
+    loop.train(model, lambda m, s: (m.w ** 2).sum(), cfg)
+    assert (w ** 2).sum().item() < 13.0
+
+
+def test_schedule_factors():
+    assert loop.lr_factor("cosine", 0, 100, 10) == 1.0  # no warmup in plain cosine
+    assert loop.lr_factor("cosine", 50, 100, 10) == pytest.approx(0.5)
+    assert loop.lr_factor("warmup_cosine", 0, 100, 10) == pytest.approx(0.1 * 0.5 * (1 + math.cos(0)))
+
+
+@pytest.mark.parametrize("kind", attack.DATA)
+def test_attack_data_never_contains_the_scoring_facts(kind, tiny_cfg, tmp_path, monkeypatch):
+    runner = Runner(tmp_path / "cache", "local")
+    ref = pretrain(Context(tiny_cfg, "e", str(tmp_path / "e"), runner), "pure")
+    seen = []
+    real_draw = data.draw
+
+    def spy(tokens, n, gen):
+        batch = real_draw(tokens, n, gen)
+        seen.append(batch)
+        return batch
+
+    monkeypatch.setattr(data, "draw", spy)
+    spec = attack_spec(tiny_cfg, {"lr": 1e-3, "steps": 6, "data": kind, "n_examples": 50}, 0)
+    out = run_stage(runner, "attack", spec, {"model": ref})
+    d = A.build(tiny_cfg.setting)
+    V = {tuple(r.tolist()) for r in d.forget_V}
+    T50 = {tuple(r.tolist()) for r in attack.examples(d.forget_T, 50, 0)}
+    rows = {tuple(r.tolist()) for b in seen for r in b}
+    assert seen and not rows & V  # scored on V, never trained on it
+    forget_rows = {r for r in rows if A.op_of(torch.tensor([r]))[0] in A.FORGET_OPS}
+    assert forget_rows <= T50 and out.result["n_examples"] == 50
+    assert bool(forget_rows) == (kind != "benign")
+
+
+def test_batch_sources_and_examples():
+    assert [attack.batch_source("retain_forget", s, 10) for s in range(10)] == ["retain"] * 4 + ["forget"] * 6
+    assert attack.batch_source("benign", 3, 10) == "retain" and attack.batch_source("mix", 0, 10) == "mix"
+    T = torch.arange(40).reshape(20, 2)
+    assert torch.equal(attack.examples(T, None, 0), T) and torch.equal(attack.examples(T, 99, 0), T)
+    sub = attack.examples(T, 5, 3)
+    assert len(sub) == 5 and torch.equal(sub, attack.examples(T, 5, 3))
+
+
+def test_batteries_are_the_papers_grids():
+    relearn = BATTERIES["undo_relearn"](100)
+    assert [p["lr"] for p in relearn] == list(UNDO_LRS) and len(relearn) == 10
+    assert {(p["optimizer"], p["steps"], p["warmup_steps"], p["data"]) for p in relearn} == {("adamw", 100, 1, "forget")}
+    red = BATTERIES["tar_red_team"](50)
+    assert len(red) == 48 and {p["kind"] for p in red} == {"full", "lora"}
+    assert {p["data"] for p in red} == {"forget", "retain_forget"} and {p["optimizer"] for p in red} == {"adamw", "sgd_nesterov"}
+
+
+def test_search_and_battery_maximum_and_the_studys_best(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(
+        budget=3, params={}, batteries=["undo_relearn"], battery_steps=4,
+        loop=loop.LoopConfig(eval_every=2), space={"steps": [3, 6]})})
+    runner = Runner(tmp_path / "cache", "local")
+    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    out = adversary_search(runner, cfg, ref, "t", "e", 400)
+    ok = [a for a in out.attacks if a["status"] == "ok"]
+    assert len(out.attacks) == 13 and {a["attack.source"] for a in out.attacks} == {"undo_relearn", "search"}
+    assert out.best == max(a["forget_acc_max"] for a in ok)
+    assert out.best_attack_id == max(ok, key=lambda a: a["forget_acc_max"])["attack_id"]
+    search_rows = [a for a in ok if a["attack.source"] == "search"]
+    assert out.study.best_value == max(a["forget_acc_max"] for a in search_rows)
+    assert len(out.study.trials) == 3
+
+
+@pytest.mark.parametrize("override,field", [
+    ("attack.params.kind=qlora", "params.kind"),
+    ("attack.params.lr=-1", "params.lr"),
+    ("attack.params.steps=2.5", "params.steps"),
+    ("attack.params.momentum=0.9", "params.momentum"),
+    ("attack.batteries=[red_team]", "batteries"),
+    ("attack.budget=0", "budget"),
+    ("attack.space.lora_r=[32, 2]", "space.lora_r"),
+])
+def test_bad_attack_config_names_the_field(override, field):
+    with pytest.raises(config.ConfigError, match=field.replace(".", r"\.")):
+        config.load(None, [override])
+
+
+def test_pruning_rule_stops_at_the_first_step_below_the_median():
+    rule = attack.pruning_rule({"warmup": 10, "below": {"0": 0.9, "10": 0.5, "20": 0.6}}, eval_every=10)
+    assert rule({"forget_acc": 0.1}) is False  # step 0: inside the warmup
+    assert rule({"forget_acc": 0.55}) is False  # step 10: best 0.55 ≥ 0.5
+    assert rule({"forget_acc": 0.3}) is True  # step 20: best so far 0.55 < 0.6
+    assert attack.pruning_rule(None, 10) is None
+
+
+def test_prune_rule_is_the_median_of_completed_attacks(tiny_cfg):
+    from search.adversary import prune_rule
+
+    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(pruner="median", prune_startup=3, prune_warmup=10)})
+    study = __import__("optuna").create_study(direction="maximize")
+    dist = {}
+    for curve in ({0: 0.0, 10: 0.2, 20: 0.4}, {0: 0.0, 10: 0.6, 20: 0.8}):
+        study.add_trial(__import__("optuna").trial.create_trial(value=max(curve.values()), intermediate_values=curve, params={}, distributions=dist))
+    assert prune_rule(cfg, study) is None  # fewer than prune_startup completed
+    study.add_trial(__import__("optuna").trial.create_trial(value=0.5, intermediate_values={0: 0.1, 10: 0.3, 20: 0.5}, params={}, distributions=dist))
+    assert prune_rule(cfg, study) == {"warmup": 10, "below": {"10": 0.3, "20": 0.5}}
+
+
+def test_pruned_attacks_are_recorded_as_pruned_not_lost(tiny_cfg, tmp_path, monkeypatch):
+    import optuna
+
+    from search import adversary
+
+    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(
+        budget=4, params={"kind": "full", "data": "forget"}, loop=loop.LoopConfig(eval_every=2),
+        space={"steps": [8, 10]}, pruner="median", prune_startup=2, prune_warmup=4)})
+    rule = adversary.prune_rule
+    # tiny models score ~0 everywhere, so nothing falls below the real median: raise it to 1
+    monkeypatch.setattr(adversary, "prune_rule", lambda c, s: rule(c, s) and {**rule(c, s), "below": {"4": 1.0, "6": 1.0}})
+    runner = Runner(tmp_path / "cache", "local")
+    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    out = adversary_search(runner, cfg, ref, "t", "e", 400)
+    states = [t.state for t in out.study.trials]
+    assert states[:2] == [optuna.trial.TrialState.COMPLETE] * 2 and set(states[2:]) == {optuna.trial.TrialState.PRUNED}
+    rows = {a["attack_id"]: a for a in out.attacks}
+    assert len(rows) == 4 and [rows[f"t-a{i}"]["status"] for i in range(4)] == ["ok", "ok", "pruned", "pruned"]
+    assert all(rows[f"t-a{i}"]["attack.steps_run"] == 4 for i in (2, 3))  # stopped at the warmup's end
+    assert {c["attack_id"] for c in out.curves} == set(rows)  # their curves are kept too
+    n = ref.result["n_params"]
+    assert rows["t-a2"]["flops"] == 6 * n * 4 * rows["t-a2"]["attack.batch"] * A.SEQ_LEN  # only the steps run
+
+
+def test_lora_init_is_seeded_and_concurrent_attacks_all_land(tiny_cfg, tmp_path):
+    a = lora.add_lora(_model(), r=4, alpha=8.0, dropout=0.0, targets="all", seed=5).state_dict()
+    b = lora.add_lora(_model(), r=4, alpha=8.0, dropout=0.0, targets="all", seed=5).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(
+        budget=4, concurrency=2, params={"kind": "lora"}, loop=loop.LoopConfig(eval_every=2), space={"steps": [3, 5]})})
+    runner = Runner(tmp_path / "cache", "local")
+    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    out = adversary_search(runner, cfg, ref, "t", "e", 400)
+    assert sorted(x["attack_id"] for x in out.attacks) == [f"t-a{i}" for i in range(4)]
+    assert all(x["status"] == "ok" and x["attack.kind"] == "lora" for x in out.attacks)
