@@ -197,3 +197,22 @@ def test_lora_init_is_seeded_and_concurrent_attacks_all_land(tiny_cfg, tmp_path)
     out = adversary_search(runner, cfg, ref, "t", "e", 400)
     assert sorted(x["attack_id"] for x in out.attacks) == [f"t-a{i}" for i in range(4)]
     assert all(x["status"] == "ok" and x["attack.kind"] == "lora" for x in out.attacks)
+
+
+def test_trial_attacked_score_is_the_maximum_over_search_and_battery_in_the_tables(tmp_path):
+    import pyarrow.parquet as pq
+
+    from search.trial import defender
+    from tests.conftest import TINY
+
+    cfg = config.load(None, [*TINY, f"cache_dir={tmp_path / 'cache'}", "attack.params={}", "attack.budget=3",
+                             "attack.batteries=[undo_relearn]", "attack.battery_steps=3", "defender.params.steps=3"])
+    ctx = Context(cfg, "e", str(tmp_path / "e"), Runner(tmp_path / "cache", "local"))
+    row = defender(ctx, "t1", {"lam": 1.0, "lr": 1e-3}, pretrain(ctx, "reference"))
+    tables.write_tables(ctx.exp_dir, tables.read_parts(ctx.exp_dir))
+    attacks = pq.read_table(tmp_path / "e" / tables.ATTACKS).to_pylist()  # a second reader
+    ran = [a for a in attacks if a["status"] in ("ok", "pruned")]
+    assert {a["attack.source"] for a in attacks} == {"search", "undo_relearn"} and len(attacks) == 13
+    best = max(ran, key=lambda a: a["forget_acc_max"])
+    assert row["forget_acc_attacked"] == best["forget_acc_max"] and row["attacks_run"] == 13
+    assert [a["forget_acc_max"] for a in ran if a["attack_id"] == row["best_attack_id"]] == [best["forget_acc_max"]]
