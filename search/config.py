@@ -63,6 +63,17 @@ def _searched(base: dict[str, Dim], bounds: dict[str, Any], fixed: dict[str, Any
     return {k: with_bounds(d, bounds[k]) if k in bounds else d for k, d in base.items() if k not in fixed}
 
 
+def _check_method_params(params_cls: type[BaseModel], fixed: dict[str, Any], loop: dict[str, Any], where: str) -> None:
+    """Validate fixed values of a method: its hyperparameters by ``params_cls``, its loop keys
+    (``lr``, ``steps``, ...) by ``LoopConfig`` over ``loop``; a mistake names ``where.<field>``."""
+    loop_keys = {k: v for k, v in fixed.items() if k in LoopConfig.model_fields}
+    try:
+        params_cls(**{k: v for k, v in fixed.items() if k not in loop_keys})
+        LoopConfig(**{**loop, **loop_keys})
+    except ValidationError as e:
+        raise ValueError(f"{where}.{_format(e)}") from None
+
+
 MethodName = Literal[tuple(DEFENDERS)]  # type: ignore[valid-type]
 ShallowName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
@@ -131,12 +142,7 @@ class TarConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "TarConfig":
-        loop_keys = {k: v for k, v in self.safeguard_params.items() if k in LoopConfig.model_fields}
-        try:
-            METHODS[self.safeguard].Params(**{k: v for k, v in self.safeguard_params.items() if k not in loop_keys})
-            LoopConfig(**loop_keys)
-        except ValidationError as e:
-            raise ValueError(f"safeguard_params.{_format(e)}") from None
+        _check_method_params(METHODS[self.safeguard].Params, self.safeguard_params, {}, "safeguard_params")
         return self
 
 
@@ -202,12 +208,7 @@ class DefenderConfig(Strict):
             _check_space(self._for(self.space, m), DEFENDER_SPACES[m], where)
             fixed = self._for(self.params, m)
             where = "params" if len(self.methods) == 1 else f"params.{m}"
-            loop_keys = {k: v for k, v in fixed.items() if k in LoopConfig.model_fields}
-            try:
-                DEFENDERS[m].Params(**{k: v for k, v in fixed.items() if k not in loop_keys})
-                LoopConfig(**{**self.loop.model_dump(), **loop_keys})
-            except ValidationError as e:
-                raise ValueError(f"{where}.{_format(e)}") from None
+            _check_method_params(DEFENDERS[m].Params, fixed, self.loop.model_dump(), where)
         return self
 
     def method_params(self, method: str) -> dict[str, Any]:

@@ -70,6 +70,14 @@ def load_model(path_or_id: str | Path, trust_remote_code: bool = False) -> PreTr
         )
 
 
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in evaluation mode with no parameter requiring grad (a teacher, a reference)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def save_model(model: PreTrainedModel, path: str | Path) -> None:
     """Save as safetensors + config JSON (on rank 0 only when distributed)."""
     if world()[0] == 0:

@@ -217,9 +217,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     cfg = loop.LoopConfig(**spec["loop"])
     dev = loop.device()
     model = models.load_model(inputs["model"]).to(dev)
-    reference = models.load_model(inputs["reference"]).to(dev).eval()
-    for q in reference.parameters():
-        q.requires_grad_(False)
+    reference = models.freeze(models.load_model(inputs["reference"]).to(dev))
     rank, _ = loop.world()
     adversary, meta = split_forget(d.forget_all, spec["seed"])
     pools = {"adversary": adversary, "meta": meta, "retain": d.retain_train}

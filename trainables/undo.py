@@ -108,9 +108,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     setting, d = settings.load(spec["setting"])
     cfg = loop.LoopConfig(**spec["loop"])
     dev = loop.device()
-    teacher = models.load_model(inputs["teacher"]).to(dev).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = models.freeze(models.load_model(inputs["teacher"]).to(dev))
     net = student(teacher, spec["init"], spec["alpha"], spec["beta"], spec["seed"]).to(dev)
     target = setting.score(teacher, d)["retain_acc"]
     rank, _ = loop.world()

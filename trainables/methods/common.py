@@ -6,6 +6,8 @@ import copy
 
 import torch
 
+from trainables.models import freeze
+
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DDP wrapper (or the model itself)."""
@@ -14,10 +16,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A frozen, evaluation-mode copy of ``model`` (the reference policy / activations)."""
-    ref = copy.deepcopy(unwrap(model)).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
+    return freeze(copy.deepcopy(unwrap(model)))
 
 
 def no_setup(model, params, seed):
