@@ -56,6 +56,7 @@ def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> dict:
         lora = {"r": q["lora_r"], "alpha": q["lora_alpha"], "dropout": q["lora_dropout"], "targets": q["lora_targets"]}
     return {
         "setting": cfg.setting.model_dump(),
+        "load": cfg.model.load_options(),
         "loop": loop,
         "data": p.get("data", "forget"),
         "retain_fraction": cfg.attack.retain_fraction,

@@ -8,14 +8,14 @@ Ray starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spaces import ATTACK_SPACE, BATTERIES, DEFENDER_SPACES, LORA_SPACE, UNDO_SPACE
 from spaces.dims import Choice, Dim, Int, grid_size, with_bounds
-from trainables import arithmetic, undo
+from trainables import arithmetic, undo, wmdp
 from trainables.loop import LoopConfig
 from trainables.defenders import DEFENDERS
 from trainables.methods import METHODS
@@ -34,10 +34,15 @@ class Strict(BaseModel):
 
 
 class PretrainConfig(Strict):
-    """Pre-training of the reference model (retain + forget) and the pure model (retain only)."""
+    """Pre-training of the reference model (retain + forget) and the pure model (retain only).
 
-    reference: LoopConfig
-    pure: LoopConfig
+    With ``model.pretrained`` nothing is pre-trained: the loaded model is the reference and
+    ``model.pure_pretrained`` (if given) the pure baseline. ``pure: null`` skips the pure
+    baseline (robustness is then not normalised). ``forget_fraction`` is also the forget share
+    of UNDO's distillation mix."""
+
+    reference: LoopConfig | None = None
+    pure: LoopConfig | None = None
     forget_fraction: float = Field(0.5, gt=0, lt=1)
 
 
@@ -316,9 +321,9 @@ class ExperimentConfig(Strict):
 
     experiment: str = Field("quick", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
-    setting: arithmetic.Config = arithmetic.Config()
+    setting: Annotated[arithmetic.Config | wmdp.Config, Field(discriminator="name")] = arithmetic.Config()
     model: ModelConfig = ModelConfig()
-    pretrain: PretrainConfig
+    pretrain: PretrainConfig = PretrainConfig()
     defender: DefenderConfig = DefenderConfig()
     attack: AttackConfig = AttackConfig()
     search: SearchConfig = SearchConfig()
@@ -330,11 +335,36 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _model(self) -> "ExperimentConfig":
-        if not self.model.pretrained and self.model.d_model % self.model.n_head:
+        m = self.model
+        if not m.pretrained and m.d_model % m.n_head:
             raise ValueError("model.d_model must be divisible by model.n_head")
+        if m.pretrained:
+            if m.pretrain_tokens is None:
+                raise ValueError("model.pretrain_tokens: required with model.pretrained (compute "
+                                 "is reported as a fraction of the model's pre-training)")
+            for field in ("pretrained", "pure_pretrained"):
+                path = getattr(m, field)
+                if path and wmdp.is_local(path) and not Path(path).expanduser().exists():
+                    raise ValueError(f"model.{field}: no such file or folder: {path}")
+        else:
+            if m.pure_pretrained:
+                raise ValueError("model.pure_pretrained: needs model.pretrained (a fresh model's "
+                                 "pure baseline is trained by pretrain.pure)")
+            if self.pretrain.reference is None:
+                raise ValueError("pretrain.reference: required to train a fresh model (or set model.pretrained)")
+        if self.setting.name == "wmdp" and not self.setting.tokenizer:
+            if not m.pretrained:
+                raise ValueError("setting.tokenizer: required when the model is not model.pretrained")
+            self.setting.tokenizer = m.pretrained
         if self.search.sampler == "grid":
             self._check_grid()
         return self
+
+    @property
+    def baseline_kinds(self) -> tuple[str, ...]:
+        """The model baselines of this experiment: the reference, and the pure model if any."""
+        pure = self.model.pure_pretrained if self.model.pretrained else self.pretrain.pure
+        return ("pure", "reference") if pure else ("reference",)
 
     def _check_grid(self) -> None:
         if len(self.defender.methods) > 1:
@@ -353,7 +383,10 @@ class ExperimentConfig(Strict):
 def _format(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "config"
+        loc = list(e["loc"])
+        if loc[:1] == ["setting"] and len(loc) > 1 and loc[1] in ("arithmetic", "wmdp"):
+            del loc[1]  # the union's tag: the user wrote setting.<field>
+        where = ".".join(str(p) for p in loc) or "config"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search import tables
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef
-from search.trial import BASELINES, Context, baseline, defender, pretrain, suppressed_id
+from search.trial import Context, baseline, defender, pretrain, suppressed_id
 from spaces.dims import suggest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,17 +228,16 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     tables.write_text(exp_dir, tables.CONFIG, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     say(f"experiment {name}: results in {exp_dir}")
     say("pre-training the reference and pure models (cached after the first run) ...")
-    reference, pure = ray.get([_pretrain_task.remote(ctx, k) for k in ("reference", "pure")])
-    for kind, ref in (("reference", reference), ("pure", pure)):
+    kinds = cfg.baseline_kinds
+    models = dict(zip(kinds, ray.get([_pretrain_task.remote(ctx, k) for k in kinds])))
+    reference = models["reference"]
+    for kind, ref in models.items():
         m = ref.result["metrics"]
         how = "cached" if ref.cached else f"{ref.result['wall_s']:.0f} s"
         say(f"{kind} model: retain {m['retain_acc']:.3f}  forget (V) {m['forget_acc']:.3f}  ({how})")
     say(f"adversary search ({cfg.attack.budget} attacks each) on the baselines and "
         f"{cfg.search.trials} {'/'.join(cfg.defender.methods)}{' + UNDO' if cfg.defender.undo else ''} trials ...")
-    baselines = {
-        kind: _baseline_task.remote(ctx, kind, reference, model)
-        for kind, model in zip(BASELINES, (pure, reference))
-    }
+    baselines = {kind: _baseline_task.remote(ctx, kind, reference, model) for kind, model in models.items()}
     before = [m for m in cfg.defender.methods if cfg.defender.undo or m == "tar"]
     if before:
         # The suppressed models (UNDO's teachers: each method at its fixed + default

@@ -24,7 +24,7 @@ class StageRef:
     """A committed stage output: its key, its folder and its result."""
 
     key: str
-    path: Path
+    path: Path | str  # a cache folder, or a hub id / path for a model loaded, not trained
     result: dict
     cached: bool = False
 

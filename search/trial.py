@@ -9,20 +9,22 @@ failed or not. The Tune trainable in ``search/driver.py`` only wraps ``defender`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from search import cache, tables
 from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
-from trainables import settings
+from trainables import settings, wmdp
 from trainables.loop import LoopConfig
 from trainables.defenders import DEFENDERS, STAGE
 
-BASELINES = ("pure", "reference")  # and "suppressed" in UNDO and TAR experiments
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,17 @@ def pretrain_spec(cfg: ExperimentConfig, kind: str) -> dict:
 
 
 def pretrain(ctx: Context, kind: str) -> StageRef:
-    """The reference or pure model (cached by its spec: trained once, reused by every run)."""
-    return run_stage(ctx.runner, "pretrain", pretrain_spec(ctx.cfg, kind))
+    """The reference or pure model (cached by its spec: trained once, reused by every run).
+
+    With ``model.pretrained`` the model is loaded, not trained: the ``evaluate`` stage scores it
+    and the returned ref points at the hub id or path itself (no copy in the cache)."""
+    cfg = ctx.cfg
+    if not cfg.model.pretrained:
+        return run_stage(ctx.runner, "pretrain", pretrain_spec(cfg, kind))
+    source = cfg.model.pretrained if kind == "reference" else cfg.model.pure_pretrained
+    model = cfg.model.model_copy(update={"pretrained": source})
+    ref = run_stage(ctx.runner, "evaluate", {"setting": cfg.setting.model_dump(), "model": model.model_dump()})
+    return dataclasses.replace(ref, path=Path(os.path.expanduser(source)) if wmdp.is_local(source) else source)
 
 
 def split_params(params: dict) -> tuple[dict, dict]:
@@ -92,6 +103,7 @@ def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict |
     return {
         "setting": cfg.setting.model_dump(),
         "method": method,
+        "load": cfg.model.load_options(),
         "params": DEFENDERS[method].Params(**hyper).model_dump(),  # canonical: defaults filled in
         "loop": {
             **LoopConfig().model_dump(), **DEFENDERS[method].DEFAULT_LOOP,
@@ -108,6 +120,7 @@ def distill_spec(cfg: ExperimentConfig, params: dict) -> dict:
     fresh = u.init == "fresh"
     return {
         "setting": cfg.setting.model_dump(),
+        "load": cfg.model.load_options(),
         "init": u.init,
         "alpha": None if fresh else strength["alpha"],
         "beta": None if fresh else strength["beta"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -34,7 +35,7 @@ class Config(BaseModel):
     """Operand ranges and split sizes of the arithmetic setting."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = "arithmetic"
+    name: Literal["arithmetic"] = "arithmetic"
     retain_max_operand: int = Field(50, ge=1, le=499)
     forget_max_operand: int = Field(20, ge=2, le=31)
     retain_eval_fraction: float = Field(0.1, gt=0, lt=1)
@@ -85,6 +86,15 @@ class ArithmeticData:
     @property
     def forget_all(self) -> torch.Tensor:
         return torch.cat([self.forget_T, self.forget_V])
+
+    @property
+    def seq_len(self) -> int:
+        return SEQ_LEN
+
+
+def vocab_size(data: ArithmeticData) -> int:
+    """Size of the character vocabulary (a fresh model's embedding rows)."""
+    return len(VOCAB)
 
 
 def _split(items: list[str], eval_fraction: float, rng: random.Random) -> tuple[list[str], list[str]]:

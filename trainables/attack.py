@@ -51,7 +51,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     kind = spec.get("data", "forget")
     if kind not in DATA:
         raise ValueError(f"attack data must be one of {DATA}, got {kind!r}")
-    model = models.load_model(inputs["model"])
+    model = models.load(inputs["model"], spec)
     if spec.get("lora"):
         model = lora.add_lora(model, **spec["lora"], seed=spec["seed"])
     rank, _ = loop.world()
@@ -78,7 +78,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
         "forget_acc_max": max(forget_acc),
         "retain_acc_final": retain[-1],
     }
-    tokens = steps * cfg.batch_size * setting.SEQ_LEN
+    tokens = steps * cfg.batch_size * d.seq_len
     result = compute.training_result(model, metrics, curve, tokens, wall)
     result["n_examples"] = len(forget)
     result["steps"] = steps

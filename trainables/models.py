@@ -17,17 +17,34 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from trainables.loop import world
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 class ModelConfig(BaseModel):
-    """Either ``pretrained`` (a hub id or a local path) or a fresh model of ``arch`` and size."""
+    """Either ``pretrained`` (a hub id or a local path) or a fresh model of ``arch`` and size.
+
+    ``dtype`` is the parameters' dtype (``bfloat16`` for real models on GPUs); checkpoints keep
+    it. ``gradient_checkpointing`` trades recomputation for activation memory in every stage.
+    ``pretrain_tokens``: the tokens a ``pretrained`` model was pre-trained on, so that compute
+    can be reported as a fraction of its pre-training (6·N·tokens)."""
 
     model_config = ConfigDict(extra="forbid")
     pretrained: str | None = None
+    pure_pretrained: str | None = None  # the pure baseline of a pretrained reference, if any
     trust_remote_code: bool = False
-    arch: Literal["gpt2", "llama"] = "gpt2"
+    dtype: Literal[tuple(DTYPES)] = "float32"  # type: ignore[valid-type]
+    gradient_checkpointing: bool = False
+    pretrain_tokens: float | None = Field(None, gt=0)
+    arch: Literal["gpt2", "llama", "gemma2"] = "gpt2"
     d_model: int = Field(128, ge=8)
     n_layer: int = Field(2, ge=1)
     n_head: int = Field(4, ge=1)
     init_seed: int = 0
+
+    def load_options(self) -> dict:
+        """What every stage passes to ``load_model`` for this experiment's checkpoints."""
+        return {"trust_remote_code": self.trust_remote_code,
+                "gradient_checkpointing": self.gradient_checkpointing}
 
 
 def _fresh_config(cfg: ModelConfig, vocab_size: int, max_len: int):
@@ -40,21 +57,31 @@ def _fresh_config(cfg: ModelConfig, vocab_size: int, max_len: int):
             "gpt2", n_positions=max_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
             n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
         )
+    extra = {"head_dim": cfg.d_model // cfg.n_head, "query_pre_attn_scalar": cfg.d_model // cfg.n_head,
+             "sliding_window": max_len} if cfg.arch == "gemma2" else {}
     return AutoConfig.for_model(
-        "llama", max_position_embeddings=max_len, hidden_size=cfg.d_model,
+        cfg.arch, max_position_embeddings=max_len, hidden_size=cfg.d_model,
         intermediate_size=4 * cfg.d_model, num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, **common,
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, **extra, **common,
     )
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, max_len: int) -> PreTrainedModel:
     """A model from ``cfg``: loaded from ``cfg.pretrained`` if set, else freshly initialised
-    (seeded by ``cfg.init_seed``)."""
+    (seeded by ``cfg.init_seed``), in ``cfg.dtype``."""
     if cfg.pretrained:
-        return load_model(cfg.pretrained, trust_remote_code=cfg.trust_remote_code)
+        return load_model(cfg.pretrained, dtype=cfg.dtype, **cfg.load_options())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        return AutoModelForCausalLM.from_config(_fresh_config(cfg, vocab_size, max_len))
+        model = AutoModelForCausalLM.from_config(_fresh_config(cfg, vocab_size, max_len))
+    return _runtime(model.to(DTYPES[cfg.dtype]), cfg.gradient_checkpointing)
+
+
+def _runtime(model: PreTrainedModel, gradient_checkpointing: bool) -> PreTrainedModel:
+    if gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 # transformers builds a model under a process-wide meta-device context, which two threads loading
@@ -62,12 +89,21 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_len: int) -> PreTrainedMo
 BUILD_LOCK = threading.RLock()
 
 
-def load_model(path_or_id: str | Path, trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load a causal LM by hub id or local path, safetensors only."""
+def load_model(path_or_id: str | Path, trust_remote_code: bool = False, dtype: str = "auto",
+               gradient_checkpointing: bool = False) -> PreTrainedModel:
+    """Load a causal LM by hub id or local path, safetensors only, in ``dtype`` ("auto": the
+    checkpoint's own). Hub access tokens come from the environment (``HF_TOKEN``)."""
     with BUILD_LOCK:
-        return AutoModelForCausalLM.from_pretrained(
-            str(path_or_id), use_safetensors=True, trust_remote_code=trust_remote_code
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path_or_id), use_safetensors=True, trust_remote_code=trust_remote_code,
+            dtype=DTYPES.get(dtype, dtype),
         )
+    return _runtime(model, gradient_checkpointing)
+
+
+def load(path_or_id: str | Path, spec: dict) -> PreTrainedModel:
+    """Load a stage's input checkpoint with the experiment's load options (``spec['load']``)."""
+    return load_model(path_or_id, **spec.get("load", {}))
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

@@ -16,7 +16,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     """
     setting, d = settings.load(spec["setting"])
     cfg = loop.LoopConfig(**spec["loop"])
-    model = models.build_model(models.ModelConfig(**spec["model"]), len(setting.VOCAB), setting.SEQ_LEN)
+    model = models.build_model(models.ModelConfig(**spec["model"]), setting.vocab_size(d), d.seq_len)
     rank, _ = loop.world()
     gen = data.sampler(spec["seed"], rank)
     frac = spec["forget_fraction"]
@@ -29,5 +29,5 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     torch.manual_seed(spec["seed"])
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d))
     models.save_model(model, out_dir)
-    tokens = cfg.steps * cfg.batch_size * setting.SEQ_LEN
+    tokens = cfg.steps * cfg.batch_size * d.seq_len
     return compute.training_result(model, loop.last_eval(curve), curve, tokens, wall)

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from trainables import attack, pretrain, tar, undo, unlearn
+from trainables import attack, evaluate, pretrain, tar, undo, unlearn
 
 StageFn = Callable[[dict, dict[str, str], Path], dict]
 
 STAGES: dict[str, StageFn] = {
     "pretrain": pretrain.run,
+    "evaluate": evaluate.run,
     "unlearn": unlearn.run,
     "distill": undo.run,
     "tar": tar.run,

@@ -216,8 +216,8 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     p = Params(**spec["params"])
     cfg = loop.LoopConfig(**spec["loop"])
     dev = loop.device()
-    model = models.load_model(inputs["model"]).to(dev)
-    reference = models.freeze(models.load_model(inputs["reference"]).to(dev))
+    model = models.load(inputs["model"], spec).to(dev)
+    reference = models.freeze(models.load(inputs["reference"], spec).to(dev))
     rank, _ = loop.world()
     adversary, meta = split_forget(d.forget_all, spec["seed"])
     pools = {"adversary": adversary, "meta": meta, "retain": d.retain_train}
@@ -230,8 +230,8 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), params=trained)
     models.save_model(model, out_dir)
     per_step = p.tasks_per_step * (p.inner_steps * p.adversary_batch_size + len(tr_steps(p)) * cfg.batch_size)
-    tokens = cfg.steps * (per_step + cfg.batch_size) * setting.SEQ_LEN
+    tokens = cfg.steps * (per_step + cfg.batch_size) * d.seq_len
     result = compute.training_result(model, loop.last_eval(curve), curve + tr_curve, tokens, wall)
-    ref_tokens = cfg.steps * cfg.batch_size * setting.SEQ_LEN
+    ref_tokens = cfg.steps * cfg.batch_size * d.seq_len
     result["flops"] += compute.forward_flops(sum(q.numel() for q in reference.parameters()), ref_tokens)
     return result

@@ -108,7 +108,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     setting, d = settings.load(spec["setting"])
     cfg = loop.LoopConfig(**spec["loop"])
     dev = loop.device()
-    teacher = models.freeze(models.load_model(inputs["teacher"]).to(dev))
+    teacher = models.freeze(models.load(inputs["teacher"], spec).to(dev))
     net = student(teacher, spec["init"], spec["alpha"], spec["beta"], spec["seed"]).to(dev)
     target = setting.score(teacher, d)["retain_acc"]
     rank, _ = loop.world()
@@ -130,7 +130,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     curve, wall = loop.train(net, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), stop_fn=close_enough)
     models.save_model(net, out_dir)
     steps = max(s for s, _, _ in curve)
-    tokens = steps * cfg.batch_size * setting.SEQ_LEN
+    tokens = steps * cfg.batch_size * d.seq_len
     result = compute.training_result(net, loop.last_eval(curve), curve, tokens, wall)
     teacher_n = sum(p.numel() for p in teacher.parameters())
     result["flops"] += compute.forward_flops(teacher_n, tokens)  # the teacher's forward passes

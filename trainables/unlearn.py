@@ -21,7 +21,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     method = METHODS[spec["method"]]
     params = method.Params(**spec["params"])
     cfg = loop.LoopConfig(**spec["loop"])
-    model = models.load_model(inputs["model"]).to(loop.device())
+    model = models.load(inputs["model"], spec).to(loop.device())
     rank, _ = loop.world()
     gen = data.sampler(spec["seed"], rank)
     state = method.setup(model, params, spec["seed"])
@@ -35,5 +35,5 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d),
                              params=method.trainable(model, params))
     models.save_model(model, out_dir)
-    tokens = cfg.steps * 2 * cfg.batch_size * setting.SEQ_LEN  # a forget and a retain batch per step
+    tokens = cfg.steps * 2 * cfg.batch_size * d.seq_len  # a forget and a retain batch per step
     return compute.training_result(model, loop.last_eval(curve), curve, tokens, wall)

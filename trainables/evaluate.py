@@ -1,0 +1,32 @@
+"""Stage `evaluate`: score a model that is loaded, not trained here (a pre-trained reference
+such as Gemma-2-2B, or a pure baseline given by path). No checkpoint is written: the model stays
+where it is (hub id or path); the result carries its scores and its pre-training compute."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from trainables import compute, loop, models, settings
+
+
+def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
+    """Load ``spec['model']`` (a ModelConfig with ``pretrained``) and score it.
+
+    ``flops`` is its pre-training compute, 6·N·``pretrain_tokens`` (NaN when unknown), so that
+    every other stage's compute can be given as a fraction of it.
+    """
+    start = time.perf_counter()
+    setting, d = settings.load(spec["setting"])
+    cfg = models.ModelConfig(**spec["model"])
+    model = models.build_model(cfg, setting.vocab_size(d), d.seq_len).to(loop.device())
+    metrics = setting.score(model, d)
+    n = sum(p.numel() for p in model.parameters())
+    return {
+        "metrics": metrics,
+        "curve": [(0, k, float(v)) for k, v in metrics.items()],
+        "flops": compute.train_flops(n, cfg.pretrain_tokens) if cfg.pretrain_tokens else math.nan,
+        "n_params": n,
+        "train_wall_s": time.perf_counter() - start,
+    }
