@@ -7,6 +7,7 @@ Ray starts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -390,6 +391,9 @@ def _format(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        named = re.match(r"^([A-Za-z_][\w.\[\]]*): (.*)$", msg, re.S)
+        if named and loc:  # a nested model's validator names its own field: setting.forget_corpus
+            where, msg = f"{where}.{named.group(1)}", named.group(2)
         lines.append(f"{where}: {msg}" if e["loc"] else msg)
     return "; ".join(lines)
 

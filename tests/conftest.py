@@ -27,3 +27,11 @@ def tiny_cfg(tmp_path):
     from search import config
 
     return config.load(None, [*TINY, f"cache_dir={tmp_path / 'cache'}", f"storage={tmp_path / 'results'}"])
+
+
+@pytest.fixture(scope="session")
+def wmdp_paths(tmp_path_factory):
+    """`wmdp` fixtures in the hub schemas and tiny GPT-2 / Llama / Gemma-2 models saved by path."""
+    from tests import wmdp_fixtures
+
+    return wmdp_fixtures.make(tmp_path_factory.mktemp("wmdp"))

@@ -43,7 +43,7 @@ class ModelConfig(BaseModel):
 
     def load_options(self) -> dict:
         """What every stage passes to ``load_model`` for this experiment's checkpoints."""
-        return {"trust_remote_code": self.trust_remote_code,
+        return {"trust_remote_code": self.trust_remote_code, "dtype": self.dtype,
                 "gradient_checkpointing": self.gradient_checkpointing}
 
 
@@ -70,7 +70,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_len: int) -> PreTrainedMo
     """A model from ``cfg``: loaded from ``cfg.pretrained`` if set, else freshly initialised
     (seeded by ``cfg.init_seed``), in ``cfg.dtype``."""
     if cfg.pretrained:
-        return load_model(cfg.pretrained, dtype=cfg.dtype, **cfg.load_options())
+        return load_model(cfg.pretrained, **cfg.load_options())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         model = AutoModelForCausalLM.from_config(_fresh_config(cfg, vocab_size, max_len))

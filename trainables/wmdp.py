@@ -46,7 +46,7 @@ from types import SimpleNamespace
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 LETTERS = "ABCDEFGHIJ"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -63,11 +63,12 @@ class Source(BaseModel):
     field: str = "text"  # the text column of a corpus
     limit: int | None = Field(None, ge=1)  # the first ``limit`` rows only
 
-    @model_validator(mode="after")
-    def _exists(self) -> "Source":
-        if is_local(self.path) and not Path(os.path.expanduser(self.path)).exists():
-            raise ValueError(f"path: no such file or folder: {self.path}")
-        return self
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: str) -> str:
+        if is_local(path) and not Path(os.path.expanduser(path)).exists():
+            raise ValueError(f"no such file or folder: {path}")
+        return path
 
 
 def is_local(path: str) -> bool:
