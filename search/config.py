@@ -300,6 +300,9 @@ class SearchConfig(Strict):
     # Trials whose released model falls below this retain accuracy are infeasible: marked so in
     # trials.parquet, never on the front, and reported to the search as the worst attacked score.
     retain_floor: float | None = Field(None, ge=0, le=1)
+    # times Tune restarts a trial whose process or node died (spot preemption); a trial that
+    # raises (NaN loss, a bug) fails the same way again, so keep this small
+    max_failures: int = Field(0, ge=0)
 
 
 class ScalingConfig(Strict):

@@ -181,6 +181,10 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
     per_trial = {"cpu": cfg.scaling.cpus_per_worker} if cfg.scaling.num_workers == 0 else {"cpu": 0.25}
     trainable = tune.with_resources(trainable, per_trial)
     tune_dir = tables.join(ctx.exp_dir, "tune")
+    # Save Tune's experiment state (trial statuses, the searcher) at most a second after any
+    # change, not every 10 s or more: a driver killed in between would otherwise resume without
+    # trials it had already started, and run their configurations again under new ids.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if resume and tune.Tuner.can_restore(tune_dir):
         return tune.Tuner.restore(tune_dir, trainable, resume_errored=False, restart_errored=False)
     param_space, search_alg = _search(cfg)
@@ -194,7 +198,7 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
         run_config=tune.RunConfig(
             name="tune", storage_path=ctx.exp_dir, verbose=0,
             callbacks=[Progress(cfg.search.trials, ctx)],
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
         ),
     )
 

@@ -109,3 +109,45 @@ def test_tar_search_over_the_inner_loop_adversary(tmp_path):
     report = subprocess.run([sys.executable, "-m", "analysis", str(exp), "--out", str(tmp_path / "fig")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert report.returncode == 0 and "Robustness vs. compute (UNDO / TAR" in report.stdout
+
+
+def test_killed_driver_resumes_every_trial_once_and_a_nan_trial_is_a_failed_row(tmp_path):
+    """SIGKILL the driver (and the Ray instance it started) after the first trials landed;
+    ``--resume`` finishes the search: each trial exactly once, the planted NaN trial (a learning
+    rate that blows the weights up) a failed row with its error, the others ok."""
+    import os
+    import signal
+    import time
+
+    grid = ["--set", "search.sampler=grid", "--set", "search.trials=4", "--set", "search.max_concurrent=1",
+            "--set", "defender.params={steps: 5, lam: 1.0}",
+            "--set", "defender.space.lr={values: [1.0e-3, 1.0e+30, 2.0e-3, 3.0e-3]}"]
+    sets = [a for o in TINY for a in ("--set", o)]
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"),
+           "--name", "e2e", *sets, "--set", f"cache_dir={tmp_path / 'cache'}", *grid]
+    parts = tmp_path / "results" / "e2e" / "parts"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            done = [p for p in parts.glob("*.json") if p.stem not in ("pure", "reference")] if parts.exists() else []
+            if len(done) >= 2:
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        proc.wait()
+    killed_with = {p.stem for p in parts.glob("*.json")}
+    assert 2 <= len(killed_with - {"pure", "reference"}) < 4, killed_with  # killed mid-search
+
+    again = _run(tmp_path, *grid, "--resume")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "results" / "e2e" / tables.TRIALS)
+    assert trials["trial_id"].is_unique
+    defenders = trials[trials["kind"] == "defender"]
+    assert sorted(defenders["param.lr"]) == [1e-3, 2e-3, 3e-3, 1e30]  # every grid point once
+    failed = defenders[defenders["status"] == "error"]
+    assert list(failed["param.lr"]) == [1e30] and "NonFiniteLoss" in failed["error"].iloc[0]
+    assert (defenders.loc[defenders["param.lr"] < 1, "status"] == "ok").all()
+    assert set(trials.loc[trials["kind"] == "baseline", "method"]) == {"pure", "reference"}
