@@ -306,18 +306,49 @@ class SearchConfig(Strict):
 
 
 class ScalingConfig(Strict):
-    """Ray Train scaling of every stage: ``num_workers: 0`` runs in-process (local mode)."""
+    """Ray Train scaling of every stage: ``num_workers: 0`` runs in-process (local mode); N
+    workers train with DDP (gloo on CPUs, NCCL on GPUs), each with ``gpus_per_worker`` GPUs when
+    ``use_gpu``. ``max_failures``: restarts of a stage's worker group after a worker is lost.
+
+    With GPUs the driver runs as many trials at once as the cluster's GPUs hold (each trial
+    runs ``attack.concurrency`` stages at once), so trials never wait on each other's placement
+    groups; ``cluster_gpus`` gives that count for an autoscaling cluster that starts with none."""
 
     num_workers: int = Field(0, ge=0)
     use_gpu: bool = False
+    gpus_per_worker: float = Field(1.0, gt=0)
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(0, ge=0)
+    cluster_gpus: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _gpu(self) -> "ScalingConfig":
         if self.use_gpu and self.num_workers == 0:
-            raise ValueError("use_gpu needs num_workers >= 1")
+            raise ValueError("use_gpu: needs num_workers >= 1")
         return self
+
+    def resources_per_worker(self) -> dict[str, float]:
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
+
+
+def trial_concurrency(cfg: "ExperimentConfig", cluster_gpus: float) -> int | None:
+    """Trials to run at once: ``search.max_concurrent`` if set; with GPUs, as many as the
+    cluster's GPUs hold (a trial's stages need workers × GPUs each, ``attack.concurrency`` of
+    them at once); else None (Tune fills the CPUs). Raises ConfigError where one trial needs
+    more GPUs than the cluster has."""
+    if cfg.search.max_concurrent:
+        return cfg.search.max_concurrent
+    s = cfg.scaling
+    if not s.use_gpu:
+        return None
+    gpus = cfg.scaling.cluster_gpus or cluster_gpus
+    per_trial = s.num_workers * s.gpus_per_worker * cfg.attack.concurrency
+    if gpus < per_trial:
+        raise ConfigError(
+            f"scaling: a trial needs {per_trial:g} GPUs (num_workers × gpus_per_worker × "
+            f"attack.concurrency) and the cluster has {gpus:g}; set scaling.cluster_gpus to the "
+            "GPUs an autoscaling cluster grows to, or use fewer workers")
+    return int(gpus // per_trial)
 
 
 class ExperimentConfig(Strict):

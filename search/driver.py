@@ -23,7 +23,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from search import tables
-from search.config import ExperimentConfig
+from search.config import ExperimentConfig, trial_concurrency
 from search.stages import Runner, StageRef
 from search.trial import Context, baseline, defender, pretrain, suppressed_id
 from spaces.dims import suggest
@@ -193,7 +193,8 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, num_samples=1 if search_alg is None else cfg.search.trials,
-            max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=True,
+            max_concurrent_trials=trial_concurrency(cfg, ray.cluster_resources().get("GPU", 0)),
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=ctx.exp_dir, verbose=0,
@@ -219,12 +220,13 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     exp_dir = tables.join(storage, name)
     init_ray(cfg)
     quiet()
+    trial_concurrency(cfg, ray.cluster_resources().get("GPU", 0))  # a trial that cannot fit: exit 2 now
     runner = Runner(
-        cache_dir=Path(os.path.expanduser(cfg.cache_dir)),
+        cache_dir=cfg.cache_dir if "://" in cfg.cache_dir else Path(os.path.expanduser(cfg.cache_dir)),
         executor="ray",
         scaling={
             "num_workers": cfg.scaling.num_workers, "use_gpu": cfg.scaling.use_gpu,
-            **({"resources_per_worker": {"CPU": cfg.scaling.cpus_per_worker}} if cfg.scaling.num_workers else {}),
+            **({"resources_per_worker": cfg.scaling.resources_per_worker()} if cfg.scaling.num_workers else {}),
         },
         max_failures=cfg.scaling.max_failures,
     )
@@ -253,8 +255,11 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
             for m in before
         }
         _report(suppressed)
+    if cfg.scaling.use_gpu:  # trial concurrency is sized to every GPU: let the baselines finish
+        _report(baselines)
     _tuner(ctx, reference, resume).fit()
-    _report(baselines)
+    if not cfg.scaling.use_gpu:
+        _report(baselines)
     tables.write_tables(exp_dir, tables.read_parts(exp_dir))
     return exp_dir
 

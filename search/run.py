@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.report import summarize
     from search.driver import run_experiment, say
 
-    exp_dir = run_experiment(cfg, name, storage, resume=args.resume)
+    try:
+        exp_dir = run_experiment(cfg, name, storage, resume=args.resume)
+    except ConfigError as e:  # found once connected to the cluster (its GPUs), before any work
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     say(f"done: tables in {exp_dir}/ (trials.parquet, attacks.parquet, curves.parquet)")
     print(summarize(exp_dir), flush=True)
     return 0

@@ -33,7 +33,7 @@ class StageRef:
 class Runner:
     """Where and how stages run."""
 
-    cache_dir: Path
+    cache_dir: Path | str  # a local folder or a storage URI (s3://, gs://)
     executor: Literal["ray", "local"] = "ray"
     scaling: dict = field(default_factory=lambda: {"num_workers": 0})
     max_failures: int = 0
@@ -46,12 +46,12 @@ def run_stage(runner: Runner, stage: str, spec: dict, inputs: dict[str, StageRef
     found = cache.lookup(runner.cache_dir, key)
     if found is not None:
         return StageRef(key, cache.entry(runner.cache_dir, key), found, cached=True)
-    paths = {role: str(ref.path) for role, ref in inputs.items()}
+    paths = {role: str(ref.path) for role, ref in inputs.items()}  # materialized where they run
     staged = cache.staging_dir(runner.cache_dir, key)
     start = time.perf_counter()
     try:
         if runner.executor == "local":
-            result = STAGES[stage](spec, paths, staged)
+            result = STAGES[stage](spec, _local(paths), staged)
         else:
             result = _fit(runner, stage, spec, paths, staged)
     except BaseException:
@@ -60,6 +60,11 @@ def run_stage(runner: Runner, stage: str, spec: dict, inputs: dict[str, StageRef
     result["wall_s"] = time.perf_counter() - start
     path = cache.commit(runner.cache_dir, key, staged, result)
     return StageRef(key, path, result)
+
+
+def _local(inputs: dict[str, str]) -> dict[str, str]:
+    """Input locations as local paths on this node (remote cache entries downloaded once)."""
+    return {role: cache.materialize(loc) for role, loc in inputs.items()}
 
 
 def _worker(config: dict) -> None:
@@ -74,18 +79,32 @@ def _worker(config: dict) -> None:
 
     if config["local_out"]:
         out = Path(config["local_out"])
-        result = STAGES[config["stage"]](config["spec"], config["inputs"], out)
+        result = STAGES[config["stage"]](config["spec"], _local(config["inputs"]), out)
         (out / cache.RESULT_FILE).write_text(json.dumps(result))
         return
 
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = STAGES[config["stage"]](config["spec"], config["inputs"], Path(tmp))
+        result = STAGES[config["stage"]](config["spec"], _local(config["inputs"]), Path(tmp))
         rank0 = world()[0] == 0
         if rank0:
             (Path(tmp) / cache.RESULT_FILE).write_text(json.dumps(result))
         ray.train.report({"done": 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank0 else None)
+
+
+def _remove(location: str) -> None:
+    """Delete Ray Train's run folder (local or remote); the stage's output is in the cache."""
+    import pyarrow.fs as pafs
+
+    if not cache.is_remote(location):
+        shutil.rmtree(location, ignore_errors=True)
+        return
+    fs, path = pafs.FileSystem.from_uri(location)
+    try:
+        fs.delete_dir(path)
+    except (OSError, FileNotFoundError):
+        pass
 
 
 def _fit(runner: Runner, stage: str, spec: dict, inputs: dict[str, str], staged: Path) -> dict:
@@ -95,7 +114,9 @@ def _fit(runner: Runner, stage: str, spec: dict, inputs: dict[str, str], staged:
     from ray.train.torch import TorchTrainer
 
     local = runner.scaling.get("num_workers", 1) == 0
-    run_root = Path(runner.cache_dir) / ".ray_train"
+    # Ray Train persists checkpoints under storage_path, which every node must reach: the cache
+    # URI itself when the cache is remote.
+    run_root = f"{str(runner.cache_dir).rstrip('/')}/.ray_train" if cache.is_remote(runner.cache_dir) else Path(runner.cache_dir) / ".ray_train"
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
         train_loop_config={
@@ -114,5 +135,5 @@ def _fit(runner: Runner, stage: str, spec: dict, inputs: dict[str, str], staged:
         raise result.error
     if not local:
         result.checkpoint.to_directory(str(staged))
-    shutil.rmtree(run_root / staged.name, ignore_errors=True)
+    _remove(f"{run_root}/{staged.name}")
     return json.loads((staged / cache.RESULT_FILE).read_text())

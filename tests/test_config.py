@@ -64,3 +64,15 @@ def test_cli_refuses_to_overwrite_an_experiment(tmp_path):
     )
     assert out.returncode == 2 and "--resume" in out.stderr
     assert (tmp_path / "mine" / "trials.parquet").read_text() == "keep me"
+
+
+def test_trial_concurrency_is_sized_to_the_clusters_gpus():
+    base = ["scaling.num_workers=2", "scaling.use_gpu=true", "scaling.gpus_per_worker=1"]
+    cfg = config.load(None, base)
+    assert config.trial_concurrency(cfg, 8) == 4  # 2 GPUs per trial
+    assert config.trial_concurrency(config.load(None, [*base, "attack.concurrency=2"]), 8) == 2
+    assert config.trial_concurrency(config.load(None, [*base, "scaling.cluster_gpus=16"]), 0) == 8  # autoscaling
+    assert config.trial_concurrency(config.load(None, [*base, "search.max_concurrent=3"]), 8) == 3
+    assert config.trial_concurrency(config.load(None, []), 0) is None  # CPUs: Tune decides
+    with pytest.raises(config.ConfigError, match="scaling.cluster_gpus"):
+        config.trial_concurrency(cfg, 1)

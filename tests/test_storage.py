@@ -1,0 +1,48 @@
+"""A stage cache behind a storage URI: entries uploaded with their marker last, reused from
+another node through its own mirror. ``file://`` URIs go through the same ``pyarrow.fs`` calls
+as ``s3://`` / ``gs://`` ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from search import cache
+from search.stages import Runner, run_stage
+from search.trial import Context, pretrain, suppress
+
+
+def test_a_stage_computed_on_one_node_is_reused_on_another(tiny_cfg, tmp_path, monkeypatch):
+    uri = f"file://{tmp_path / 'bucket' / 'cache'}"
+    monkeypatch.setenv("TAMPER_SEARCH_MIRROR", str(tmp_path / "node-a"))
+    ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), Runner(uri, "local"))
+    reference = pretrain(ctx, "reference")
+    assert str(reference.path) == f"{uri}/{reference.key}" and not reference.cached
+    stored = tmp_path / "bucket" / "cache" / reference.key
+    assert (stored / "model.safetensors").exists() and json.loads((stored / "result.json").read_text())["flops"] > 0
+    unlearned = suppress(ctx, "graddiff", {"steps": 3}, reference)
+
+    monkeypatch.setenv("TAMPER_SEARCH_MIRROR", str(tmp_path / "node-b"))  # another node
+    again = pretrain(ctx, "reference")
+    assert again.cached and again.result["flops"] == reference.result["flops"]
+    assert not list((tmp_path / "node-b").rglob("model.safetensors"))  # nothing fetched yet
+    local = cache.materialize(again.path)
+    assert local.startswith(str(tmp_path / "node-b"))
+    assert any((tmp_path / "node-b").rglob("model.safetensors"))
+    assert open(f"{local}/model.safetensors", "rb").read() == (stored / "model.safetensors").read_bytes()
+    assert suppress(ctx, "graddiff", {"steps": 3}, again).cached
+    attack = run_stage(ctx.runner, "attack", {
+        "setting": tiny_cfg.setting.model_dump(), "loop": {"steps": 2, "batch_size": 8, "eval_every": 1},
+        "seed": 0}, {"model": unlearned})  # its input is downloaded into node b's mirror
+    assert attack.result["metrics"]["forget_acc_max"] >= 0
+    assert (tmp_path / "node-b" / cache.mirror_root(uri).name / unlearned.key / "model.safetensors").exists()
+
+
+def test_an_entry_without_its_marker_is_not_there(tmp_path):
+    uri = f"file://{tmp_path / 'bucket'}"
+    (tmp_path / "bucket" / "k1").mkdir(parents=True)
+    (tmp_path / "bucket" / "k1" / "model.safetensors").write_bytes(b"half an upload")
+    assert cache.lookup(uri, "k1") is None
+    with pytest.raises(FileNotFoundError, match="not committed"):
+        cache.materialize(f"{uri}/k1")
