@@ -124,10 +124,17 @@ def train(
     net.train()
     log_every = max(1, cfg.eval_every or cfg.steps // 10)
     done = 0
+    # Non-finite losses are flagged on the device and checked at logging steps, not every step:
+    # a per-step check would synchronise the GPU and stall the kernel queue.
+    bad = first_bad = None
     for step in range(0 if stopped else cfg.steps):
         loss = loss_fn(net, step)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} at step {step}")
+        finite = torch.isfinite(loss.detach())
+        if bad is None:
+            bad, first_bad = ~finite, loss.detach().clone()
+        else:
+            first_bad = torch.where(bad, first_bad, loss.detach())
+            bad = bad | ~finite
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -136,6 +143,8 @@ def train(
         sched.step()
         done = step + 1
         if done % log_every == 0 or done == cfg.steps:
+            if bool(bad):
+                raise NonFiniteLoss(f"loss is {first_bad.item()} at or before step {step}")
             curve.append((done, "loss", float(loss.detach())))
         if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
             if evaluate(done):  # the loss at ``done`` is logged: log_every == eval_every
