@@ -315,6 +315,9 @@ class ScalingConfig(Strict):
     groups; ``cluster_gpus`` gives that count for an autoscaling cluster that starts with none."""
 
     num_workers: int = Field(0, ge=0)
+    # ddp: a full replica per worker; fsdp: parameters, gradients and optimizer state sharded
+    # over the workers (a model too large for one GPU); not for TAR
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     use_gpu: bool = False
     gpus_per_worker: float = Field(1.0, gt=0)
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -393,6 +396,10 @@ class ExperimentConfig(Strict):
             self.setting.tokenizer = m.pretrained
         if self.search.sampler == "grid":
             self._check_grid()
+        if self.scaling.strategy == "fsdp" and "tar" in self.defender.methods:
+            raise ValueError("scaling.strategy: fsdp is not supported with defender.method tar "
+                             "(its inner-loop snapshot and first-order gradient assume full "
+                             "parameters); use ddp")
         return self
 
     @property

@@ -229,6 +229,7 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
             **({"resources_per_worker": cfg.scaling.resources_per_worker()} if cfg.scaling.num_workers else {}),
         },
         max_failures=cfg.scaling.max_failures,
+        strategy=cfg.scaling.strategy,
     )
     ctx = Context(cfg, name, exp_dir, runner)
     tables.write_text(exp_dir, tables.CONFIG, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

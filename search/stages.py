@@ -37,6 +37,7 @@ class Runner:
     executor: Literal["ray", "local"] = "ray"
     scaling: dict = field(default_factory=lambda: {"num_workers": 0})
     max_failures: int = 0
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # how the workers of one stage share the model
 
 
 def run_stage(runner: Runner, stage: str, spec: dict, inputs: dict[str, StageRef] | None = None) -> StageRef:
@@ -85,6 +86,9 @@ def _worker(config: dict) -> None:
 
     import ray.train
 
+    from trainables.loop import set_strategy
+
+    set_strategy(config.get("strategy", "ddp"))
     with tempfile.TemporaryDirectory() as tmp:
         result = STAGES[config["stage"]](config["spec"], _local(config["inputs"]), Path(tmp))
         rank0 = world()[0] == 0
@@ -121,7 +125,7 @@ def _fit(runner: Runner, stage: str, spec: dict, inputs: dict[str, str], staged:
         train_loop_per_worker=_worker,
         train_loop_config={
             "stage": stage, "spec": spec, "inputs": inputs,
-            "local_out": str(staged) if local else None,
+            "local_out": str(staged) if local else None, "strategy": runner.strategy,
         },
         scaling_config=ray.train.ScalingConfig(**runner.scaling),
         run_config=ray.train.RunConfig(

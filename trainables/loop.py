@@ -74,14 +74,73 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def wrap_for_world(model: torch.nn.Module) -> torch.nn.Module:
-    """DDP-wrap ``model`` when running on more than one rank; else return it unchanged."""
+STRATEGIES = ("ddp", "fsdp")
+_strategy = {"name": "ddp"}
+
+
+def set_strategy(name: str) -> None:
+    """How ``train`` parallelises over more than one rank: ``ddp`` (a full replica per rank,
+    gradients all-reduced) or ``fsdp`` (parameters, gradients and optimizer state sharded over
+    the ranks: PyTorch's ``fully_shard``, per decoder layer and at the root). Set by the Ray Train
+    worker from ``scaling.strategy``."""
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+    _strategy["name"] = name
+
+
+def strategy() -> str:
+    return _strategy["name"]
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a causal LM (``model.layers``, ``transformer.h``, ... also inside a
+    peft wrapper): the longest ``ModuleList`` whose name ends in ``layers`` or ``h``."""
+    found = [m for name, m in model.named_modules()
+             if isinstance(m, torch.nn.ModuleList) and name.split(".")[-1] in ("layers", "h")]
+    return list(max(found, key=len)) if found else []
+
+
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2: shard each decoder layer, then the rest, over every rank (in place)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dev = next(model.parameters()).device
+    mesh = init_device_mesh(dev.type, (world()[1],))
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def wrap_for_world(model: torch.nn.Module, trained: list[torch.nn.Parameter] | None = None):
+    """Prepare ``model`` for the current world: unchanged on one rank; DDP-wrapped, or sharded
+    in place with FSDP (``set_strategy``), on more. Returns (the module to call, the trained
+    parameters as they are now: FSDP replaces parameters by sharded ones, found again by name)."""
+    trained = trained if trained is not None else [p for p in model.parameters() if p.requires_grad]
     _, size = world()
     if size == 1:
-        return model
+        return model, trained
+    keep = {id(p) for p in trained}
+    for p in model.parameters():  # DDP waits for a gradient of every parameter that wants one
+        if id(p) not in keep:
+            p.requires_grad_(False)
+    if strategy() == "fsdp":
+        names = {id(p): n for n, p in model.named_parameters()}
+        wanted = [names[id(p)] for p in trained]
+        shard(model)
+        now = dict(model.named_parameters())
+        return model, [now[n] for n in wanted]
     dev = next(model.parameters()).device
     ids = [dev.index] if dev.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids), trained
+
+
+def sharded(model: torch.nn.Module) -> bool:
+    """True when ``model``'s parameters are FSDP shards (DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def train(
@@ -103,13 +162,12 @@ def train(
     """
     start = time.perf_counter()
     model.to(device())
-    trained = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    net, trained = wrap_for_world(model, params)  # before the optimizer: FSDP swaps parameters
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     opt = OPTIMIZERS[cfg.optimizer](trained, **kwargs)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(cfg.schedule, s, cfg.steps, cfg.warmup_steps)
     )
-    net = wrap_for_world(model)
     curve: Curve = []
 
     def evaluate(step: int) -> bool:

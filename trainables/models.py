@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from trainables.loop import world
+from trainables.loop import sharded, world
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -115,7 +115,13 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_model(model: PreTrainedModel, path: str | Path) -> None:
-    """Save as safetensors + config JSON (on rank 0 only when distributed)."""
+    """Save as safetensors + config JSON (on rank 0 only when distributed). Every rank must
+    call it: FSDP-sharded weights are first gathered into a full state dict, a collective."""
+    state = None
+    if sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if world()[0] == 0:
-        model.save_pretrained(str(path))
+        model.save_pretrained(str(path), state_dict=state)
 

@@ -218,7 +218,9 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     dev = loop.device()
     model = models.load(inputs["model"], spec).to(dev)
     reference = models.freeze(models.load(inputs["reference"], spec).to(dev))
-    rank, _ = loop.world()
+    rank, size = loop.world()
+    if size > 1 and loop.strategy() == "fsdp":
+        raise ValueError("TAR runs with DDP only (scaling.strategy: ddp)")
     adversary, meta = split_forget(d.forget_all, spec["seed"])
     pools = {"adversary": adversary, "meta": meta, "retain": d.retain_train}
     trained = [q for q in model.parameters() if q.requires_grad]

@@ -1,0 +1,84 @@
+"""FSDP (``scaling.strategy: fsdp``): stages on two gloo ranks with sharded parameters give the
+same model as DDP on the same two ranks (same batches, same averaged gradients), for a full
+fine-tune, RMU's parameter subset and a LoRA attack; and the strategy reaches Ray Train's
+workers from the runner."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.adversary import attack_spec
+from search.stages import Runner, run_stage
+from search.trial import pretrain_spec, unlearn_spec
+from trainables import models
+from trainables.stages import STAGES
+
+pytestmark = pytest.mark.slow
+
+
+def _rank(rank: int, world: int, port: int, strategy: str, stage: str, spec: dict, inputs: dict, out: str) -> None:
+    import torch.distributed as dist
+
+    from trainables import loop
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        loop.set_strategy(strategy)
+        STAGES[stage](spec, inputs, Path(out))
+    finally:
+        dist.destroy_process_group()
+
+
+def _two_ranks(strategy: str, stage: str, spec: dict, inputs: dict, out: Path) -> dict[str, torch.Tensor]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out.mkdir(parents=True, exist_ok=True)
+    torch.multiprocessing.spawn(_rank, args=(2, port, strategy, stage, spec, inputs, str(out)), nprocs=2)
+    return models.load_model(out).state_dict() if (out / "config.json").exists() else {}
+
+
+def test_fsdp_matches_ddp_for_full_subset_and_stage_outputs(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.model_copy(update={"model": tiny_cfg.model.model_copy(update={"arch": "llama"})})
+    spec = pretrain_spec(cfg, "pure")
+    spec["loop"] = {**spec["loop"], "steps": 6}
+    ddp = _two_ranks("ddp", "pretrain", spec, {}, tmp_path / "ddp")
+    fsdp = _two_ranks("fsdp", "pretrain", spec, {}, tmp_path / "fsdp")
+    assert ddp.keys() == fsdp.keys()
+    for k in ddp:
+        torch.testing.assert_close(fsdp[k], ddp[k], rtol=1e-4, atol=1e-5)
+
+    rmu = unlearn_spec(cfg, "rmu", {"steps": 3, "layer": 0}, fixed={})
+    a = _two_ranks("ddp", "unlearn", rmu, {"model": str(tmp_path / "ddp")}, tmp_path / "rmu-ddp")
+    b = _two_ranks("fsdp", "unlearn", rmu, {"model": str(tmp_path / "ddp")}, tmp_path / "rmu-fsdp")
+    changed = [k for k in a if not torch.equal(a[k], ddp[k])]
+    assert changed and all("down_proj" in k for k in changed)  # only RMU's subset trained
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_lora_attack_and_the_strategy_through_ray_train(tiny_cfg, tmp_path):
+    ray = pytest.importorskip("ray")
+    spec = attack_spec(tiny_cfg, {"kind": "lora", "lora_r": 2, "lr": 1e-2, "steps": 4, "batch_size": 8}, 0)
+    base = run_stage(Runner(tmp_path / "cache", "local"), "pretrain", {**pretrain_spec(tiny_cfg, "pure"), "loop": {"steps": 5}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+             runtime_env={"env_vars": {"PYTHONPATH": str(__import__("tests.conftest").conftest.ROOT)}})
+    try:
+        runs = {}
+        for strategy in ("ddp", "fsdp"):
+            runner = Runner(tmp_path / f"cache-{strategy}", "ray", {"num_workers": 2, "resources_per_worker": {"CPU": 1}},
+                            strategy=strategy)
+            runs[strategy] = run_stage(runner, "attack", spec, {"model": base})
+    finally:
+        ray.shutdown()
+    ddp, fsdp = (runs[s].result for s in ("ddp", "fsdp"))
+    assert ddp["metrics"] == pytest.approx(fsdp["metrics"], abs=1e-6)
+    losses = lambda r: [v for _, k, v in r["curve"] if k == "loss"]  # noqa: E731
+    assert losses(fsdp) == pytest.approx(losses(ddp), rel=1e-4)
