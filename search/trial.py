@@ -26,7 +26,6 @@ from trainables.loop import LoopConfig
 from trainables.defenders import DEFENDERS, STAGE
 
 
-
 @dataclass(frozen=True)
 class Context:
     """Everything a trial needs, picklable for Ray."""
