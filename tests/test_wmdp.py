@@ -208,7 +208,12 @@ def test_wmdp_search_through_run_py(wmdp_paths, tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(json.dumps({**cfg.model_dump(mode="json"), "search": {"trials": 2},
                                 "defender": {**cfg.defender.model_dump(mode="json"), "params": {"layer": 1, "steps": 2}}}))
-    assert main(["--config", str(path), "--name", "w", "--set", "ray_num_cpus=2"]) == 0
+    import ray
+
+    try:
+        assert main(["--config", str(path), "--name", "w", "--set", "ray_num_cpus=2"]) == 0
+    finally:
+        ray.shutdown()  # main() ran in this process: leave no Ray instance to later tests
     trials = tables.read_table(str(tmp_path / "results" / "w"), tables.TRIALS).to_pylist()
     kinds = sorted(r["trial_id"] for r in trials if r["kind"] == "baseline")
     assert kinds == ["reference"]  # no pure model given: no pure baseline
