@@ -125,6 +125,18 @@ def commit(cache_dir: str | Path, key: str, staged: Path, result: dict) -> str |
     return uri
 
 
+def remove(location: str | Path) -> None:
+    """Delete a folder, local or remote, if it is there."""
+    if not is_remote(location):
+        shutil.rmtree(location, ignore_errors=True)
+        return
+    fs, path = _fs(str(location))
+    try:
+        fs.delete_dir(path)
+    except (OSError, FileNotFoundError):
+        pass
+
+
 def materialize(location: str | Path) -> str:
     """A local path for a stage input: a local folder or hub id as is; a remote entry
     downloaded once into this node's mirror (whole, then renamed into place)."""

@@ -20,6 +20,7 @@ from trainables import arithmetic, undo, wmdp
 from trainables.loop import LoopConfig
 from trainables.defenders import DEFENDERS
 from trainables.methods import METHODS
+from trainables.settings import SETTINGS
 from trainables.models import ModelConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -382,7 +383,7 @@ class ExperimentConfig(Strict):
                                  "is reported as a fraction of the model's pre-training)")
             for field in ("pretrained", "pure_pretrained"):
                 path = getattr(m, field)
-                if path and wmdp.is_local(path) and not Path(path).expanduser().exists():
+                if path and wmdp.missing(path):
                     raise ValueError(f"model.{field}: no such file or folder: {path}")
         else:
             if m.pure_pretrained:
@@ -426,7 +427,7 @@ def _format(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = list(e["loc"])
-        if loc[:1] == ["setting"] and len(loc) > 1 and loc[1] in ("arithmetic", "wmdp"):
+        if loc[:1] == ["setting"] and len(loc) > 1 and loc[1] in SETTINGS:
             del loc[1]  # the union's tag: the user wrote setting.<field>
         where = ".".join(str(p) for p in loc) or "config"
         msg = e["msg"].removeprefix("Value error, ")

@@ -173,7 +173,7 @@ def _search(cfg: ExperimentConfig) -> tuple[dict, OptunaSearch | None]:
     )
 
 
-def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
+def _tuner(ctx: Context, reference: StageRef, resume: bool, concurrency: int | None) -> tune.Tuner:
     cfg = ctx.cfg
     trainable = tune.with_parameters(defender_trial, ctx=ctx, reference=reference)
     # Local mode: the stages run in the trial's own process, which holds the CPUs. With Ray
@@ -193,7 +193,7 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool) -> tune.Tuner:
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, num_samples=1 if search_alg is None else cfg.search.trials,
-            max_concurrent_trials=trial_concurrency(cfg, ray.cluster_resources().get("GPU", 0)),
+            max_concurrent_trials=concurrency,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -220,7 +220,7 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     exp_dir = tables.join(storage, name)
     init_ray(cfg)
     quiet()
-    trial_concurrency(cfg, ray.cluster_resources().get("GPU", 0))  # a trial that cannot fit: exit 2 now
+    concurrency = trial_concurrency(cfg, ray.cluster_resources().get("GPU", 0))  # cannot fit: exit 2 now
     runner = Runner(
         cache_dir=cfg.cache_dir if "://" in cfg.cache_dir else Path(os.path.expanduser(cfg.cache_dir)),
         executor="ray",
@@ -258,7 +258,7 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         _report(suppressed)
     if cfg.scaling.use_gpu:  # trial concurrency is sized to every GPU: let the baselines finish
         _report(baselines)
-    _tuner(ctx, reference, resume).fit()
+    _tuner(ctx, reference, resume, concurrency).fit()
     if not cfg.scaling.use_gpu:
         _report(baselines)
     tables.write_tables(exp_dir, tables.read_parts(exp_dir))

@@ -97,20 +97,6 @@ def _worker(config: dict) -> None:
         ray.train.report({"done": 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank0 else None)
 
 
-def _remove(location: str) -> None:
-    """Delete Ray Train's run folder (local or remote); the stage's output is in the cache."""
-    import pyarrow.fs as pafs
-
-    if not cache.is_remote(location):
-        shutil.rmtree(location, ignore_errors=True)
-        return
-    fs, path = pafs.FileSystem.from_uri(location)
-    try:
-        fs.delete_dir(path)
-    except (OSError, FileNotFoundError):
-        pass
-
-
 def _fit(runner: Runner, stage: str, spec: dict, inputs: dict[str, str], staged: Path) -> dict:
     import json
 
@@ -120,7 +106,7 @@ def _fit(runner: Runner, stage: str, spec: dict, inputs: dict[str, str], staged:
     local = runner.scaling.get("num_workers", 1) == 0
     # Ray Train persists checkpoints under storage_path, which every node must reach: the cache
     # URI itself when the cache is remote.
-    run_root = f"{str(runner.cache_dir).rstrip('/')}/.ray_train" if cache.is_remote(runner.cache_dir) else Path(runner.cache_dir) / ".ray_train"
+    run_root = cache.entry(runner.cache_dir, ".ray_train")
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
         train_loop_config={
@@ -139,5 +125,5 @@ def _fit(runner: Runner, stage: str, spec: dict, inputs: dict[str, str], staged:
         raise result.error
     if not local:
         result.checkpoint.to_directory(str(staged))
-    _remove(f"{run_root}/{staged.name}")
+    cache.remove(f"{run_root}/{staged.name}")  # Ray Train's run folder: the output is cached
     return json.loads((staged / cache.RESULT_FILE).read_text())

@@ -22,11 +22,6 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     cfg = models.ModelConfig(**spec["model"])
     model = models.build_model(cfg, setting.vocab_size(d), d.seq_len).to(loop.device())
     metrics = setting.score(model, d)
-    n = sum(p.numel() for p in model.parameters())
-    return {
-        "metrics": metrics,
-        "curve": [(0, k, float(v)) for k, v in metrics.items()],
-        "flops": compute.train_flops(n, cfg.pretrain_tokens) if cfg.pretrain_tokens else math.nan,
-        "n_params": n,
-        "train_wall_s": time.perf_counter() - start,
-    }
+    curve = [(0, k, float(v)) for k, v in metrics.items()]
+    tokens = cfg.pretrain_tokens or math.nan  # its pre-training, not this stage's work
+    return compute.training_result(model, metrics, curve, tokens, time.perf_counter() - start)

@@ -66,7 +66,7 @@ class Source(BaseModel):
     @field_validator("path")
     @classmethod
     def _exists(cls, path: str) -> str:
-        if is_local(path) and not Path(os.path.expanduser(path)).exists():
+        if missing(path):
             raise ValueError(f"no such file or folder: {path}")
         return path
 
@@ -77,6 +77,11 @@ def is_local(path: str) -> bool:
     p = os.path.expanduser(path)
     return (os.path.exists(p) or path.startswith(("/", "./", "../", "~"))
             or path.endswith(LOCAL_SUFFIXES))
+
+
+def missing(path: str) -> bool:
+    """True for a local path (not a hub id) that does not exist."""
+    return is_local(path) and not Path(os.path.expanduser(path)).exists()
 
 
 class Config(BaseModel):
@@ -214,12 +219,8 @@ def question_rows(ds, subject: str | None, exclude: list[str] = ()) -> list[dict
 def tokenize_questions(tok, rows: list[dict]) -> Questions:
     k = max(len(r["choices"]) for r in rows)
     enc = [tok.encode(prompt(r["question"], r["choices"], r["subject"])) for r in rows]
-    width = max(len(e) for e in enc)
-    ids = torch.zeros(len(enc), width, dtype=torch.long)
-    for i, e in enumerate(enc):
-        ids[i, : len(e)] = torch.tensor(e)
     return Questions(
-        ids=ids, lengths=torch.tensor([len(e) for e in enc]),
+        ids=right_pad(enc, max(len(e) for e in enc), 0), lengths=torch.tensor([len(e) for e in enc]),
         answers=torch.tensor([r["answer"] for r in rows]),
         n_choices=torch.tensor([len(r["choices"]) for r in rows]), letters=letter_ids(tok, k),
     )
@@ -238,10 +239,14 @@ def pack(tok, texts: list[str], seq_len: int) -> torch.Tensor:
 def rows_of(tok, texts: list[str], seq_len: int, pad_id: int) -> torch.Tensor:
     """One text per row, right-padded with ``pad_id`` (long texts keep their last tokens, so a
     question's answer survives truncation)."""
-    out = torch.full((len(texts), seq_len), pad_id, dtype=torch.long)
-    for i, ids in enumerate(tok(texts)["input_ids"]):
-        ids = ids[-seq_len:]
-        out[i, : len(ids)] = torch.tensor(ids)
+    return right_pad([ids[-seq_len:] for ids in tok(texts)["input_ids"]], seq_len, pad_id)
+
+
+def right_pad(seqs: list[list[int]], width: int, value: int) -> torch.Tensor:
+    """Token lists (each at most ``width`` long) as rows of one tensor, right-padded with ``value``."""
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, ids in enumerate(seqs):
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return out
 
 
