@@ -184,15 +184,12 @@ def train(
     done = 0
     # Non-finite losses are flagged on the device and checked at logging steps, not every step:
     # a per-step check would synchronise the GPU and stall the kernel queue.
-    bad = first_bad = None
+    bad = torch.zeros((), dtype=torch.bool, device=device())
+    first_bad = torch.zeros((), device=device())  # the loss at the first non-finite step
     for step in range(0 if stopped else cfg.steps):
         loss = loss_fn(net, step)
-        finite = torch.isfinite(loss.detach())
-        if bad is None:
-            bad, first_bad = ~finite, loss.detach().clone()
-        else:
-            first_bad = torch.where(bad, first_bad, loss.detach())
-            bad = bad | ~finite
+        first_bad = torch.where(bad, first_bad, loss.detach().float())
+        bad = bad | ~torch.isfinite(loss.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
