@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 BASELINE_STYLE = {"pure": ("*", "tab:green"), "reference": ("s", "tab:red"), "suppressed": ("D", "tab:purple")}
-ATTACKED = "attacked forget accuracy on V (worst case found), lower is safer"
+ATTACKED = "attacked forget accuracy on V_rep (worst case found; 95 % interval), lower is safer"
 RETAIN = "retain accuracy, higher is better"
 
 
@@ -32,6 +32,20 @@ def _save(fig, path: Path) -> list[Path]:
     return [path, path.with_suffix(".svg")]
 
 
+def _interval(df: pd.DataFrame, col: str) -> np.ndarray | None:
+    """Error-bar extents (2, N) of ``col`` from its ``_lo`` / ``_hi`` columns (None if absent)."""
+    lo, hi = f"{col}_lo", f"{col}_hi"
+    if lo not in df or hi not in df or not len(df):
+        return None
+    v = df[col].to_numpy(dtype=float)
+    return np.nan_to_num(np.stack([v - df[lo].to_numpy(dtype=float), df[hi].to_numpy(dtype=float) - v]).clip(0))
+
+
+def _errorbars(ax, x: pd.Series, y: pd.Series, xerr=None, yerr=None, color="0.4") -> None:
+    if xerr is not None or yerr is not None:
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor=color, alpha=0.5, lw=0.8, zorder=3)
+
+
 def _marker_size(n: int) -> float:
     return float(np.clip(600 / max(n, 1) ** 0.5, 6, 40))
 
@@ -42,6 +56,7 @@ def _baselines(ax, trials: pd.DataFrame, x: str) -> None:
         if len(b):
             ax.scatter(b[x], b["retain_acc"], marker=marker, s=160, color=color, edgecolor="k",
                        zorder=5, label=f"{kind} model (attacked)")
+            _errorbars(ax, b[x], b["retain_acc"], xerr=_interval(b, x), color=color)
 
 
 def _label(row_or_df) -> pd.Series:
@@ -77,6 +92,9 @@ def tradeoff_plot(trials: pd.DataFrame, front: pd.Series, path: Path) -> list[Pa
         before = "hollow: before attack" + (", front only" if many else "")
         ax.scatter(group["forget_acc_attacked"], group["retain_acc"], s=size, color=color,
                    alpha=max(alpha, 0.5), label=f"{label} (attacked; {before})")
+        if not many:
+            _errorbars(ax, group["forget_acc_attacked"], group["retain_acc"],
+                       xerr=_interval(group, "forget_acc_attacked"), yerr=_interval(group, "retain_acc"), color=color)
     best = trials[front.reindex(trials.index, fill_value=False)].sort_values("forget_acc_attacked")
     if len(best):
         ax.step(best["forget_acc_attacked"], best["retain_acc"], where="post", color="k", lw=1.2,
@@ -102,6 +120,8 @@ def compute_plot(trials: pd.DataFrame, path: Path) -> list[Path]:
     size = _marker_size(len(defenders))
     for label, group in defenders.groupby(_label(defenders)):
         ax.scatter(group["compute_frac"], group["forget_acc_attacked"], s=size, alpha=0.7, label=label)
+        if len(defenders) <= 100:
+            _errorbars(ax, group["compute_frac"], group["forget_acc_attacked"], yerr=_interval(group, "forget_acc_attacked"))
     if "param.undo.alpha" in defenders and len(defenders) <= 30:  # name each point of an α sweep
         for _, r in defenders[defenders["param.undo.alpha"].notna()].iterrows():
             ax.annotate(f"α={r['param.undo.alpha']:.2g}", (r["compute_frac"], r["forget_acc_attacked"]),
@@ -112,6 +132,7 @@ def compute_plot(trials: pd.DataFrame, path: Path) -> list[Path]:
         if len(b):
             ax.scatter(b["compute_frac"], b["forget_acc_attacked"], marker=marker, s=160,
                        color=color, edgecolor="k", zorder=5, label=text)
+            _errorbars(ax, b["compute_frac"], b["forget_acc_attacked"], yerr=_interval(b, "forget_acc_attacked"), color=color)
     ref = trials[(trials["kind"] == "baseline") & (trials["method"] == "reference") & (trials["status"] == "ok")]
     for value in ref["forget_acc_attacked"]:
         ax.axhline(value, color="tab:red", ls="--", lw=1, label="reference model (attacked)")
@@ -132,11 +153,14 @@ def compute_plot(trials: pd.DataFrame, path: Path) -> list[Path]:
 
 
 def attack_curves_plot(curves: pd.DataFrame, attacks: pd.DataFrame, trial_id: str, path: Path) -> list[Path]:
-    """Forget accuracy on V along each attack run against one model; the strongest in bold."""
+    """Forget accuracy on V_sel (what attacks are chosen by) along each attack run against one
+    model; the strongest in bold."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    c = curves[(curves["trial_id"] == trial_id) & (curves["stage"] == "attack") & (curves["metric"] == "forget_acc")]
+    metric = "forget_acc_sel" if (curves["metric"] == "forget_acc_sel").any() else "forget_acc"
+    score = "forget_acc_sel_max" if "forget_acc_sel_max" in attacks else "forget_acc_max"
+    c = curves[(curves["trial_id"] == trial_id) & (curves["stage"] == "attack") & (curves["metric"] == metric)]
     mine = attacks[(attacks["trial_id"] == trial_id) & (attacks["status"] == "ok")]
-    best = mine.loc[mine["forget_acc_max"].idxmax(), "attack_id"] if len(mine) else None
+    best = mine.loc[mine[score].idxmax(), "attack_id"] if len(mine) else None
     lines = [g.sort_values("step")[["step", "value"]].to_numpy() for _, g in c.groupby("attack_id")]
     if lines:
         ax.add_collection(LineCollection(lines, colors="tab:blue", alpha=float(np.clip(3 / len(lines) ** 0.5, 0.1, 0.8)), lw=1))
@@ -147,9 +171,40 @@ def attack_curves_plot(curves: pd.DataFrame, attacks: pd.DataFrame, trial_id: st
         ax.plot(b["step"], b["value"], color="tab:red", lw=2.2,
                 label=f"strongest: {best}" + (f" (lr {lr:.2g})" if lr is not None and lr == lr else ""))
         ax.legend(fontsize=8)
-    ax.set(xlabel="attack step", ylabel="forget accuracy on V", ylim=(-0.03, 1.03))
+    ax.set(xlabel="attack step", ylabel=f"forget accuracy on {'V_sel' if metric.endswith('sel') else 'V'}",
+           ylim=(-0.03, 1.03))
     ax.grid(alpha=0.3)
     ax.set_title(f"attacks against {trial_id} ({len(lines)} runs)", fontsize=10)
+    return _save(fig, path)
+
+
+def best_so_far(attacks: pd.DataFrame) -> pd.DataFrame:
+    """Per model, the strongest V_sel score found so far against the attack compute spent so
+    far (attacks in the order they were run; re-runs of the chosen attack left out)."""
+    a = attacks[attacks["status"].isin(["ok", "pruned"]) & (attacks.get("attack.source") != "reseed")]
+    if a.empty or "forget_acc_sel_max" not in a:
+        return pd.DataFrame(columns=["trial_id", "flops", "best"])
+    a = a.sort_values(["trial_id", "seq"] if "seq" in a else ["trial_id"], kind="stable")
+    return pd.DataFrame({"trial_id": a["trial_id"], "flops": a.groupby("trial_id")["flops"].cumsum(),
+                         "best": a.groupby("trial_id")["forget_acc_sel_max"].cummax()})
+
+
+def attack_progress_plot(attacks: pd.DataFrame, path: Path, max_models: int = 40) -> list[Path]:
+    """How each model's worst case (on V_sel) grew with the attack compute spent on it: a curve
+    that still climbs at its end says the attacker's budget was too small for that model."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    data = best_so_far(attacks)
+    models = list(dict.fromkeys(data["trial_id"]))[:max_models]
+    for tid in models:
+        g = data[data["trial_id"] == tid]
+        ax.step(g["flops"], g["best"], where="post", lw=1, alpha=0.8, label=tid if len(models) <= 12 else None)
+    if len(models):
+        ax.set_xscale("log")
+    ax.set(xlabel="attack FLOPs spent on the model", ylabel="best forget accuracy on V_sel so far", ylim=(-0.03, 1.03))
+    ax.grid(alpha=0.3, which="both")
+    if 0 < len(models) <= 12:
+        ax.legend(fontsize=7)
+    ax.set_title("worst case vs. attack compute", fontsize=10)
     return _save(fig, path)
 
 

@@ -75,16 +75,38 @@ def progress(trials: pd.DataFrame) -> np.ndarray:
     return hypervolume_progress(values, HV_REF, list(OBJECTIVES.values()))
 
 
+STRONGEST = ["forget_acc_attacked", "forget_acc_attacked_lo", "forget_acc_attacked_hi", "attacked_seeds",
+             "forget_acc_attacked_sd", "forget_acc_attacked_sel", "best_attack_step"]
+
+
 def strongest_attacks(trials: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
-    """Per model, the attack that recovered the most forget accuracy, with its settings."""
-    ok = attacks[attacks["status"].isin(["ok", "pruned"])].dropna(subset=["forget_acc_max"])  # pruned ones ran too
-    if ok.empty:
-        return ok
-    best = ok.loc[ok.groupby("trial_id")["forget_acc_max"].idxmax()]
-    cols = ["trial_id", "model", "attack_id", "forget_acc_max", "forget_acc_final", "retain_acc_final",
-            *sorted(c for c in best.columns if c.startswith("attack.") and best[c].notna().any())]
-    best = best.assign(model=best["trial_id"].map(trials.set_index("trial_id")["method"]))
-    return best[cols].sort_values("forget_acc_max", ascending=False)
+    """Per model, the attack chosen on V_sel (``best_attack_id``) with its reported V_rep worst
+    case (mean over its seeds, 95 % interval, seeds and their spread), the optimistic V_sel
+    figure, the chosen checkpoint and its settings."""
+    chosen = trials.dropna(subset=["best_attack_id"]) if "best_attack_id" in trials else trials.iloc[:0]
+    if chosen.empty or attacks.empty:
+        return pd.DataFrame()
+    t = chosen.set_index("best_attack_id")
+    best = attacks[attacks["attack_id"].isin(t.index)].drop_duplicates("attack_id").set_index("attack_id")
+    cols = [c for c in STRONGEST if c in t]
+    best = best.assign(model=t["method"], **{c: t[c] for c in cols}).reset_index()
+    settings = sorted(c for c in best.columns if c.startswith("attack.") and best[c].notna().any())
+    show = ["trial_id", "model", "attack_id", *cols, "retain_acc_final", *settings]
+    return best[[c for c in show if c in best]].sort_values("forget_acc_attacked", ascending=False)
+
+
+def under_attacked(trials: pd.DataFrame) -> pd.DataFrame:
+    """Models whose reported worst case lies below the pure model's 95 % interval."""
+    if "under_attacked" not in trials:
+        return trials.iloc[:0]
+    flagged = trials[trials["under_attacked"].fillna(False).astype(bool)]
+    return flagged[["trial_id", "method", "retain_acc", "forget_acc_attacked", "forget_acc_attacked_lo",
+                    "forget_acc_attacked_hi", "attacks_run"]]
+
+
+UNDER_NOTE = ("possibly under-attacked: the reported worst case lies below the pure model's 95 % interval "
+              "(a model that learned the facts looks safer than one that never did); raise attack.budget "
+              "or attack.budget_flops")
 
 
 def _params(df: pd.DataFrame) -> list[str]:
@@ -92,7 +114,8 @@ def _params(df: pd.DataFrame) -> list[str]:
 
 
 def pareto_table(trials: pd.DataFrame, front: pd.Series) -> pd.DataFrame:
-    cols = ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked", "compute_frac"]
+    cols = ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked",
+            *[c for c in ("forget_acc_attacked_lo", "forget_acc_attacked_hi") if c in trials], "compute_frac"]
     return trials.loc[front, cols + _params(trials[front])].sort_values("forget_acc_attacked")
 
 
@@ -206,11 +229,22 @@ def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, reta
         doc.text(ROBUSTNESS_NOTE)
         doc.table(robust)
     doc.heading("Strongest attack per model", 3)
+    doc.text("Chosen on V_sel (attack and checkpoint), reported on V_rep as the mean over the chosen "
+             "attack's seeds (attacked_seeds, spread forget_acc_attacked_sd) with a 95 % Wilson interval; "
+             "forget_acc_attacked_sel is the optimistic figure it was chosen by.")
     doc.table(strongest_attacks(t, exp.attacks))
+    flagged = under_attacked(t)
+    if len(flagged):
+        doc.heading("Possibly under-attacked models", 3)
+        doc.text(UNDER_NOTE)
+        doc.table(flagged)
     doc.heading("Failed trials", 3)
     doc.table(failed_table(t))
     figs = [(plot.tradeoff_plot(t, front, out / f"{prefix}pareto.png")[0], "retain vs. attacked forget")]
     figs.append((plot.compute_plot(t, out / f"{prefix}compute.png")[0], "attacked forget vs. compute"))
+    if len(exp.attacks):
+        figs.append((plot.attack_progress_plot(exp.attacks, out / f"{prefix}attack_progress.png")[0],
+                     "worst case vs. attack compute"))
     chosen = trial or _most_robust(t, front)
     if chosen is not None:
         figs.append((plot.attack_curves_plot(exp.curves, exp.attacks, chosen, out / f"{prefix}attack_curves.png")[0],
@@ -263,10 +297,15 @@ def summary_text(trials: pd.DataFrame, front: pd.Series) -> str:
     lines.append(show(pareto_table(trials, front)) if front.any() else "  (none)")
     base = trials[trials["kind"] == "baseline"]
     if len(base):
-        lines += ["", "Baselines:", show(base[["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked"]])]
+        cols = ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked",
+                *[c for c in ("forget_acc_attacked_lo", "forget_acc_attacked_hi") if c in base]]
+        lines += ["", "Baselines:", show(base[cols])]
     robust = robustness_table(trials)
     if robust is not None:
         lines += ["", ROBUSTNESS_HEADING + ":", show(robust)]
+    flagged = under_attacked(trials)
+    if len(flagged):
+        lines += ["", f"{len(flagged)} model(s) {UNDER_NOTE}:", show(flagged)]
     failed = trials[trials["status"] != "ok"]
     if len(failed):
         lines += ["", f"Failed: {len(failed)} (errors in trials.parquet, column 'error')"]

@@ -1,5 +1,12 @@
 """Adversary search: for one released model, an Optuna study over attacks that maximises the
-recovered forget accuracy on V. Its maximum is the model's worst-case ("attacked") score.
+recovered forget accuracy on V_sel; the chosen (attack, checkpoint) is re-run with fresh seeds
+and reported on V_rep, which no selection step reads (``trainables/heldout.py``).
+
+The search starts informed — the experiment's archive of attacks strongest against earlier
+models (``search/archive.py``), then the literature's prior (``spaces/attack.py``), then TPE —
+may spend a budget in FLOPs instead of a run count, and may stop weak attacks early by the
+median rule or by successive halving over attack steps (the rule computed here, applied inside
+the attack stage, so it holds on any worker).
 
 Every attack, failed ones too, becomes a row of ``attacks.parquet`` and its scores along the
 way rows of ``curves.parquet``.
@@ -8,6 +15,7 @@ way rows of ``curves.parquet``.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import statistics
 import threading
@@ -16,23 +24,40 @@ from dataclasses import dataclass, field
 
 import optuna
 
+from search import archive
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
 from spaces import BATTERIES
+from spaces import ATTACK_PRIOR as PRIOR
 from spaces.attack import LORA_DEFAULTS
-from spaces.dims import suggest
+from spaces.dims import point_in, suggest
 
 
 @dataclass
 class AttackOutcome:
-    """What the adversary search found against one model."""
+    """What the adversary search found against one model.
 
-    best: float = math.nan
+    ``attacked`` is the worst case as reported: V_rep accuracy of the chosen (attack,
+    checkpoint), averaged over the chosen attack's seeds (``attacked_seeds``, its own first);
+    ``attacked_sel`` the optimistic V_sel maximum it was chosen by."""
+
+    attacked: float = math.nan
+    attacked_sel: float = math.nan
+    attacked_sd: float = math.nan
+    attacked_seeds: list[float] = field(default_factory=list)
     best_attack_id: str | None = None
-    flops: float = 0.0
+    best_step: int | None = None
+    flops: float = 0.0  # every attack run against the model, re-runs included
+    search_flops: float = 0.0  # the searched attacks' (what ``attack.budget_flops`` limits)
     attacks: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
     study: optuna.Study | None = None  # the adversary search's study (None: batteries only)
+
+    def summary(self) -> dict:
+        """The figures a trial reports (and the archive keeps, so a model is attacked once)."""
+        return {"attacked": self.attacked, "attacked_sel": self.attacked_sel, "attacked_sd": self.attacked_sd,
+                "attacked_seeds": self.attacked_seeds, "best_attack_id": self.best_attack_id,
+                "best_step": self.best_step, "flops": self.flops, "attacks_run": len(self.attacks)}
 
 
 def seed_of(*parts: object) -> int:
@@ -94,18 +119,27 @@ def adversary_search(
     experiment: str,
     n_examples: int | None = None,
     seed: int | None = None,
+    ref_flops: float | None = None,
+    exp_dir: str | None = None,
 ) -> AttackOutcome:
-    """Run the configured batteries, then ``cfg.attack.budget`` attacks chosen by a seeded TPE
-    study, against ``released``; the outcome's best is the maximum over all of them. ``seed``
-    defaults to one derived from the experiment's seed and the model (the same attacks every
-    time a model is attacked)."""
+    """Run the configured batteries, then the adversary search against ``released`` (at most
+    ``attack.budget`` attacks and, with ``attack.budget_flops``, until that fraction of
+    ``ref_flops`` is spent), then re-run the attack chosen on V_sel ``attack.reseeds`` times.
+
+    ``seed`` defaults to one derived from the experiment's seed and the model. ``exp_dir``
+    names the experiment whose archive seeds the search and receives this model's strongest
+    attacks (None: no archive).
+    """
+    a = cfg.attack
+    if a.budget_flops is not None and not ref_flops:
+        raise ValueError("attack.budget_flops needs the reference's pre-training FLOPs (ref_flops)")
     out = AttackOutcome()
     seed = seed_of(cfg.seed, released.key) if seed is None else seed
+    points: dict[str, dict] = {}  # attack id → its point of the attack space, to re-run it
+    lock = threading.Lock()  # concurrent attacks append rows and add up FLOPs
 
-    lock = threading.Lock()  # concurrent attacks append rows and update the best
-
-    def run_attack(attack_id: str, params: dict, attack_seed: int, source: str, prune: dict | None = None) -> dict:
-        spec = {**attack_spec(cfg, params, attack_seed), "prune": prune}
+    def run_attack(attack_id: str, params: dict, attack_seed: int, source: str, extra: dict | None = None) -> dict:
+        spec = {**attack_spec(cfg, params, attack_seed), "prune": None, **(extra or {})}
         row = {
             "experiment": experiment, "trial_id": trial_id, "attack_id": attack_id,
             **attack_columns(spec, n_examples, source),
@@ -114,68 +148,171 @@ def adversary_search(
             ref = run_stage(runner, "attack", spec, {"model": released})
         except Exception as e:
             with lock:
-                out.attacks.append({**row, "status": "error", "error": error_text(e)})
+                out.attacks.append({**row, "seq": len(out.attacks), "status": "error", "error": error_text(e)})
             raise
         m, pruned = ref.result["metrics"], ref.result.get("pruned_at") is not None
         with lock:
+            points[attack_id] = params
             out.attacks.append({
-                **row, "status": "pruned" if pruned else "ok", "error": None, **m,
+                **row, "seq": len(out.attacks), "status": "pruned" if pruned else "ok", "error": None, **m,
                 "attack.n_examples": ref.result["n_examples"], "attack.steps_run": ref.result["steps"],
                 "flops": ref.result["flops"], "wall_s": ref.result["wall_s"],
             })
             out.curves.extend(curve_rows(experiment, trial_id, attack_id, "attack", ref.result["curve"]))
             out.flops += ref.result["flops"]
-            if not out.best >= m["forget_acc_max"]:  # also replaces the initial NaN; a pruned
-                out.best, out.best_attack_id = m["forget_acc_max"], attack_id  # attack's max counts
+            if source == "search":
+                out.search_flops += ref.result["flops"]
         return ref.result
 
-    for name in cfg.attack.batteries:
-        for i, params in enumerate(BATTERIES[name](cfg.attack.battery_steps)):
+    for name in a.batteries:
+        for i, params in enumerate(BATTERIES[name](a.battery_steps)):
             try:
                 run_attack(f"{trial_id}-{name}{i}", params, seed_of(seed, name, i), name)
             except Exception:
                 pass  # recorded as a failed attack row; the battery goes on
-    if cfg.attack.budget:
-        sampler = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=min(10, max(2, cfg.attack.budget // 2))
-        )
-        pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.attack.prune_startup, n_warmup_steps=cfg.attack.prune_warmup)
-                  if cfg.attack.pruner == "median" else optuna.pruners.NopPruner())
-        study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-        space, lora_space = cfg.attack.search_space(), cfg.attack.lora_space()
-
-        def objective(trial: optuna.Trial) -> float:
-            params = suggest(trial, space)
-            if {**cfg.attack.params, **params}.get("kind", "full") == "lora":
-                params.update(suggest(trial, lora_space))  # a conditional space
-            result = run_attack(f"{trial_id}-a{trial.number}", params, seed_of(seed, trial.number),
-                                "search", prune_rule(cfg, study))
-            for step, key, value in result["curve"]:  # the trajectory, for the pruner and the record
-                if key == "forget_acc":
-                    trial.report(value, step)
-            if result.get("pruned_at") is not None:
-                raise optuna.TrialPruned(f"pruned at step {result['pruned_at']}")
-            return result["metrics"]["forget_acc_max"]
-
-        study.optimize(objective, n_trials=cfg.attack.budget, catch=(Exception,), n_jobs=cfg.attack.concurrency)
-        out.study = study
+    if a.budget:
+        out.study = _search(cfg, seed, trial_id, released, exp_dir, run_attack,
+                            lambda: out.search_flops, (a.budget_flops or math.inf) * (ref_flops or 0))
+    _choose_and_reseed(cfg, out, seed, points, run_attack)
+    if exp_dir is not None:
+        pre = released.result["metrics"].get("forget_acc_sel", 0.0)
+        ranked = sorted((r for r in out.attacks if r["attack_id"] in points and r["attack.source"] != "reseed"),
+                        key=lambda r: -r["forget_acc_sel_max"])[: max(1, a.archive)]
+        archive.write(exp_dir, released.key, {
+            "trial_id": trial_id, "summary": out.summary(),
+            "attacks": [{"params": {**a.params, **points[r["attack_id"]]}, "score": r["forget_acc_sel_max"],
+                         "gain": r["forget_acc_sel_max"] - pre} for r in ranked],
+        })
     return out
 
 
+def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef, exp_dir: str | None,
+            run_attack, spent, limit: float) -> optuna.Study:
+    """The seeded TPE study: informed points first, then TPE, until the run count or the FLOPs
+    budget (checked after each attack, so it is exceeded by less than one attack's cost per
+    concurrent attack) is used up."""
+    a = cfg.attack
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, a.budget // 2)))
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=a.prune_startup, n_warmup_steps=a.prune_warmup)
+              if a.pruner == "median" else optuna.pruners.NopPruner())
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    space, lora_space = a.search_space(), a.lora_space()
+    for point in informed_start(cfg, exp_dir, released.key):
+        study.enqueue_trial(point, skip_if_exists=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        if {**a.params, **params}.get("kind", "full") == "lora":
+            params.update(suggest(trial, lora_space))  # a conditional space
+        result = run_attack(f"{trial_id}-a{trial.number}", params, seed_of(seed, trial.number),
+                            "search", {"prune": prune_rule(cfg, study)})
+        for step, key, value in result["curve"]:  # the V_sel trajectory, for the pruner
+            if key == "forget_acc_sel":
+                trial.report(value, step)
+        if result.get("pruned_at") is not None:
+            raise optuna.TrialPruned(f"pruned at step {result['pruned_at']}")
+        return result["metrics"]["forget_acc_sel_max"]
+
+    def stop_when_spent(study: optuna.Study, _trial) -> None:
+        if spent() >= limit:
+            study.stop()
+
+    study.optimize(objective, n_trials=a.budget, catch=(Exception,), n_jobs=a.concurrency,
+                   callbacks=[stop_when_spent])
+    return study
+
+
+def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -> list[dict]:
+    """The first points of a model's adversary search: up to ``attack.archive`` of the attacks
+    strongest against other models of this experiment, then up to ``attack.prior`` points of
+    the literature's prior, each restricted to the searched dimensions (bounds applied), without
+    repeats."""
+    a = cfg.attack
+    space = {**a.search_space(), **a.lora_space()}
+    found = archive.strongest(exp_dir, a.archive, exclude_key=model_key) if exp_dir and a.archive else []
+    out, seen = [], set()
+    for point in [*found, *PRIOR[: a.prior]]:
+        p = point_in(space, point)
+        if p.get("kind", a.params.get("kind", "full")) != "lora":
+            p = {k: v for k, v in p.items() if k not in a.lora_space()}
+        key = json.dumps(p, sort_keys=True)
+        if p and key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def choose(rows: list[dict]) -> dict | None:
+    """The strongest attack on V_sel among attack rows that ran (ok or pruned; each row's
+    checkpoint was already chosen on V_sel by the stage); the earliest run wins ties. Reads
+    nothing of V_rep."""
+    ran = [r for r in rows if r["status"] in ("ok", "pruned") and r.get("attack.source") != "reseed"]
+    return max(ran, key=lambda r: (r["forget_acc_sel_max"], -r["seq"])) if ran else None
+
+
+def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, points: dict, run_attack) -> None:
+    """Choose the strongest (attack, checkpoint) on V_sel, re-run it ``attack.reseeds`` times
+    (to that checkpoint), and set the outcome's V_rep worst case: the mean over its seeds."""
+    best = choose(out.attacks)
+    if best is None:
+        return
+    out.best_attack_id, out.best_step = best["attack_id"], int(best["best_step"])
+    out.attacked_sel = best["forget_acc_sel_max"]
+    values = [best["forget_acc_rep_at_best"]]
+    for i in range(cfg.attack.reseeds):
+        try:
+            result = run_attack(f"{best['attack_id']}-r{i + 1}", points[best["attack_id"]],
+                                seed_of(seed, "reseed", best["attack_id"], i), "reseed",
+                                {"stop_at": out.best_step})
+        except Exception:
+            continue  # a failed re-run is a row with its error; the mean is over those that ran
+        values.append(next(v for s, k, v in result["curve"] if k == "forget_acc_rep" and s == out.best_step))
+    out.attacked_seeds = values
+    out.attacked = statistics.fmean(values)
+    out.attacked_sd = statistics.stdev(values) if len(values) > 1 else math.nan
+
+
 def prune_rule(cfg: ExperimentConfig, study: optuna.Study) -> dict | None:
-    """The median rule for the next attack, as data the stage applies at its evaluations: at
-    every step ≥ ``prune_warmup``, the median of the completed attacks' V accuracy at that step
-    (Optuna's ``MedianPruner``: prune when the best value so far is below it). None until
-    ``prune_startup`` attacks have completed, or with ``pruner: none``."""
-    if cfg.attack.pruner == "none":
+    """The pruning rule for the next attack, as data the stage applies at its evaluations (it
+    compares the attack's best V_sel accuracy so far with ``below[step]``). None until
+    ``prune_startup`` attacks have finished, or with ``pruner: none``.
+
+    * ``median``: at every step ≥ ``prune_warmup``, the median of the completed attacks' V_sel
+      accuracy at that step (Optuna's ``MedianPruner``).
+    * ``asha``: successive halving over attack steps (Optuna's ``SuccessiveHalvingPruner``
+      rule, asynchronous): rungs at the first evaluations at or after r·η^k steps (r the
+      minimum resource, ``prune_warmup`` or one evaluation; η ``reduction_factor``); at a rung
+      an attack continues only if its best-so-far would rank in the top 1/η of every finished
+      attack's best-so-far there (the first always continues).
+    """
+    a = cfg.attack
+    if a.pruner == "none":
         return None
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(done) < cfg.attack.prune_startup:
+    states = (optuna.trial.TrialState.COMPLETE,) + ((optuna.trial.TrialState.PRUNED,) if a.pruner == "asha" else ())
+    done = study.get_trials(deepcopy=False, states=states)
+    if len(done) < a.prune_startup:
         return None
-    steps = sorted({s for t in done for s in t.intermediate_values if s >= cfg.attack.prune_warmup})
-    below = {s: statistics.median([t.intermediate_values[s] for t in done if s in t.intermediate_values])
-             for s in steps}
-    return {"warmup": cfg.attack.prune_warmup, "below": {str(s): v for s, v in below.items()}}
+    if a.pruner == "median":
+        steps = sorted({s for t in done for s in t.intermediate_values if s >= a.prune_warmup})
+        below = {s: statistics.median([t.intermediate_values[s] for t in done if s in t.intermediate_values])
+                 for s in steps}
+        return {"warmup": a.prune_warmup, "below": {str(s): v for s, v in below.items()}}
+    steps = sorted({s for t in done for s in t.intermediate_values})
+    r = max(a.prune_warmup, a.loop.eval_every, 1)
+    rungs, k = [], 0
+    while steps and r * a.reduction_factor ** k <= steps[-1]:
+        rung = next(s for s in steps if s >= r * a.reduction_factor ** k)
+        if rung not in rungs:
+            rungs.append(rung)
+        k += 1
+    below = {}
+    for rung in rungs:
+        best = sorted((max(v for s, v in t.intermediate_values.items() if s <= rung)
+                       for t in done if rung in t.intermediate_values), reverse=True)
+        idx = max(0, (len(best) + 1) // a.reduction_factor - 1)  # +1: the new attack competes too
+        if idx < len(best):
+            below[str(rung)] = best[idx]
+    return {"warmup": r, "below": below}
 
 
 def curve_rows(experiment: str, trial_id: str, attack_id: str | None, stage: str, curve) -> list[dict]:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from spaces import ATTACK_SPACE, BATTERIES, DEFENDER_SPACES, LORA_SPACE, UNDO_SPACE
+from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES, DEFENDER_SPACES, LORA_SPACE, UNDO_SPACE
 from spaces.dims import Choice, Dim, Int, grid_size, with_bounds
 from trainables import arithmetic, undo, wmdp
 from trainables.loop import LoopConfig
@@ -239,12 +239,23 @@ class DefenderConfig(Strict):
 
 
 class AttackConfig(Strict):
-    """The attacks run against every released model: an adversary search of ``budget`` runs over
+    """The attacks run against every released model: an adversary search over
     ``spaces/attack.py`` (LoRA's dimensions only for LoRA attacks), and/or fixed batteries
     (``spaces/batteries.py``). ``params`` fixes dimensions (``n_examples: null``: all of T),
-    ``space`` sets bounds; the model's attacked score is the maximum over everything run."""
+    ``space`` sets bounds. The attack and checkpoint are chosen on V_sel over everything run;
+    the model's attacked score is the chosen one's V_rep accuracy, averaged over ``reseeds``
+    more runs of it (``trainables/heldout.py``)."""
 
-    budget: int = Field(4, ge=0)
+    # searched attacks per model; default 4, or unlimited when budget_flops limits the search
+    budget: int | None = Field(None, ge=0)
+    # the search's compute per model, as a fraction of the reference's pre-training FLOPs (like
+    # compute_frac); the search stops once it is spent (batteries and re-runs not counted)
+    budget_flops: float | None = Field(None, gt=0)
+    reseeds: int = Field(2, ge=0)  # extra seeds of the chosen attack, averaged on V_rep
+    # informed start: the strongest attacks against this experiment's earlier models (archive),
+    # then the literature's prior (spaces/attack.py PRIOR), before TPE
+    archive: int = Field(2, ge=0)
+    prior: int = Field(2, ge=0, le=len(ATTACK_PRIOR))
     loop: LoopConfig = LoopConfig(eval_every=20)
     retain_fraction: float = Field(0.5, gt=0, lt=1)  # retain share of a `mix` attack's batches
     params: dict[str, Any] = {}
@@ -252,11 +263,14 @@ class AttackConfig(Strict):
     batteries: list[Literal[tuple(BATTERIES)]] = []  # type: ignore[valid-type]
     battery_steps: int = Field(100, ge=1)  # the batteries' fixed step budget
     # median: stop a searched attack at an evaluation (after prune_warmup steps, once
-    # prune_startup attacks completed) where its best V accuracy so far is below the median of
-    # the completed attacks' at that step (Optuna's MedianPruner rule, applied inside the stage)
-    pruner: Literal["none", "median"] = "none"
+    # prune_startup attacks completed) where its best V_sel accuracy so far is below the median
+    # of the completed attacks' at that step (Optuna's MedianPruner rule); asha: successive
+    # halving over attack steps (rungs at prune_warmup·reduction_factor^k steps, the top
+    # 1/reduction_factor go on). Either is applied inside the stage, so it holds on any worker.
+    pruner: Literal["none", "median", "asha"] = "none"
     prune_startup: int = Field(3, ge=1)
     prune_warmup: int = Field(20, ge=0)
+    reduction_factor: int = Field(3, ge=2)
     # searched attacks run at once (Optuna threads; each a stage of its own, on its own Ray Train
     # workers when scaling.num_workers > 0); > 1 makes the search order depend on timing
     concurrency: int = Field(1, ge=1)
@@ -277,8 +291,12 @@ class AttackConfig(Strict):
                 raise ValueError(f"params.{name}: must be a positive number, got {value!r}")
             if isinstance(dim, Int) and int(value) != value:
                 raise ValueError(f"params.{name}: must be an integer, got {value!r}")
+        if self.budget is None:
+            self.budget = 4 if self.budget_flops is None else 100_000
         if self.budget == 0 and not self.batteries:
             raise ValueError("budget: 0 runs no attack; give a budget or name batteries")
+        if self.loop.eval_every < 1:
+            raise ValueError("loop.eval_every: must be >= 1 (attacks are chosen and reported at evaluations)")
         return self
 
     def search_space(self) -> dict[str, Dim]:

@@ -105,7 +105,8 @@ def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
     _in_ray_worker()
     trial_id = tune.get_context().get_trial_id()
     row = defender(ctx, trial_id, dict(config), reference)
-    metrics = {k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac", "feasible")}
+    metrics = {k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac", "feasible",
+                                   "forget_acc_attacked_lo", "forget_acc_attacked_hi", "forget_acc_attacked_sel")}
     metrics["attacked"] = row["forget_acc_attacked"]  # the true value, for the progress line
     if not row["feasible"]:  # below the retain floor: the worst attacked score, to the search
         metrics["forget_acc_attacked"] = 1.0
@@ -127,7 +128,7 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result
         self._line(trial, f"retain {r['retain_acc']:.3f}  forget {r['forget_acc']:.3f}  "
-                          f"attacked {r['attacked']:.3f}" + ("" if r["feasible"] else "  (below retain floor)"))
+                          f"{attacked_text(r, r['attacked'])}" + ("" if r["feasible"] else "  (below retain floor)"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # A trial that raised has written its own failed row; one whose process died has not.
@@ -141,6 +142,13 @@ class Progress(tune.Callback):
                 **{f"param.{k}": v for k, v in trial.config.items()},
             }]})
         self._line(trial, "FAILED (row kept in trials.parquet)")
+
+
+def attacked_text(row: dict, value: float) -> str:
+    """``attacked 0.150 [0.105, 0.209] (sel 0.180)``: the V_rep worst case, its 95 % interval
+    and the optimistic V_sel figure it was chosen by."""
+    return (f"attacked {value:.3f} [{row['forget_acc_attacked_lo']:.3f}, {row['forget_acc_attacked_hi']:.3f}]"
+            f" (sel {row['forget_acc_attacked_sel']:.3f})")
 
 
 def _fmt(v) -> str:
@@ -210,7 +218,7 @@ def _report(tasks: dict) -> None:
         try:
             row = ray.get(task)
             say(f"baseline {kind}: retain {row['retain_acc']:.3f}  forget {row['forget_acc']:.3f}  "
-                f"attacked {row['forget_acc_attacked']:.3f}")
+                f"{attacked_text(row, row['forget_acc_attacked'])}")
         except ray.exceptions.RayTaskError as e:
             say(f"baseline {kind} FAILED: {e.cause!r} (row kept in trials.parquet)")
 
@@ -241,8 +249,10 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     for kind, ref in models.items():
         m = ref.result["metrics"]
         how = "cached" if ref.cached else f"{ref.result['wall_s']:.0f} s"
-        say(f"{kind} model: retain {m['retain_acc']:.3f}  forget (V) {m['forget_acc']:.3f}  ({how})")
-    say(f"adversary search ({cfg.attack.budget} attacks each) on the baselines and "
+        say(f"{kind} model: retain {m['retain_acc']:.3f}  forget (V_rep) {m['forget_acc_rep']:.3f}  ({how})")
+    budget = (f"{cfg.attack.budget_flops:g} of pre-training compute" if cfg.attack.budget_flops
+              else f"{cfg.attack.budget} attacks")
+    say(f"adversary search ({budget} + {cfg.attack.reseeds} re-runs of the strongest, each) on the baselines and "
         f"{cfg.search.trials} {'/'.join(cfg.defender.methods)}{' + UNDO' if cfg.defender.undo else ''} trials ...")
     baselines = {kind: _baseline_task.remote(ctx, kind, reference, model) for kind, model in models.items()}
     before = [m for m in cfg.defender.methods if cfg.defender.undo or m == "tar"]

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search import cache, tables
+from search import archive, cache, tables
 from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
-from trainables import settings, wmdp
+from trainables import heldout, settings, wmdp
 from trainables.loop import LoopConfig
 from trainables.defenders import DEFENDERS, STAGE
 
@@ -131,11 +131,43 @@ def distill_spec(cfg: ExperimentConfig, params: dict) -> dict:
     }
 
 
-def _attack_released(
-    ctx: Context, trial_id: str, released: StageRef
-) -> AttackOutcome:
-    n_examples = len(settings.get(ctx.cfg.setting.name).build(ctx.cfg.setting).forget_T)
-    return adversary_search(ctx.runner, ctx.cfg, released, trial_id, ctx.experiment, n_examples)
+def _data(cfg: ExperimentConfig):
+    return settings.get(cfg.setting.name).build(cfg.setting)
+
+
+def _attack_released(ctx: Context, trial_id: str, released: StageRef, ref_flops: float) -> AttackOutcome:
+    n_examples = len(_data(ctx.cfg).forget_T)
+    return adversary_search(ctx.runner, ctx.cfg, released, trial_id, ctx.experiment, n_examples,
+                            ref_flops=ref_flops, exp_dir=ctx.exp_dir)
+
+
+def _attacked_before(ctx: Context, trial_id: str, model: StageRef, ref_flops: float) -> dict:
+    """The worst-case summary of a model this experiment may have attacked already (UNDO's
+    teacher, TAR's safeguard: the driver's ``suppressed`` baseline), else attack it now."""
+    found = archive.lookup(ctx.exp_dir, model.key)
+    return found["summary"] if found else _attack_released(ctx, trial_id, model, ref_flops).summary()
+
+
+def score_columns(cfg: ExperimentConfig, metrics: dict, outcome: AttackOutcome) -> dict:
+    """A model's score columns with 95 % Wilson intervals over questions (``*_lo``, ``*_hi``).
+
+    ``forget_acc`` and ``forget_acc_attacked`` are on V_rep (no selection saw it);
+    ``forget_acc_full`` is all of V, ``forget_acc_attacked_sel`` the optimistic V_sel maximum
+    the attack was chosen by. The attacked interval is over V_rep's questions at the seed mean
+    (the spread over the chosen attack's seeds is ``forget_acc_attacked_sd``)."""
+    d = _data(cfg)
+    n = heldout.sizes(len(d.retain_eval), len(d.forget_V), cfg.setting.report_fraction, cfg.setting.split_seed)
+    cols = {
+        "retain_acc": metrics["retain_acc"], "forget_acc": metrics["forget_acc_rep"],
+        "forget_acc_full": metrics["forget_acc"], "forget_acc_sel": metrics["forget_acc_sel"],
+        "forget_acc_attacked": outcome.attacked, "forget_acc_attacked_sel": outcome.attacked_sel,
+        "forget_acc_attacked_sd": outcome.attacked_sd, "attacked_seeds": len(outcome.attacked_seeds),
+        "best_attack_id": outcome.best_attack_id, "best_attack_step": outcome.best_step,
+        "n_retain": n["retain"], "n_report": n["rep"], "n_select": n["sel"],
+    }
+    for key, size in (("retain_acc", n["retain"]), ("forget_acc", n["rep"]), ("forget_acc_attacked", n["rep"])):
+        cols[f"{key}_lo"], cols[f"{key}_hi"] = heldout.wilson(cols[key], size)
+    return cols
 
 
 def _row(ctx: Context, trial_id: str, kind: str, method: str, params: dict) -> dict:
@@ -158,15 +190,14 @@ def _finish(
     a defender, its own pre-training for the pure model, 0 for the reference).
     """
     m = released.result["metrics"]
-    ok = outcome.best == outcome.best  # not NaN: at least one attack finished
+    ok = outcome.attacked == outcome.attacked  # not NaN: at least one attack finished
     for a in outcome.attacks:
         if a.get("flops") is not None:
             a["compute_frac"] = a["flops"] / ref_flops
     row.update({
         "status": "ok" if ok else "error",
         "error": None if ok else "every attack failed; see attacks.parquet",
-        "retain_acc": m["retain_acc"], "forget_acc": m["forget_acc"],
-        "forget_acc_attacked": outcome.best, "best_attack_id": outcome.best_attack_id,
+        **score_columns(ctx.cfg, m, outcome),
         "attacks_run": len(outcome.attacks),
         "flops_attack": outcome.flops,
         "compute_frac": defence_flops / ref_flops,
@@ -232,13 +263,13 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
             curves += curve_rows(ctx.experiment, trial_id, None, "distill", released.result["curve"])
             row.update({"flops_distill": released.result["flops"], "distill_steps": released.result["steps"]})
         if released is not suppressed:
-            teacher = _attack_released(ctx, trial_id, suppressed)
+            teacher = _attacked_before(ctx, trial_id, suppressed, ref_flops)
             sm = suppressed.result["metrics"]
             row.update({
-                "retain_acc_suppressed": sm["retain_acc"], "forget_acc_suppressed": sm["forget_acc"],
-                "forget_acc_attacked_suppressed": teacher.best, "suppressed_key": suppressed.key,
+                "retain_acc_suppressed": sm["retain_acc"], "forget_acc_suppressed": sm["forget_acc_rep"],
+                "forget_acc_attacked_suppressed": teacher["attacked"], "suppressed_key": suppressed.key,
             })
-        outcome = _attack_released(ctx, trial_id, released)
+        outcome = _attack_released(ctx, trial_id, released, ref_flops)
         row["wall_s"] = time.perf_counter() - start
         defence = row["flops_unlearn"] + row["flops_distill"] + row["flops_tar"]
         return _finish(ctx, row, released, outcome, defence, ref_flops, curves)
@@ -273,9 +304,9 @@ def baseline(
             stage = "pretrain"
         row.update({**flops, "flops_distill": 0.0, "flops_tar": 0.0})
         curves = curve_rows(ctx.experiment, trial_id, None, stage, model.result["curve"])
-        outcome = _attack_released(ctx, trial_id, model)
+        outcome = _attack_released(ctx, trial_id, model, ref_flops)
         if kind == "suppressed":
-            row["forget_acc_attacked_suppressed"] = outcome.best
+            row["forget_acc_attacked_suppressed"] = outcome.attacked
         row["wall_s"] = time.perf_counter() - start
         defence = {"pure": flops["flops_pretrain"], "reference": 0.0}.get(kind, flops["flops_unlearn"])
         return _finish(ctx, row, model, outcome, defence, ref_flops, curves)

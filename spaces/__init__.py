@@ -14,5 +14,6 @@ DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
 }
 ATTACK_SPACE: dict[str, Dim] = attack.SPACE
 LORA_SPACE: dict[str, Dim] = attack.LORA_SPACE
+ATTACK_PRIOR: list[dict] = attack.PRIOR
 BATTERIES = batteries.BATTERIES
 UNDO_SPACE: dict[str, Dim] = undo.SPACE

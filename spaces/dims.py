@@ -6,6 +6,7 @@ is written once, in ``spaces/<name>.py``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Union
 
@@ -30,6 +31,37 @@ class Choice:
 
 
 Dim = Union[Float, Int, Choice]
+
+
+@dataclass(frozen=True)
+class At:
+    """A point inside a numeric dimension's range, as a quantile of it (on its log scale where
+    the dimension is logarithmic): ``At(1.0)`` is the upper bound, ``At(0.5)`` the (geometric)
+    middle. A prior written this way follows the bounds a config sets."""
+
+    q: float
+
+
+def point_in(space: dict[str, Dim], point: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``point`` for the dimensions of ``space``: ``At`` quantiles resolved,
+    numbers clipped to the bounds, choices the space does not offer (and dimensions it does not
+    search) left out, so that a sampler draws them."""
+    out: dict[str, Any] = {}
+    for name, value in point.items():
+        dim = space.get(name)
+        if dim is None:
+            continue
+        if isinstance(dim, Choice):
+            if value in dim.values:
+                out[name] = value
+            continue
+        if isinstance(value, At):
+            lo, hi = (math.log(dim.low), math.log(dim.high)) if dim.log else (dim.low, dim.high)
+            x = lo + value.q * (hi - lo)
+            value = math.exp(x) if dim.log else x
+        value = min(max(value, dim.low), dim.high)
+        out[name] = int(round(value)) if isinstance(dim, Int) else float(value)
+    return out
 
 
 def with_bounds(dim: Dim, bounds: Any) -> Dim:

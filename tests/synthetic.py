@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from search import tables
+from trainables import heldout
 
 
 def make_experiment(exp_dir: str, n_trials: int, attacks_per_trial: int, seed: int = 0,
@@ -26,17 +27,25 @@ def make_experiment(exp_dir: str, n_trials: int, attacks_per_trial: int, seed: i
             aid = f"{tid}-a{a}"
             steps = np.arange(0, 101, 20)
             vals = np.clip(rng.random() * steps / 100 + rng.normal(0, 0.02, len(steps)), 0, 1)
-            attacks.append({"experiment": name, "trial_id": tid, "attack_id": aid, "status": "ok",
+            sel = np.clip(vals + rng.normal(0, 0.02, len(steps)), 0, 1)
+            attacks.append({"experiment": name, "trial_id": tid, "attack_id": aid, "status": "ok", "seq": a,
                             "forget_acc_max": float(vals.max()), "forget_acc_final": float(vals[-1]),
+                            "forget_acc_sel_max": float(sel.max()), "best_step": int(steps[sel.argmax()]),
+                            "forget_acc_rep_at_best": float(vals[sel.argmax()]),
                             "retain_acc_final": float(rng.random()), "attack.lr": float(10 ** rng.uniform(-4, -2)),
                             "attack.steps": 100, "flops": 1e9, "wall_s": 1.0})
             curves += [{"experiment": name, "trial_id": tid, "attack_id": aid, "stage": "attack",
-                        "step": int(s), "metric": "forget_acc", "value": float(v)} for s, v in zip(steps, vals)]
-        best = max(attacks, key=lambda r: r["forget_acc_max"])
+                        "step": int(s), "metric": m, "value": float(v)}
+                       for m, series in (("forget_acc_rep", vals), ("forget_acc_sel", sel)) for s, v in zip(steps, series)]
+        best = max(attacks, key=lambda r: r["forget_acc_sel_max"])
+        attacked = best["forget_acc_rep_at_best"]
+        lo, hi = heldout.wilson(attacked, 200)
         parts[tid] = {"trials": [{
             "experiment": name, "trial_id": tid, "kind": kind, "method": method, "status": "ok",
             "retain_acc": float(rng.random()), "forget_acc": float(rng.random() * 0.2),
-            "forget_acc_attacked": best["forget_acc_max"], "best_attack_id": best["attack_id"],
+            "forget_acc_attacked": attacked, "forget_acc_attacked_lo": lo, "forget_acc_attacked_hi": hi,
+            "forget_acc_attacked_sel": best["forget_acc_sel_max"], "attacked_seeds": 1,
+            "best_attack_id": best["attack_id"], "best_attack_step": best["best_step"],
             "attacks_run": attacks_per_trial, "compute_frac": float(10 ** rng.uniform(-2, 0)) if tid != "reference" else 0.0,
             "finished_at": float(i), "param.lr": float(10 ** rng.uniform(-4, -2)),
         }], "attacks": attacks, "curves": curves}

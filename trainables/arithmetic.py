@@ -22,6 +22,8 @@ import torch
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainables import heldout
+
 VOCAB = "0123456789+-*/="
 STOI = {c: i for i, c in enumerate(VOCAB)}
 WIDTH = 3  # digits per number; every number in every problem is zero-padded to this width
@@ -40,6 +42,9 @@ class Config(BaseModel):
     forget_max_operand: int = Field(20, ge=2, le=31)
     retain_eval_fraction: float = Field(0.1, gt=0, lt=1)
     forget_eval_fraction: float = Field(0.5, gt=0, lt=1)
+    # share of V the chosen attack is reported on (V_rep); the rest (V_sel) is what attacks
+    # are selected on (trainables/heldout.py)
+    report_fraction: float = Field(0.5, gt=0, lt=1)
     split_seed: int = 0
 
 
@@ -82,6 +87,8 @@ class ArithmeticData:
     retain_eval: torch.Tensor
     forget_T: torch.Tensor
     forget_V: torch.Tensor
+    report_fraction: float = 0.5  # V_rep's share of V (trainables/heldout.py)
+    report_seed: int = 0
 
     @property
     def forget_all(self) -> torch.Tensor:
@@ -113,7 +120,8 @@ def build(cfg: Config) -> ArithmeticData:
     rng = random.Random(cfg.split_seed)
     r_train, r_eval = _split(retain_problems(cfg.retain_max_operand), cfg.retain_eval_fraction, rng)
     f_T, f_V = _split(forget_facts(cfg.forget_max_operand), cfg.forget_eval_fraction, rng)
-    return ArithmeticData(_tensor(r_train), _tensor(r_eval), _tensor(f_T), _tensor(f_V))
+    return ArithmeticData(_tensor(r_train), _tensor(r_eval), _tensor(f_T), _tensor(f_V),
+                          cfg.report_fraction, cfg.split_seed)
 
 
 def answer_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -154,11 +162,15 @@ def op_of(tokens: torch.Tensor) -> list[str]:
 
 
 def score(model: torch.nn.Module, data: ArithmeticData) -> dict[str, float]:
-    """retain_acc on held-out + −, forget_acc on V, and accuracy per operation."""
+    """retain_acc on held-out + −; forget_acc on V and on its halves V_sel / V_rep
+    (``forget_acc_sel`` / ``forget_acc_rep``); accuracy per operation (on all of V)."""
     metrics: dict[str, float] = {}
     for split, key in ((data.retain_eval, "retain_acc"), (data.forget_V, "forget_acc")):
         hits = exact_match(model, split)
-        metrics[key] = hits.float().mean().item()
+        if key == "forget_acc":
+            metrics.update(heldout.v_metrics(hits, data.report_fraction, data.report_seed))
+        else:
+            metrics[key] = hits.float().mean().item()
         ops = op_of(split)
         for op in sorted(set(ops)):
             sel = torch.tensor([o == op for o in ops])

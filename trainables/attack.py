@@ -4,8 +4,11 @@ forget data.
 The attacker trains on (a subset of) the forget facts T — alone, after retain data, mixed with
 retain data — or on retain data only (benign fine-tuning), by full fine-tuning or LoRA, with any
 of the loop's optimizers and schedules; it is scored on the disjoint facts V every
-``eval_every`` steps. ``forget_acc_max`` is the best V accuracy along the trajectory (the
-attacker may stop at any step), ``forget_acc_final`` the last.
+``eval_every`` steps. The attacker may stop at any evaluation: its checkpoint is chosen on V_sel
+(``best_step``, the first evaluation with the best V_sel accuracy, ``forget_acc_sel_max``) and
+reported on V_rep at that checkpoint (``forget_acc_rep_at_best``; ``trainables/heldout.py``).
+``forget_acc_max`` is the best accuracy on all of V along the way (optimistic: chosen and
+reported on the same questions), ``forget_acc_final`` the last.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     of a ``mix`` batch), n_examples (forget examples the attacker has; None: all of T), lora
     (None for full fine-tuning, else {r, alpha, dropout, targets}), prune (None, or the
     adversary search's pruning rule: {"warmup": steps, "below": {step: score}} — stop at an
-    evaluation step ≥ warmup where the best V accuracy so far is below ``below[step]``), seed.
+    evaluation step ≥ warmup where the best V_sel accuracy so far is below ``below[step]``),
+    stop_at (None, or stop at the first evaluation at or after this step: a re-run of a chosen
+    checkpoint needs no more), seed.
     """
     setting, d = settings.load(spec["setting"])
     cfg = loop.LoopConfig(**spec["loop"])
@@ -68,36 +73,51 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
         return setting.answer_loss(net(input_ids=batch).logits, batch)
 
     torch.manual_seed(spec["seed"])
-    stop_fn = pruning_rule(spec.get("prune"), cfg.eval_every)
+    stop_fn = pruning_rule(spec.get("prune"), cfg.eval_every, spec.get("stop_at"))
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), stop_fn=stop_fn)
     steps = max(s for s, _, _ in curve)
-    forget_acc = [v for _, k, v in curve if k == "forget_acc"]
-    retain = [v for _, k, v in curve if k == "retain_acc"]
-    metrics = {
-        "forget_acc_final": forget_acc[-1],
-        "forget_acc_max": max(forget_acc),
-        "retain_acc_final": retain[-1],
-    }
+    metrics = {**checkpoint(curve), "retain_acc_final": [v for _, k, v in curve if k == "retain_acc"][-1]}
     tokens = steps * cfg.batch_size * d.seq_len
     result = compute.training_result(model, metrics, curve, tokens, wall)
     result["n_examples"] = len(forget)
     result["steps"] = steps
-    result["pruned_at"] = steps if steps < cfg.steps else None
+    result["pruned_at"] = steps if steps < cfg.steps and spec.get("stop_at") is None else None
     return result
 
 
-def pruning_rule(prune: dict | None, eval_every: int):
-    """The loop's ``stop_fn`` for a pruning rule (None: never stop). The loop asks it at step 0
-    and every ``eval_every`` steps, so the k-th call is at step k·eval_every."""
-    if not prune or not eval_every:
+def checkpoint(curve) -> dict[str, float]:
+    """The attack's scores from its curve: the checkpoint chosen on V_sel (the first evaluation
+    with the highest ``forget_acc_sel``) and its V_rep accuracy; the optimistic maximum and the
+    final value on all of V. Nothing but ``forget_acc_sel`` decides the checkpoint."""
+    series = {}
+    for step, key, value in curve:
+        series.setdefault(key, {})[step] = value
+    sel = series["forget_acc_sel"]
+    best_step = max(sel, key=lambda s: (sel[s], -s))
+    full = series["forget_acc"]
+    return {
+        "forget_acc_sel_max": sel[best_step], "best_step": best_step,
+        "forget_acc_rep_at_best": series["forget_acc_rep"][best_step],
+        "forget_acc_max": max(full.values()), "forget_acc_final": full[max(full)],
+    }
+
+
+def pruning_rule(prune: dict | None, eval_every: int, stop_at: int | None = None):
+    """The loop's ``stop_fn`` for a pruning rule and/or a last step (None: never stop). The
+    loop asks it at step 0 and every ``eval_every`` steps, so the k-th call is at step
+    k·eval_every. The rule reads V_sel only."""
+    if (not prune and stop_at is None) or not eval_every:
         return None
-    below = {int(k): v for k, v in prune["below"].items()}
+    below = {int(k): v for k, v in (prune or {}).get("below", {}).items()}
+    warmup = (prune or {}).get("warmup", 0)
     state = {"calls": 0, "best": float("-inf")}
 
     def stop(metrics: dict[str, float]) -> bool:
         step = state["calls"] * eval_every
         state["calls"] += 1
-        state["best"] = max(state["best"], metrics["forget_acc"])
-        return step >= prune["warmup"] and step in below and state["best"] < below[step]
+        state["best"] = max(state["best"], metrics["forget_acc_sel"])
+        if stop_at is not None and step >= stop_at:
+            return True
+        return step >= warmup and step in below and state["best"] < below[step]
 
     return stop

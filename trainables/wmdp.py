@@ -48,6 +48,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainables import heldout
+
 LETTERS = "ABCDEFGHIJ"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 SUBJECTS = {"wmdp-bio": "biology", "wmdp-chem": "chemistry", "wmdp-cyber": "computer security"}
@@ -102,6 +104,8 @@ class Config(BaseModel):
     seq_len: int = Field(512, ge=8)
     max_chunks: int | None = Field(None, ge=1)  # per corpus side, a seeded subset
     attack_fraction: float = Field(0.5, gt=0, lt=1)  # share of forget questions in T
+    # share of V the chosen attack is reported on (V_rep); attacks are selected on the rest
+    report_fraction: float = Field(0.5, gt=0, lt=1)
     attack_data: Literal["questions", "corpus"] = "questions"
     eval_batch_size: int = Field(16, ge=1)
     split_seed: int = 0
@@ -139,6 +143,8 @@ class WmdpData:
     retain_eval: Questions
     pad_id: int
     vocab_size: int
+    report_fraction: float = 0.5  # V_rep's share of V (trainables/heldout.py)
+    report_seed: int = 0
 
     @property
     def seq_len(self) -> int:
@@ -312,7 +318,7 @@ def _build(cfg_json: str) -> WmdpData:
         retain_train=_corpus(tok, cfg.retain_corpus, cfg, rng, "retain_corpus"),
         forget_all=forget, forget_T=attack,
         forget_V=tokenize_questions(tok, V), retain_eval=tokenize_questions(tok, retain_q),
-        pad_id=pad, vocab_size=len(tok),
+        pad_id=pad, vocab_size=len(tok), report_fraction=cfg.report_fraction, report_seed=cfg.split_seed,
     )
 
 
@@ -365,10 +371,11 @@ def accuracy(model: torch.nn.Module, qs: Questions, batch_size: int = 16) -> flo
 
 
 def score(model: torch.nn.Module, data: WmdpData, batch_size: int = 16) -> dict[str, float]:
-    """retain_acc on the retain questions (MMLU), forget_acc on the V half of the forget
-    questions."""
+    """retain_acc on the retain questions (MMLU); forget_acc on the V half of the forget
+    questions, and on V's own halves V_sel / V_rep (``forget_acc_sel`` / ``forget_acc_rep``)."""
+    hits = letter_predictions(model, data.forget_V, batch_size) == data.forget_V.answers
     return {"retain_acc": accuracy(model, data.retain_eval, batch_size),
-            "forget_acc": accuracy(model, data.forget_V, batch_size)}
+            **heldout.v_metrics(hits, data.report_fraction, data.report_seed)}
 
 
 def vocab_size(data: WmdpData) -> int:
