@@ -1,78 +1,138 @@
-"""Adversary search vs. UNDO's relearning grid, on a GradDiff-suppressed arithmetic model.
+"""The adversary search vs. UNDO's relearning battery, at equal compute, on a panel of defenders.
 
-Runs the ``undo_relearn`` battery (10 learning rates, AdamW, a fixed step budget) and the
-adversary search (seeded TPE, as many runs as the grid) against the same model, for several
-search seeds, and reports (a) the best V accuracy each reaches, (b) how many runs the search
-needs to reach 95 % of the grid's best, (c) the compute each spends (FLOPs, and as a fraction of
-the reference's pre-training). Three search spaces: ``lr+steps`` (full AdamW on forget data, the
-grid's own family), ``lr, 200 steps`` (the same at the space's longest attack) and ``full``
-(every dimension of spaces/attack.py).
+For each of five defender models on the arithmetic setting — GradDiff, NPO and RMU at their
+defaults, UNDO (MaxEnt teacher, α 0.6, configs/undo_arithmetic.yaml) and TAR at its defaults
+(configs/tar_arithmetic.yaml) — and each seed:
 
-    python bench/adversary_search.py [--seeds 3] [--grid-steps 100] [--budget 10]
+* the ``undo_relearn`` battery (10 learning rates × ``--grid-steps`` steps, AdamW, forget data),
+  its strongest (attack, checkpoint) chosen on V_sel and reported on V_rep over 1 + reseeds runs;
+* the adversary search over the **full** attack space (LoRA, five optimizers, four schedules,
+  batch, data modes, example counts), with a FLOPs budget equal to what the battery's own runs
+  cost (re-runs not counted on either side), successive halving over steps, the prior as its
+  informed start (no archive: each model is searched from scratch), chosen and reported the
+  same way.
+
+Prints, per (model, seed): each side's V_rep worst case (mean over seeds), its optimistic V_sel
+figure, the FLOPs each spent, and the fraction of the battery's FLOPs after which the search's
+best V_sel score reached the battery's; then the counts the issue asks for and the selection
+bias (V_sel − V_rep) per model. ``--out FILE`` also writes the rows as JSON.
+
+    python bench/adversary_search.py [--seeds 3] [--grid-steps 100] [--models graddiff,npo,rmu,undo,tar]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
-from search.stages import Runner  # noqa: E402
-from search.trial import Context, pretrain, suppress  # noqa: E402
+from search.stages import Runner, run_stage  # noqa: E402
+from search.trial import Context, distill_spec, pretrain, suppress, unlearn_spec  # noqa: E402
 
-GRID_FAMILY = "kind: full, optimizer: adamw, schedule: constant, batch_size: 64, data: forget, n_examples: null"
-SPACES = {
-    "lr+steps": [f"attack.params={{{GRID_FAMILY}}}"],
-    # the objective is the best score along the trajectory, so at one lr a longer constant-lr
-    # attack is never weaker: fix steps at the space's maximum and search the lr alone
-    "lr, 200 steps": [f"attack.params={{{GRID_FAMILY}, steps: 200}}"],
-    "full": ["attack.params={}"],
-}
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def runs_to(values: list[float], target: float) -> int | None:
-    """1-based index of the first run whose score reaches ``target`` (None if none does)."""
-    return next((i + 1 for i, v in enumerate(values) if v >= target), None)
+def panel(cache: Path, runner: Runner, names: list[str]) -> tuple[dict, float]:
+    """The defender models (stage refs, cached) and the reference's pre-training FLOPs."""
+    quick = config.load(None, [f"cache_dir={cache}"])
+    ctx = Context(quick, "bench", "/tmp/bench-adversary", runner)
+    reference = pretrain(ctx, "reference")
+    models = {}
+    for name in names:
+        if name in ("graddiff", "npo", "rmu"):
+            models[name] = suppress(ctx, name, {}, reference)
+        elif name == "undo":
+            cfg = config.load(CONFIGS / "undo_arithmetic.yaml", [f"cache_dir={cache}"])
+            teacher = suppress(Context(cfg, "bench", "/tmp/bench-adversary", runner), "maxent", {}, reference)
+            models["undo α0.6"] = run_stage(runner, "distill", distill_spec(cfg, {"alpha": 0.6}), {"teacher": teacher})
+        elif name == "tar":
+            cfg = config.load(CONFIGS / "tar_arithmetic.yaml", [f"cache_dir={cache}"])
+            safeguard = suppress(Context(cfg, "bench", "/tmp/bench-adversary", runner), "tar", {}, reference)
+            models["tar"] = run_stage(runner, "tar", unlearn_spec(cfg, "tar", {}),
+                                      {"model": safeguard, "reference": reference})
+        else:
+            raise SystemExit(f"--models: unknown model {name!r}")
+    return models, reference.result["flops"]
+
+
+def flops_to_reach(attacks: list[dict], target: float) -> float | None:
+    """Search FLOPs spent (in run order) when the best V_sel score first reached ``target``."""
+    spent = 0.0
+    for r in sorted((r for r in attacks if r["attack.source"] == "search"), key=lambda r: r["seq"]):
+        spent += r.get("flops") or 0.0
+        if r.get("forget_acc_sel_max", -1) >= target:
+            return spent
+    return None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--grid-steps", type=int, default=100)
-    ap.add_argument("--budget", type=int, default=10)
+    ap.add_argument("--models", default="graddiff,npo,rmu,undo,tar")
+    ap.add_argument("--pruner", default="asha", choices=("none", "median", "asha"))
+    ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
     cache = Path(os.path.expanduser("~/.cache/tamper-search"))
-    base = config.load(None, [f"cache_dir={cache}"])
     runner = Runner(cache, "local")
-    ctx = Context(base, "bench", "/tmp/bench-adversary", runner)
-    reference = pretrain(ctx, "reference")
-    model = suppress(ctx, "graddiff", {}, reference)
-    ref_flops = reference.result["flops"]
-    m = model.result["metrics"]
-    print(f"GradDiff-suppressed model (defaults): retain {m['retain_acc']:.3f}, V {m['forget_acc']:.3f}")
-
-    grid_cfg = config.load(None, [f"cache_dir={cache}", "attack.budget=0", "attack.batteries=[undo_relearn]",
+    start = time.perf_counter()
+    models, ref_flops = panel(cache, runner, args.models.split(","))
+    print(f"panel built in {time.perf_counter() - start:.0f} s")
+    base = [f"cache_dir={cache}", "attack.reseeds=2", "attack.archive=0"]
+    grid_cfg = config.load(None, [*base, "attack.budget=0", "attack.batteries=[undo_relearn]",
                                   f"attack.battery_steps={args.grid_steps}"])
-    grid = adversary_search(runner, grid_cfg, model, "grid", "bench")
-    grid_best = grid.best
-    print(f"\nundo_relearn grid: {len(grid.attacks)} runs × {args.grid_steps} steps, best V {grid_best:.3f} "
-          f"({grid.best_attack_id}), compute {grid.flops:.3g} FLOPs = {grid.flops / ref_flops:.3f} of pre-training")
-    print("\n| search space | seed | best V in the grid's run count | runs to 95 % of grid best | runs to beat grid | compute (FLOPs, frac) |")
-    print("|---|---|---|---|---|---|")
-    for name, overrides in SPACES.items():
-        cfg = config.load(None, [f"cache_dir={cache}", f"attack.budget={args.budget}", *overrides])
+    rows = []
+    print("\n| model | seed | battery V_rep (sel) | search V_rep (sel) | search ≥ battery | battery FLOPs (frac) "
+          "| search FLOPs / battery | search reached battery's best at | attacks (pruned) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, model in models.items():
         for seed in range(args.seeds):
-            out = adversary_search(runner, cfg, model, f"search-{seed}", "bench", seed=seed)
-            values = [a.get("forget_acc_max", float("nan")) for a in out.attacks]
-            r95 = runs_to(values, 0.95 * grid_best)
-            beat = next((i + 1 for i, v in enumerate(values) if v > grid_best), None)
-            print(f"| {name} | {seed} | {max(values):.3f} | {r95 or '–'} | {beat or '–'} | "
-                  f"{out.flops:.3g}, {out.flops / ref_flops:.3f} |", flush=True)
+            t0 = time.perf_counter()
+            grid = adversary_search(runner, grid_cfg, model, f"grid-{seed}", "bench", seed=seed, ref_flops=ref_flops)
+            grid_flops = sum(r["flops"] for r in grid.attacks if r["attack.source"] == "undo_relearn")
+            cfg = config.load(None, [*base, "attack.params={}", "attack.budget=null", f"attack.budget_flops={grid_flops / ref_flops}",
+                                     f"attack.pruner={args.pruner}", "attack.prune_startup=2"])
+            out = adversary_search(runner, cfg, model, f"search-{seed}", "bench", seed=seed, ref_flops=ref_flops)
+            reach = flops_to_reach(out.attacks, grid.attacked_sel)
+            searched = [r for r in out.attacks if r["attack.source"] == "search"]
+            row = {
+                "model": name, "seed": seed,
+                "battery_rep": grid.attacked, "battery_sel": grid.attacked_sel, "battery_flops": grid_flops,
+                "search_rep": out.attacked, "search_sel": out.attacked_sel, "search_flops": out.search_flops,
+                "search_seeds": out.attacked_seeds, "battery_seeds": grid.attacked_seeds,
+                "reach_frac": None if reach is None else reach / grid_flops,
+                "attacks": len(searched), "pruned": sum(r["status"] == "pruned" for r in searched),
+                "best_attack": {k: v for k, v in next(r for r in out.attacks if r["attack_id"] == out.best_attack_id).items()
+                                if k.startswith("attack.")},
+                "wall_s": time.perf_counter() - t0,
+            }
+            rows.append(row)
+            reach_text = "–" if reach is None else f"{reach / grid_flops:.2f}"
+            print(f"| {name} | {seed} | {grid.attacked:.3f} ({grid.attacked_sel:.3f}) | {out.attacked:.3f} "
+                  f"({out.attacked_sel:.3f}) | {'yes' if out.attacked >= grid.attacked else 'no'} | "
+                  f"{grid_flops:.3g} ({grid_flops / ref_flops:.2f}) | {out.search_flops / grid_flops:.2f} | "
+                  f"{reach_text} | {row['attacks']} ({row['pruned']}) |", flush=True)
+    wins = sum(r["search_rep"] >= r["battery_rep"] for r in rows)
+    fast = sum(r["reach_frac"] is not None and r["reach_frac"] <= 1 / 3 for r in rows)
+    print(f"\nsearch V_rep ≥ battery V_rep: {wins} of {len(rows)}; search reached the battery's best V_sel "
+          f"within ⅓ of its FLOPs: {fast} of {len(rows)}")
+    print("\n| model | selection bias V_sel − V_rep, search (mean over seeds) | battery |")
+    print("|---|---|---|")
+    for name in models:
+        mine = [r for r in rows if r["model"] == name]
+        print(f"| {name} | {statistics.fmean(r['search_sel'] - r['search_rep'] for r in mine):+.3f} | "
+              f"{statistics.fmean(r['battery_sel'] - r['battery_rep'] for r in mine):+.3f} |")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1, default=float))
 
 
 if __name__ == "__main__":

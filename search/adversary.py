@@ -171,8 +171,8 @@ def adversary_search(
             except Exception:
                 pass  # recorded as a failed attack row; the battery goes on
     if a.budget:
-        out.study = _search(cfg, seed, trial_id, released, exp_dir, run_attack,
-                            lambda: out.search_flops, (a.budget_flops or math.inf) * (ref_flops or 0))
+        limit = a.budget_flops * ref_flops if a.budget_flops is not None else None
+        out.study = _search(cfg, seed, trial_id, released, exp_dir, run_attack, lambda: out.search_flops, limit)
     _choose_and_reseed(cfg, out, seed, points, run_attack)
     if exp_dir is not None:
         pre = released.result["metrics"].get("forget_acc_sel", 0.0)
@@ -187,10 +187,12 @@ def adversary_search(
 
 
 def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef, exp_dir: str | None,
-            run_attack, spent, limit: float) -> optuna.Study:
+            run_attack, spent, limit: float | None) -> optuna.Study:
     """The seeded TPE study: informed points first, then TPE, until the run count or the FLOPs
-    budget (checked after each attack, so it is exceeded by less than one attack's cost per
-    concurrent attack) is used up."""
+    budget ``limit`` is used up. Each attack gets the budget left as its cap (the stage cuts it
+    to the steps that fit); the search ends with the first attack so cut that is not pruned. With
+    ``attack.concurrency`` > 1 the attacks running at once share one remainder, so the budget
+    may be exceeded by up to concurrency − 1 attacks."""
     a = cfg.attack
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, a.budget // 2)))
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=a.prune_startup, n_warmup_steps=a.prune_warmup)
@@ -204,8 +206,12 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         params = suggest(trial, space)
         if {**a.params, **params}.get("kind", "full") == "lora":
             params.update(suggest(trial, lora_space))  # a conditional space
-        result = run_attack(f"{trial_id}-a{trial.number}", params, seed_of(seed, trial.number),
-                            "search", {"prune": prune_rule(cfg, study)})
+        extra = {"prune": prune_rule(cfg, study)}
+        if limit is not None:
+            extra["max_flops"] = max(0.0, limit - spent())
+        result = run_attack(f"{trial_id}-a{trial.number}", params, seed_of(seed, trial.number), "search", extra)
+        if result.get("truncated_at") is not None and result.get("pruned_at") is None:
+            study.stop()  # it ran to the end of the budget: nothing more fits (a pruned one left some)
         for step, key, value in result["curve"]:  # the V_sel trajectory, for the pruner
             if key == "forget_acc_sel":
                 trial.report(value, step)
@@ -214,7 +220,7 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         return result["metrics"]["forget_acc_sel_max"]
 
     def stop_when_spent(study: optuna.Study, _trial) -> None:
-        if spent() >= limit:
+        if limit is not None and spent() >= limit:
             study.stop()
 
     study.optimize(objective, n_trials=a.budget, catch=(Exception,), n_jobs=a.concurrency,

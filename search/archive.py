@@ -43,7 +43,8 @@ def entries(exp_dir: str) -> list[dict]:
 
 def lookup(exp_dir: str, model_key: str) -> dict | None:
     """The entry of ``model_key`` (a model this experiment already attacked), or None."""
-    return next((e for e in entries(exp_dir) if e["model_key"] == model_key), None)
+    text = tables.read_text(exp_dir, f"{FOLDER}/{model_key}.json")
+    return json.loads(text) if text is not None else None
 
 
 def strongest(exp_dir: str, k: int, exclude_key: str | None = None) -> list[dict]:

@@ -1,5 +1,5 @@
 """Entry point: ``python search/run.py [--config PATH] [--set key.sub=value ...] [--name NAME]
-[--storage PATH_OR_URI] [--resume]``.
+[--storage PATH_OR_URI] [--resume] [--check]``.
 
 Reads and validates the config (a user mistake exits 2 with one message, before Ray starts),
 connects to Ray (a fresh local instance, or the cluster under ``ray job submit``), runs the
@@ -19,16 +19,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from search.config import ConfigError, load  # noqa: E402
 
+# The config to run when --config is not given: lets a cluster's head node (whose environment a
+# `ray job submit -- python search/run.py` entrypoint inherits) or a CI job choose one.
+CONFIG_ENV = "TAMPER_SEARCH_CONFIG"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="search/run.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="experiment YAML (default: configs/quick.yaml)")
+    p.add_argument("--config", default=os.environ.get(CONFIG_ENV) or None,
+                   help=f"experiment YAML (default: ${CONFIG_ENV} if set, else configs/quick.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set search.trials=4 (repeatable)")
     p.add_argument("--name", help="experiment folder name (default: <experiment>-<UTC time>)")
     p.add_argument("--storage", help="results root, a path or a storage URI (default: config's)")
     p.add_argument("--resume", action="store_true",
                    help="continue the experiment --name (default: the newest of this config)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config and the command line, print the resolved config and exit "
+                        "(0, or 2 on a mistake); starts nothing")
     return p.parse_args(argv)
 
 
@@ -37,10 +45,11 @@ def experiment_name(args: argparse.Namespace, experiment: str, storage: str) -> 
     from search.tables import join, resolve
     import pyarrow.fs as pafs
 
-    fs, base = resolve(storage)
     if args.name:
-        if not all(c.isalnum() or c in "-_." for c in args.name):
-            raise ConfigError(f"--name {args.name!r}: use letters, digits, '-', '_' and '.' only")
+        if not all(c.isalnum() or c in "-_." for c in args.name) or args.name.startswith("."):
+            raise ConfigError(f"--name {args.name!r}: one folder name of letters, digits, '-', '_' and '.', "
+                              "not starting with '.'")
+        fs, base = resolve(storage)
         exists = fs.get_file_info(join(base, args.name)).type != pafs.FileType.NotFound
         if exists and not args.resume:
             raise ConfigError(f"--name {args.name}: {join(storage, args.name)} exists; "
@@ -49,12 +58,49 @@ def experiment_name(args: argparse.Namespace, experiment: str, storage: str) -> 
             raise ConfigError(f"--resume: no experiment at {join(storage, args.name)}")
         return args.name
     if args.resume:
+        fs, base = resolve(storage)
         found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
         mine = sorted(i.base_name for i in found if i.base_name.startswith(f"{experiment}-"))
         if not mine:
             raise ConfigError(f"--resume: no earlier '{experiment}' experiment under {storage}")
         return mine[-1]
     return f"{experiment}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def claim(storage: str, name: str, resume: bool):
+    """Claim the experiment folder before any work, so that two runs never write one
+    experiment: a new experiment's folder is created atomically (a second run of the same name
+    finds it and stops), and every run holds an exclusive lock on ``<folder>/.lock`` for its
+    life (the OS drops it when the process dies, so a killed run never blocks ``--resume``).
+    Returns the open lock file, which the caller keeps. Object stores have neither atomic
+    folders nor locks: there the check of ``experiment_name`` is all (documented)."""
+    import fcntl
+
+    import pyarrow.fs as pafs
+
+    from search.tables import resolve
+
+    fs, base = resolve(storage)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return None
+    path = os.path.join(base, name)
+    if os.path.exists(base) and not os.path.isdir(base):
+        raise ConfigError(f"--storage {storage}: is a file, not a folder")
+    os.makedirs(base, exist_ok=True)
+    if not resume:
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            raise ConfigError(f"--name {name}: {path} exists; pass --resume to continue it, "
+                              "or choose another --name") from None
+    lock = open(os.path.join(path, ".lock"), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(f"--name {name}: another run is writing {path} right now; "
+                          "wait for it to end or choose another --name") from None
+    return lock
 
 
 def storage_root(storage: str) -> str:
@@ -73,6 +119,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load(args.config, args.set)
         storage = storage_root(args.storage or cfg.storage)
         name = experiment_name(args, cfg.experiment, storage)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        print(f"# ok: would write {storage.rstrip('/')}/{name}/", flush=True)
+        return 0
+    try:
+        lock = claim(storage, name, args.resume)  # noqa: F841 (held until the process ends)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ TINY = [
     "model.d_model=32", "model.n_layer=1", "model.n_head=2",
     "pretrain.reference.steps=40", "pretrain.pure.steps=30",
     "defender.space.steps=[5,10]", "attack.space.steps=[5,10]",
-    "attack.budget=2", "attack.loop.eval_every=5", "search.trials=2",
+    "attack.budget=2", "attack.reseeds=1", "attack.loop.eval_every=5", "search.trials=2",
 ]
 
 

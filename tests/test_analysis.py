@@ -89,7 +89,7 @@ def test_report_and_plots_from_one_to_many_trials(tmp_path, n_trials):
     text = md.read_text()
     assert "### Pareto set" in text and "| trial_id | method | retain_acc |" in text
     assert "Strongest attack per model" in text and "experiment: synthetic" in text
-    for name in ("pareto", "compute", "attack_curves", "hypervolume"):
+    for name in ("pareto", "compute", "attack_curves", "hypervolume", "attack_progress"):
         for ext in ("png", "svg"):
             size = (tmp_path / "out" / f"{name}.{ext}").stat().st_size
             assert 5_000 < size < 20_000_000, (name, ext, size)
@@ -127,3 +127,44 @@ def test_retain_floor_makes_collapsed_trials_infeasible():
     })
     assert front_mask(t).tolist() == [True, True, True, False, False]
     assert front_mask(t, retain_floor=0.5).tolist() == [False, True, True, False, False]
+
+
+def test_best_so_far_is_the_running_maximum_over_attacks_in_run_order():
+    import pandas as pd
+
+    from analysis.plot import best_so_far
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for tid in ("a", "b"):
+        order = rng.permutation(6)
+        for seq in order:  # stored out of run order
+            rows.append({"trial_id": tid, "seq": int(seq), "status": "ok" if seq != 2 else "pruned",
+                         "attack.source": "search", "forget_acc_sel_max": float(rng.random()), "flops": float(seq + 1)})
+        rows.append({"trial_id": tid, "seq": 6, "status": "ok", "attack.source": "reseed",
+                     "forget_acc_sel_max": 1.0, "flops": 100.0})  # re-runs are not search progress
+        rows.append({"trial_id": tid, "seq": 7, "status": "error", "attack.source": "search",
+                     "forget_acc_sel_max": None, "flops": None})
+    got = best_so_far(pd.DataFrame(rows))
+    for tid in ("a", "b"):
+        ran = sorted((r for r in rows if r["trial_id"] == tid and r["status"] != "error"
+                      and r["attack.source"] == "search"), key=lambda r: r["seq"])
+        want_best = [max(r["forget_acc_sel_max"] for r in ran[: i + 1]) for i in range(len(ran))]
+        want_flops = [sum(r["flops"] for r in ran[: i + 1]) for i in range(len(ran))]
+        mine = got[got["trial_id"] == tid]
+        assert mine["best"].tolist() == want_best and mine["flops"].tolist() == want_flops
+
+
+def test_strongest_attack_table_shows_the_chosen_attack_with_seeds_and_interval(tmp_path):
+    from analysis.report import load, strongest_attacks
+
+    exp = str(tmp_path / "exp")
+    make_experiment(exp, 4, attacks_per_trial=3, failed=0)
+    e = load(exp)
+    table = strongest_attacks(e.trials, e.attacks)
+    ok = e.trials[e.trials["status"] == "ok"].set_index("trial_id")
+    assert set(table["attack_id"]) == set(ok["best_attack_id"])
+    for _, r in table.iterrows():
+        assert r["forget_acc_attacked"] == ok.loc[r["trial_id"], "forget_acc_attacked"]
+        assert r["forget_acc_attacked_lo"] <= r["forget_acc_attacked"] <= r["forget_acc_attacked_hi"]
+    assert {"attacked_seeds", "forget_acc_attacked_sel", "best_attack_step"} <= set(table.columns)

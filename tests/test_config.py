@@ -76,3 +76,31 @@ def test_trial_concurrency_is_sized_to_the_clusters_gpus():
     assert config.trial_concurrency(config.load(None, []), 0) is None  # CPUs: Tune decides
     with pytest.raises(config.ConfigError, match="scaling.cluster_gpus"):
         config.trial_concurrency(cfg, 1)
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "../up", "x y"])
+def test_cli_names_are_one_folder_name(tmp_path, name):
+    (tmp_path / "config.yaml").write_text("unrelated: keep me")
+    out = subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "s"),
+                          "--name", name, "--resume"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("error: --name") and len(out.stderr.splitlines()) == 1
+    assert (tmp_path / "config.yaml").read_text() == "unrelated: keep me" and not (tmp_path / "s").exists()
+
+
+def test_an_experiment_is_claimed_once_and_a_dead_runs_lock_is_released(tmp_path):
+    from search.run import claim
+
+    lock = claim(str(tmp_path), "exp", resume=False)
+    assert (tmp_path / "exp").is_dir()
+    with pytest.raises(config.ConfigError, match="exists"):
+        claim(str(tmp_path), "exp", resume=False)  # the same name started twice
+    # a --resume while the first run is alive, from another process (flock is per open file)
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from search.run import claim; claim({str(tmp_path)!r}, 'exp', True)"
+    busy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert busy.returncode != 0 and "another run is writing" in busy.stderr
+    lock.close()  # what the OS does when the first run dies
+    free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0, free.stderr
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(config.ConfigError, match="is a file"):
+        claim(str(tmp_path / "file"), "exp", resume=False)

@@ -22,7 +22,10 @@ def test_defender_trial_row_is_complete(tiny_cfg, tmp_path):
     reference = pretrain(ctx, "reference")
     row = defender(ctx, "t1", {"lr": 1e-3, "steps": 5, "lam": 1.0}, reference)
     part = tables.read_parts(ctx.exp_dir)["t1"]
-    assert row["status"] == "ok" and row["attacks_run"] == len(part["attacks"]) == tiny_cfg.attack.budget
-    assert row["forget_acc_attacked"] == max(a["forget_acc_max"] for a in part["attacks"])
+    a = tiny_cfg.attack
+    assert row["status"] == "ok" and row["attacks_run"] == len(part["attacks"]) == a.budget + a.reseeds
+    searched = [r for r in part["attacks"] if r["attack.source"] == "search"]
+    assert row["forget_acc_attacked_sel"] == max(r["forget_acc_sel_max"] for r in searched)
+    assert row["attacked_seeds"] == 1 + a.reseeds
     assert row["compute_frac"] == pytest.approx(row["flops_unlearn"] / reference.result["flops"])
     assert row["flops_unlearn"] == 6 * reference.result["n_params"] * 5 * 2 * 64 * 11

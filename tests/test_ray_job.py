@@ -1,22 +1,25 @@
-"""`ray job submit` against a local head node that this test starts and stops: the README's
-cluster path, end to end on a CPU."""
+"""README.md's `ray job submit` block, read from the file and run as written against a local
+head node it starts and stops: the cluster path end to end on a CPU, with `python search/run.py`
+literally as the job's entrypoint (the head node's PATH decides which python that is).
+
+Substituted, and only this: free ports for the head node and its dashboard (another Ray may hold
+the defaults), and ``TAMPER_SEARCH_CONFIG`` in the head node's environment naming a tiny config
+whose storage and cache are temporary."""
 
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from search import tables
-from tests.conftest import ROOT, TINY
+from tests.readme_blocks import ROOT, of_kind, tiny_config
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).parent / "ray")
 
 
 def _free_port() -> int:
@@ -25,29 +28,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_job_submit_runs_a_search_on_a_head_node(tmp_path):
-    # Ray 2.60 turns token authentication on for `ray start`; the job client then needs
-    # RAY_AUTH_MODE=token to present the token the head wrote (~/.ray/auth_token).
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+def test_readme_ray_job_block_runs_the_search_on_a_head_node(tmp_path):
+    block = of_kind("ray-job")[0].text
     port, dash = _free_port(), _free_port()
-    start = subprocess.run(
-        [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-         "--include-dashboard=true", "--disable-usage-stats", "--object-store-memory=200000000"],
-        capture_output=True, text=True, env=env, timeout=120)
-    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    script = (block
+              .replace("ray start --head", f"ray start --head --port={port} --dashboard-port={dash}")
+              .replace("http://127.0.0.1:8265", f"http://127.0.0.1:{dash}"))
+    assert script.count(str(dash)) == 2, "the README block no longer has the ports this test substitutes"
+    # a PATH without the venv, as a user's shell has: the block's own `source` must fix it
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not p.startswith(str(ROOT / ".venv")))
+    env = {**os.environ, "PATH": path, "RAY_USAGE_STATS_ENABLED": "0",
+           "TAMPER_SEARCH_CONFIG": str(tiny_config(tmp_path))}
+    env.pop("VIRTUAL_ENV", None)
     try:
-        sets = [a for o in TINY for a in ("--set", o)]
-        job = subprocess.run(
-            [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
-             "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--",
-             sys.executable, "search/run.py", "--storage", str(tmp_path / "results"), "--name", "job",
-             *sets, "--set", f"cache_dir={tmp_path / 'cache'}"],
-            capture_output=True, text=True, env=env, timeout=600)
-        assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, job.stdout[-3000:] + job.stderr[-3000:]
-        assert "Pareto set" in job.stdout  # the job's own output, streamed back
-        trials = pd.read_parquet(tmp_path / "results" / "job" / tables.TRIALS)
-        assert (trials["status"] == "ok").all() and (trials["kind"] == "defender").sum() == 2
-        assert set(trials.loc[trials["kind"] == "baseline", "trial_id"]) == {"pure", "reference"}
-        assert len(pd.read_parquet(tmp_path / "results" / "job" / tables.ATTACKS)) == 2 * len(trials)
+        job = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=900)
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        subprocess.run([str(ROOT / ".venv" / "bin" / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    out = job.stdout + job.stderr
+    assert job.returncode == 0 and "succeeded" in out, out[-4000:]
+    assert "Pareto set" in job.stdout  # the job's own output, streamed back
+    (exp,) = [p for p in Path(tmp_path / "results").iterdir() if p.name.startswith("quick-")]
+    trials = pd.read_parquet(exp / tables.TRIALS)
+    assert (trials["status"] == "ok").all() and (trials["kind"] == "defender").sum() == 2
+    assert set(trials.loc[trials["kind"] == "baseline", "trial_id"]) == {"pure", "reference"}
+    assert len(pd.read_parquet(exp / tables.ATTACKS)) == 3 * len(trials)  # 2 searched + 1 re-run (TINY)
+    assert len(pd.read_parquet(exp / tables.CURVES)) > 0

@@ -49,16 +49,21 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     adversary search's pruning rule: {"warmup": steps, "below": {step: score}} — stop at an
     evaluation step ≥ warmup where the best V_sel accuracy so far is below ``below[step]``),
     stop_at (None, or stop at the first evaluation at or after this step: a re-run of a chosen
-    checkpoint needs no more), seed.
+    checkpoint needs no more), max_flops (None, or the search's FLOPs budget left: the attack is
+    cut to the steps that fit, ``truncated_at``), seed.
     """
     setting, d = settings.load(spec["setting"])
     cfg = loop.LoopConfig(**spec["loop"])
+    planned = cfg.steps
     kind = spec.get("data", "forget")
     if kind not in DATA:
         raise ValueError(f"attack data must be one of {DATA}, got {kind!r}")
     model = models.load(inputs["model"], spec)
     if spec.get("lora"):
         model = lora.add_lora(model, **spec["lora"], seed=spec["seed"])
+    if spec.get("max_flops") is not None:  # what one step costs, as compute.training_result counts it
+        per_step = compute.train_flops(sum(p.numel() for p in model.parameters()), cfg.batch_size * d.seq_len)
+        cfg = cfg.model_copy(update={"steps": max(0, min(cfg.steps, int(spec["max_flops"] // per_step)))})
     rank, _ = loop.world()
     gen = data.sampler(spec["seed"], rank)
     forget = examples(d.forget_T, spec.get("n_examples"), spec["seed"])  # never V: V scores
@@ -82,6 +87,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     result["n_examples"] = len(forget)
     result["steps"] = steps
     result["pruned_at"] = steps if steps < cfg.steps and spec.get("stop_at") is None else None
+    result["truncated_at"] = cfg.steps if cfg.steps < planned else None
     return result
 
 

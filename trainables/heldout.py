@@ -53,4 +53,5 @@ def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the bounds contain p exactly (float rounding could put 0 just outside [lo, hi] at p = 0)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
