@@ -29,6 +29,7 @@ class Experiment:
     attacks: pd.DataFrame
     curves: pd.DataFrame
     config: str | None
+    status: str | None = None  # run.json: running, complete, interrupted, failed
 
 
 def load(results: str) -> Experiment:
@@ -39,7 +40,8 @@ def load(results: str) -> Experiment:
     attacks = tables.read_table(results, tables.ATTACKS).to_pandas()
     curves = tables.read_table(results, tables.CURVES).to_pandas()
     name = str(trials["experiment"].iloc[0]) if len(trials) else results.rstrip("/").rsplit("/", 1)[-1]
-    return Experiment(name, results, trials, attacks, curves, tables.read_text(results, tables.CONFIG))
+    return Experiment(name, results, trials, attacks, curves, tables.read_text(results, tables.CONFIG),
+                      tables.run_status(results))
 
 
 def load_trials(results: str) -> pd.DataFrame:
@@ -212,7 +214,7 @@ def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, reta
     defenders = t[t["kind"] == "defender"]
     hv = progress(t)
     doc.heading(f"Experiment {exp.name}")
-    doc.text(f"Results: {exp.path}. {len(defenders)} defender trials "
+    doc.text(f"Results: {exp.path}. Run status: {exp.status or 'unknown'}. {len(defenders)} defender trials "
              f"({int((defenders['status'] == 'ok').sum())} ok), {len(exp.attacks)} attack runs, "
              f"final hypervolume {hv[-1] if len(hv) else 0:.4f}"
              + (f", retain floor {retain_floor}" if retain_floor is not None else "") + ".")
@@ -315,9 +317,13 @@ def summary_text(trials: pd.DataFrame, front: pd.Series) -> str:
 def summarize(results: str, out_dir: str | None = None, retain_floor: float | None = None) -> str:
     """Write ``pareto.png`` (into ``out_dir``, default the results folder when local) and return
     the summary text (what ``search/run.py`` prints at the end)."""
+    from search.tables import run_status
+
     trials = load_trials(results)
     front = front_mask(trials, retain_floor)
+    status = run_status(results)
     out = Path(out_dir or (results if "://" not in results else tempfile.mkdtemp()))
     out.mkdir(parents=True, exist_ok=True)
     png = plot.tradeoff_plot(trials, front, out / "pareto.png")[0]
-    return summary_text(trials, front) + f"\n\nPlot: {png}"
+    note = "" if status in (None, "complete") else f"Run status: {status} (the tables may be incomplete)\n\n"
+    return note + summary_text(trials, front) + f"\n\nPlot: {png}"

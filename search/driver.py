@@ -135,7 +135,7 @@ class Progress(tune.Callback):
         if trial.trial_id not in tables.read_parts(self.ctx.exp_dir):
             tables.write_part(self.ctx.exp_dir, trial.trial_id, {"trials": [{
                 "experiment": self.ctx.experiment, "trial_id": trial.trial_id, "kind": "defender",
-                "status": "error", "error": str(trial.error_file or "trial process failed"),
+                "status": "error", "error": _error_text(trial),
                 "finished_at": time.time(),
                 "setting": self.ctx.cfg.setting.name,
                 "method": trial.config.get("method", self.ctx.cfg.defender.methods[0]),
@@ -149,6 +149,16 @@ def attacked_text(row: dict, value: float) -> str:
     and the optimistic V_sel figure it was chosen by."""
     return (f"attacked {value:.3f} [{row['forget_acc_attacked_lo']:.3f}, {row['forget_acc_attacked_hi']:.3f}]"
             f" (sel {row['forget_acc_attacked_sel']:.3f})")
+
+
+def _error_text(trial) -> str:
+    """The error of a trial whose process died: the text Tune saved, not a path to it."""
+    path = getattr(trial, "error_file", None)
+    try:
+        with open(path) as f:
+            return f.read().strip() or "trial process failed"
+    except (OSError, TypeError):
+        return "trial process failed (no error text was saved)"
 
 
 def _fmt(v) -> str:
@@ -241,6 +251,7 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     )
     ctx = Context(cfg, name, exp_dir, runner)
     tables.write_text(exp_dir, tables.CONFIG, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    tables.write_run_status(exp_dir, "running")
     say(f"experiment {name}: results in {exp_dir}")
     say("pre-training the reference and pure models (cached after the first run) ...")
     kinds = cfg.baseline_kinds

@@ -67,6 +67,43 @@ def experiment_name(args: argparse.Namespace, experiment: str, storage: str) -> 
     return f"{experiment}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
+# What a resumed run may change: where things run and how many at once, never what is computed.
+# (More trials are not among them: Tune restores the search with its original sample count.)
+RESUMABLE = ("search.max_concurrent", "search.max_failures", "scaling.max_failures", "scaling.cluster_gpus",
+             "storage", "cache_dir", "ray_address", "ray_num_cpus")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume(cfg, storage: str, name: str) -> None:
+    """Refuse to resume an experiment with a config that would compute different results than
+    the one its tables were written with (``config.yaml`` beside them): the rows would mix."""
+    import yaml
+
+    from search import tables
+
+    text = tables.read_text(tables.join(storage, name), tables.CONFIG)
+    if text is None:  # killed before the config was written: nothing to mix with
+        return
+    old = _flat(yaml.safe_load(text))
+    new = _flat(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json"))))
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and not k.startswith(RESUMABLE))
+    if changed:
+        shown = ", ".join(f"{k} ({old.get(k)!r} → {new.get(k)!r})" for k in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ConfigError(f"--resume: the config differs from the experiment's ({tables.join(storage, name, tables.CONFIG)}) "
+                          f"in what changes results: {shown}{more}; resume with that config, or start a new --name")
+
+
 def claim(storage: str, name: str, resume: bool):
     """Claim the experiment folder before any work, so that two runs never write one
     experiment: a new experiment's folder is created atomically (a second run of the same name
@@ -119,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load(args.config, args.set)
         storage = storage_root(args.storage or cfg.storage)
         name = experiment_name(args, cfg.experiment, storage)
+        if args.resume:
+            check_resume(cfg, storage, name)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -137,14 +176,43 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.report import summarize
     from search.driver import run_experiment, say
 
+    from search import tables
+
+    exp_dir = tables.join(storage, name)
     try:
-        exp_dir = run_experiment(cfg, name, storage, resume=args.resume)
+        run_experiment(cfg, name, storage, resume=args.resume)
     except ConfigError as e:  # found once connected to the cluster (its GPUs), before any work
         print(f"error: {e}", file=sys.stderr)
         return 2
-    say(f"done: tables in {exp_dir}/ (trials.parquet, attacks.parquet, curves.parquet)")
+    except KeyboardInterrupt:
+        tables.write_run_status(exp_dir, "interrupted")
+        print(f"interrupted: tables in {exp_dir}/ are incomplete; continue with --name {name} --resume",
+              file=sys.stderr, flush=True)
+        return 130
+    status, text, code = outcome(exp_dir, cfg.search.trials, name)
+    tables.write_run_status(exp_dir, status)
     print(summarize(exp_dir), flush=True)
-    return 0
+    say(text)
+    return code
+
+
+def outcome(exp_dir: str, expected: int, name: str) -> tuple[str, str, int]:
+    """(run status, last line, exit status) from the merged tables: ``complete`` (0, with the
+    number of failed trials), ``failed`` when no defender trial succeeded (1), ``interrupted``
+    when fewer trials than the search asked for have rows (130: Ctrl-C stops Ray Tune
+    gracefully, so the driver gets here)."""
+    from search import tables
+
+    trials = tables.read_table(exp_dir, tables.TRIALS).to_pylist()
+    defenders = [r for r in trials if r.get("kind") == "defender"]
+    failed = sum(r.get("status") != "ok" for r in defenders)
+    where = f"tables in {exp_dir}/ (trials.parquet, attacks.parquet, curves.parquet)"
+    if len(defenders) < expected:
+        return ("interrupted", f"interrupted: {len(defenders)} of {expected} trials finished, {where} are "
+                               f"incomplete; continue with --name {name} --resume", 130)
+    if failed == len(defenders):
+        return "failed", f"failed: every one of {failed} defender trials failed (errors in trials.parquet)", 1
+    return "complete", f"done: {where}; {failed} of {len(defenders)} defender trials failed", 0
 
 
 if __name__ == "__main__":

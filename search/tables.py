@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from typing import Any
 
@@ -23,6 +24,7 @@ ATTACKS = "attacks.parquet"
 CURVES = "curves.parquet"
 PARTS = "parts"
 CONFIG = "config.yaml"  # the resolved experiment config, beside the tables
+RUN = "run.json"  # {"run_status": running | complete | interrupted | failed, "updated_at": ...}
 
 # Fixed columns and their types; ``param.*`` and ``attack.*`` columns are added as they appear.
 TRIAL_COLUMNS: dict[str, pa.DataType] = {
@@ -107,6 +109,18 @@ def write_text(exp_dir: str, name: str, text: str) -> None:
     fs.create_dir(base, recursive=True)
     data = text.encode()
     _write_atomic(fs, join(base, name), lambda out: out.write(data))
+
+
+def write_run_status(exp_dir: str, status: str) -> None:
+    """Record whether the tables are complete (``run.json``): ``running`` while a driver works
+    (and after one died), ``interrupted``, ``failed`` or ``complete``."""
+    write_text(exp_dir, RUN, json.dumps({"run_status": status, "updated_at": time.time()}))
+
+
+def run_status(exp_dir: str) -> str | None:
+    """The experiment's run status, or None for one written before run.json existed."""
+    text = read_text(exp_dir, RUN)
+    return json.loads(text)["run_status"] if text else None
 
 
 def read_text(exp_dir: str, name: str) -> str | None:

@@ -104,3 +104,25 @@ def test_an_experiment_is_claimed_once_and_a_dead_runs_lock_is_released(tmp_path
     (tmp_path / "file").write_text("x")
     with pytest.raises(config.ConfigError, match="is a file"):
         claim(str(tmp_path / "file"), "exp", resume=False)
+
+
+def test_resume_refuses_a_config_that_changes_results(tmp_path):
+    import yaml
+
+    from search import tables
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    cfg = config.load(None, ["attack.budget=4", "search.trials=3"])
+    (exp / tables.CONFIG).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    (exp / "trials.parquet").write_text("keep me")
+    base = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path), "--name", "exp", "--resume"]
+    out = subprocess.run([*base, "--set", "attack.budget=8", "--set", "search.trials=5"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1
+    assert "attack.budget (4 → 8)" in out.stderr and "search.trials (3 → 5)" in out.stderr
+    assert (exp / "trials.parquet").read_text() == "keep me"
+    assert yaml.safe_load((exp / tables.CONFIG).read_text())["attack"]["budget"] == 4  # not rewritten
+    ok = subprocess.run([*base, "--set", "attack.budget=4", "--set", "search.trials=3",
+                         "--set", "search.max_concurrent=1", "--check"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr  # where and how many at once: accepted

@@ -156,3 +156,36 @@ def test_killed_driver_resumes_every_trial_once_and_a_nan_trial_is_a_failed_row(
     assert list(failed["param.lr"]) == [1e30] and "NonFiniteLoss" in failed["error"].iloc[0]
     assert (defenders.loc[defenders["param.lr"] < 1, "status"] == "ok").all()
     assert set(trials.loc[trials["kind"] == "baseline", "method"]) == {"pure", "reference"}
+
+
+def test_ctrl_c_exits_nonzero_and_marks_the_tables_incomplete(tmp_path):
+    """SIGINT (Ctrl-C) to the driver mid-search: Ray Tune stops gracefully, the driver writes
+    what finished, marks the run interrupted and exits 130; --resume completes it (exit 0)."""
+    import json
+    import os
+    import signal
+    import time
+
+    grid = ["--set", "search.sampler=grid", "--set", "search.trials=3", "--set", "search.max_concurrent=1",
+            "--set", "defender.params={steps: 5, lam: 1.0}", "--set", "defender.space.lr={values: [1.0e-3, 2.0e-3, 3.0e-3]}"]
+    sets = [a for o in TINY for a in ("--set", o)]
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"),
+           "--name", "e2e", *sets, "--set", f"cache_dir={tmp_path / 'cache'}", *grid]
+    parts = tmp_path / "results" / "e2e" / "parts"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if parts.exists() and [p for p in parts.glob("*.json") if p.stem not in ("pure", "reference")]:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert "interrupted" in (stdout + stderr) and "--resume" in (stdout + stderr)
+    run = json.loads((tmp_path / "results" / "e2e" / "run.json").read_text())
+    assert run["run_status"] == "interrupted"
+    again = _run(tmp_path, *grid, "--resume")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.strip().splitlines()[-1].endswith("0 of 3 defender trials failed")
+    assert json.loads((tmp_path / "results" / "e2e" / "run.json").read_text())["run_status"] == "complete"
+    assert os.path.exists(tmp_path / "results" / "e2e" / tables.TRIALS)

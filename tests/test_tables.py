@@ -67,3 +67,21 @@ def test_three_readers_agree_on_every_table(tmp_path):
                 same = [(pd.isna(u) and pd.isna(v)) or (not pd.isna(u) and not pd.isna(v) and u == v)
                         for u, v in zip(x, y)]
                 assert all(same), (name, col)
+
+
+def test_run_outcome_from_the_tables(tmp_path):
+    from search.run import outcome
+
+    def write(statuses):
+        rows = [{"trial_id": f"t{i}", "kind": "defender", "status": s} for i, s in enumerate(statuses)]
+        rows.append({"trial_id": "pure", "kind": "baseline", "status": "ok"})
+        tables.write_tables(str(tmp_path), {r["trial_id"]: {"trials": [r]} for r in rows})
+
+    write(["ok", "error", "ok"])
+    assert outcome(str(tmp_path), 3, "x")[::2] == ("complete", 0)
+    assert outcome(str(tmp_path), 3, "x")[1].endswith("1 of 3 defender trials failed")
+    write(["error", "error"])
+    assert outcome(str(tmp_path), 2, "x")[::2] == ("failed", 1)
+    assert outcome(str(tmp_path), 4, "x")[::2] == ("interrupted", 130)
+    tables.write_run_status(str(tmp_path), "interrupted")
+    assert tables.run_status(str(tmp_path)) == "interrupted"
