@@ -2,6 +2,12 @@
 it (stage name, spec, the keys of its inputs, the code version), so a stage whose key exists is
 never run again. Entries are committed atomically (written aside, then renamed).
 
+Every entry's ``result.json`` (its commit marker) lists the size and SHA-256 of each of the
+entry's other files. A lookup checks the sizes every time and the hashes once per process per
+entry (on download for a remote entry); an entry that fails is damaged — a truncated or
+overwritten weights file — and counts as absent: it is moved aside, deleted and recomputed, and
+a warning says so.
+
 The cache may be a local folder or a storage URI (``s3://``, ``gs://``, through ``pyarrow.fs``):
 then an entry is uploaded with its ``result.json`` last (the entry exists once that object
 does), and a process that needs one as an input downloads it once into a local mirror on its
@@ -16,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +31,52 @@ import pyarrow.fs as pafs
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 RESULT_FILE = "result.json"
+MANIFEST = "files"  # key in result.json: {relative path: {"size": bytes, "sha256": hex}}
+_verified: set[str] = set()  # entries whose hashes this process has checked
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, dict]:
+    """Size and SHA-256 of every file of an entry folder except its commit marker."""
+    return {f.relative_to(folder).as_posix(): {"size": f.stat().st_size, "sha256": _sha256(f)}
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != RESULT_FILE}
+
+
+def damage(folder: Path, files: dict[str, dict] | None, hashes: bool) -> str | None:
+    """What is wrong with a local entry against its manifest (None: nothing; entries written
+    before manifests existed are not checked)."""
+    for rel, want in (files or {}).items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        size = path.stat().st_size
+        if size != want["size"]:
+            return f"{rel} has {size} bytes, not {want['size']}"
+        if hashes and _sha256(path) != want["sha256"]:
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def _discard(location: str | Path, why: str) -> None:
+    """Move a damaged entry out of the way (so a recomputed one can take its key) and delete it."""
+    print(f"[tamper-search] cache entry {location} is damaged ({why}); recomputing it", file=sys.stderr, flush=True)
+    if is_remote(location):
+        remove(location)
+        return
+    aside = Path(location).parent / ".staging" / f"damaged-{Path(location).name}-{uuid.uuid4().hex[:8]}"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(location, aside)
+    except OSError:
+        return  # another process moved it already
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @lru_cache(maxsize=1)
@@ -68,17 +121,38 @@ def entry(cache_dir: str | Path, key: str) -> str | Path:
 
 
 def lookup(cache_dir: str | Path, key: str) -> dict | None:
-    """The stored result of ``key``, or None if the stage has not run."""
+    """The stored result of ``key``, or None if the stage has not run or its entry is damaged
+    (then it is discarded: the caller recomputes it)."""
     if is_remote(cache_dir):
-        fs, path = _fs(f"{entry(cache_dir, key)}/{RESULT_FILE}")
+        uri = entry(cache_dir, key)
+        fs, base = _fs(str(uri))
+        path = f"{base}/{RESULT_FILE}"
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             return None
         with fs.open_input_stream(path) as f:
-            return json.loads(f.read())
-    path = entry(cache_dir, key) / RESULT_FILE
+            result = json.loads(f.read())
+        for rel, want in (result.get(MANIFEST) or {}).items():  # sizes here; hashes on download
+            info = fs.get_file_info(f"{base}/{rel}")
+            if info.type == pafs.FileType.NotFound or info.size != want["size"]:
+                _discard(uri, f"{rel} is missing or has the wrong size")
+                return None
+        return result
+    folder = entry(cache_dir, key)
+    path = folder / RESULT_FILE
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        result = json.loads(path.read_text())
+    except ValueError:
+        _discard(folder, f"{RESULT_FILE} is not valid JSON")
+        return None
+    first = str(folder) not in _verified
+    why = damage(folder, result.get(MANIFEST), hashes=first)
+    if why:
+        _discard(folder, why)
+        return None
+    _verified.add(str(folder))
+    return result
 
 
 def staging_dir(cache_dir: str | Path, key: str) -> Path:
@@ -107,7 +181,7 @@ def commit(cache_dir: str | Path, key: str, staged: Path, result: dict) -> str |
     Remote: every file is uploaded, ``result.json`` last, then the staged folder becomes this
     node's mirror copy.
     """
-    (staged / RESULT_FILE).write_text(json.dumps(result))
+    (staged / RESULT_FILE).write_text(json.dumps({**result, MANIFEST: manifest(staged)}))
     if not is_remote(cache_dir):
         return _move_into_place(staged, entry(cache_dir, key))
     uri = entry(cache_dir, key)
@@ -152,4 +226,10 @@ def materialize(location: str | Path) -> str:
         raise FileNotFoundError(f"cache entry {location} is not committed")
     staged = staging_dir(cache_uri, key)
     pafs.copy_files(base, str(staged), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    result = json.loads((staged / RESULT_FILE).read_text())
+    why = damage(staged, result.get(MANIFEST), hashes=True)
+    if why:
+        shutil.rmtree(staged, ignore_errors=True)
+        _discard(location, why)
+        raise FileNotFoundError(f"cache entry {location} was damaged ({why}) and is discarded; run again to recompute it")
     return str(_move_into_place(staged, target))

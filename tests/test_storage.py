@@ -46,3 +46,41 @@ def test_an_entry_without_its_marker_is_not_there(tmp_path):
     assert cache.lookup(uri, "k1") is None
     with pytest.raises(FileNotFoundError, match="not committed"):
         cache.materialize(f"{uri}/k1")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "same_size_noise", "delete"])
+def test_a_damaged_entry_is_detected_discarded_and_recomputed(tiny_cfg, tmp_path, capsys, damage):
+    import os
+
+    runner = Runner(tmp_path / "cache", "local")
+    ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), runner)
+    first = pretrain(ctx, "reference")
+    weights = tmp_path / "cache" / first.key / "model.safetensors"
+    listed = json.loads((weights.parent / "result.json").read_text())[cache.MANIFEST]
+    assert listed["model.safetensors"]["size"] == weights.stat().st_size  # the commit marker lists every file
+    good = weights.read_bytes()
+    if damage == "truncate":
+        weights.write_bytes(good[: len(good) // 2])
+    elif damage == "same_size_noise":
+        weights.write_bytes(os.urandom(len(good)))
+    else:
+        weights.unlink()
+    cache._verified.clear()  # a new process: it hashes what it uses once
+    again = pretrain(ctx, "reference")
+    assert not again.cached, "a damaged entry must not be reused"
+    assert "is damaged" in capsys.readouterr().err
+    assert weights.read_bytes() == good  # recomputed (same seed, same process) and committed again
+    assert pretrain(ctx, "reference").cached and not list((tmp_path / "cache" / ".staging").glob("damaged-*"))
+
+
+def test_a_damaged_remote_entry_is_discarded(tiny_cfg, tmp_path, monkeypatch):
+    uri = f"file://{tmp_path / 'bucket'}"
+    monkeypatch.setenv("TAMPER_SEARCH_MIRROR", str(tmp_path / "node-a"))
+    ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), Runner(uri, "local"))
+    ref = pretrain(ctx, "reference")
+    stored = tmp_path / "bucket" / ref.key / "model.safetensors"
+    stored.write_bytes(stored.read_bytes()[:100])  # a truncated upload
+    monkeypatch.setenv("TAMPER_SEARCH_MIRROR", str(tmp_path / "node-b"))
+    assert cache.lookup(uri, ref.key) is None and not stored.exists()  # sizes checked remotely
+    again = pretrain(ctx, "reference")
+    assert not again.cached and cache.lookup(uri, ref.key) is not None
