@@ -7,23 +7,27 @@ Ray starts.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES, DEFENDER_SPACES, LORA_SPACE, UNDO_SPACE
 from spaces.dims import Choice, Dim, Int, grid_size, with_bounds
 from trainables import arithmetic, undo, wmdp
 from trainables.loop import LoopConfig
+from trainables.strict import Strict as StrictBase
 from trainables.defenders import DEFENDERS
 from trainables.methods import METHODS
 from trainables.settings import SETTINGS
 from trainables.models import ModelConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+URI_SCHEMES = ("file", "s3", "gs", "gcs")
 DEFAULT_CONFIG = CONFIG_DIR / "quick.yaml"
 
 
@@ -31,8 +35,11 @@ class ConfigError(ValueError):
     """A user mistake in the configuration or the command line."""
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+MAX_COUNT = 10_000_000  # the largest step count, trial count or integer bound a config may ask for
+
+
+class Strict(StrictBase):
+    """Every config section: unknown keys, true/false for numbers and non-finite numbers refused."""
 
 
 class PretrainConfig(Strict):
@@ -53,9 +60,11 @@ def _check_space(space: dict[str, Any], base: dict[str, Dim], where: str) -> dic
         if name not in base:
             raise ValueError(f"{where}.{name}: unknown dimension (known: {', '.join(base)})")
         try:
-            with_bounds(base[name], bounds)
+            dim = with_bounds(base[name], bounds)
         except ValueError as e:
             raise ValueError(f"{where}.{name}: {e}") from None
+        if isinstance(dim, Int) and dim.high > MAX_COUNT:
+            raise ValueError(f"{where}.{name}: {dim.high} is beyond the largest allowed ({MAX_COUNT:,})")
     return space
 
 
@@ -210,6 +219,8 @@ class DefenderConfig(Strict):
             for key in table:
                 if "." in key and key.split(".", 1)[0] not in self.methods:
                     raise ValueError(f"{field}.{key}: {key.split('.', 1)[0]} is not a selected method")
+        if "tar" in self.methods:
+            self._check_tar_box()
         for m in self.methods:
             where = "space" if len(self.methods) == 1 else f"space.{m}"
             _check_space(self._for(self.space, m), DEFENDER_SPACES[m], where)
@@ -217,6 +228,31 @@ class DefenderConfig(Strict):
             where = "params" if len(self.methods) == 1 else f"params.{m}"
             _check_method_params(DEFENDERS[m].Params, fixed, self.loop.model_dump(), where)
         return self
+
+    def _check_tar_box(self) -> None:
+        """TAR needs subsample ≤ inner_steps at every point the search can draw, not only at
+        the defaults: check the box's corners (fixed values, bounds or listed values)."""
+        fixed, space = self._for(self.params, "tar"), self._for(self.space, "tar")
+        default = DEFENDERS["tar"].Params()
+
+        def extent(name: str) -> tuple[float, float]:
+            if name in fixed:
+                return fixed[name], fixed[name]
+            dim = DEFENDER_SPACES["tar"].get(name)
+            if dim is None:
+                return getattr(default, name), getattr(default, name)
+            try:
+                dim = with_bounds(dim, space[name]) if name in space else dim
+            except ValueError:
+                return math.inf, -math.inf  # reported by the space check
+            values = dim.values if isinstance(dim, Choice) else (dim.low, dim.high)
+            return min(values), max(values)
+
+        sub, inner = extent("subsample"), extent("inner_steps")
+        if isinstance(sub[1], (int, float)) and isinstance(inner[0], (int, float)) and sub[1] > inner[0]:
+            where = "params" if "subsample" in fixed else "space"
+            raise ValueError(f"{where}.subsample: can reach {sub[1]} while inner_steps can be {inner[0]}; "
+                             "TAR needs subsample <= inner_steps everywhere in the searched box")
 
     def method_params(self, method: str) -> dict[str, Any]:
         """The fixed values that apply to ``method`` (hyperparameters and loop keys)."""
@@ -247,11 +283,11 @@ class AttackConfig(Strict):
     more runs of it (``trainables/heldout.py``)."""
 
     # searched attacks per model; default 4, or unlimited when budget_flops limits the search
-    budget: int | None = Field(None, ge=0)
+    budget: int | None = Field(None, ge=0, le=MAX_COUNT)
     # the search's compute per model, as a fraction of the reference's pre-training FLOPs (like
     # compute_frac); the search stops once it is spent (batteries and re-runs not counted)
     budget_flops: float | None = Field(None, gt=0)
-    reseeds: int = Field(2, ge=0)  # extra seeds of the chosen attack, averaged on V_rep
+    reseeds: int = Field(2, ge=0, le=100)  # extra seeds of the chosen attack, averaged on V_rep
     # informed start: the strongest attacks against this experiment's earlier models (archive),
     # then the literature's prior (spaces/attack.py PRIOR), before TPE
     archive: int = Field(2, ge=0)
@@ -261,7 +297,7 @@ class AttackConfig(Strict):
     params: dict[str, Any] = {}
     space: dict[str, Any] = {}
     batteries: list[Literal[tuple(BATTERIES)]] = []  # type: ignore[valid-type]
-    battery_steps: int = Field(100, ge=1)  # the batteries' fixed step budget
+    battery_steps: int = Field(100, ge=1, le=MAX_COUNT)  # the batteries' fixed step budget
     # median: stop a searched attack at an evaluation (after prune_warmup steps, once
     # prune_startup attacks completed) where its best V_sel accuracy so far is below the median
     # of the completed attacks' at that step (Optuna's MedianPruner rule); asha: successive
@@ -311,7 +347,7 @@ class AttackConfig(Strict):
 class SearchConfig(Strict):
     """The outer (defender) search."""
 
-    trials: int = Field(8, ge=1)
+    trials: int = Field(8, ge=1, le=MAX_COUNT)
     max_concurrent: int | None = Field(None, ge=1)
     # grid: every point of the searched dimensions once (each a list of values, e.g. an α sweep
     # {values: [0.1, 0.2, ...]}); trials must equal the number of points.
@@ -390,6 +426,25 @@ class ExperimentConfig(Strict):
     ray_address: str | None = None
     ray_num_cpus: int | None = Field(None, ge=1)
 
+    @field_validator("storage", "cache_dir")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        """A local folder (or one to be made) or a URI of a file system pyarrow knows; checked
+        here so that a bad one never gets as far as Ray."""
+        if "://" in v:
+            scheme = v.split("://", 1)[0]
+            if scheme not in URI_SCHEMES:
+                raise ValueError(f"unknown URI scheme {scheme!r} (use a path or one of: "
+                                 f"{', '.join(s + '://' for s in URI_SCHEMES)})")
+            return v
+        path = Path(os.path.expanduser(v))
+        for p in (path, *path.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise ValueError(f"{p} is a file, not a folder")
+                break
+        return v
+
     @model_validator(mode="after")
     def _model(self) -> "ExperimentConfig":
         m = self.model
@@ -458,6 +513,39 @@ def _format(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
+class Loader(yaml.SafeLoader):
+    """YAML as a researcher writes it: ``1e-4`` is a number (YAML 1.1 wants ``1.0e-4``), and a
+    key given twice in one mapping is an error (YAML keeps the last and drops the first block)."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _mapping(loader: Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicated key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def _yaml_error(where: str, e: yaml.YAMLError) -> ConfigError:
+    """One line: where, line and column, what is wrong."""
+    mark = getattr(e, "problem_mark", None)
+    at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return ConfigError(f"{where}{at}: not valid YAML: {problem}")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` → (['a', 'b', 'c'], value parsed as YAML)."""
     if "=" not in text:
@@ -466,10 +554,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = yaml.load(raw, Loader=Loader) if raw else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: value is not valid YAML ({e})") from None
+        raise _yaml_error(f"--set {key}", e) from None
     return key.split("."), value
+
+
+def _finite(node: Any, where: str) -> None:
+    """Refuse .inf / .nan anywhere (also inside free-form params and space bounds)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{where}: must be a finite number, got {node}")
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _finite(v, f"{where}.{k}" if where else str(k))
+    if isinstance(node, list):
+        for i, v in enumerate(node):
+            _finite(v, f"{where}.{i}")
 
 
 def apply_override(raw: dict, path: list[str], value: Any) -> None:
@@ -491,13 +591,19 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Experimen
     if not path.is_file():
         raise ConfigError(f"--config: no such file: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML: {e}") from None
+        raise _yaml_error(f"--config {path}", e) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"--config {path}: top level must be a mapping")
     for text in overrides:
         apply_override(raw, *parse_override(text))
+    try:
+        _finite(raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path.name}: {e}") from None
     try:
         return ExperimentConfig(**raw)
     except ValidationError as e:

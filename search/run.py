@@ -17,7 +17,7 @@ from pathlib import Path
 # Importable from a checkout whatever the current directory (``python path/to/search/run.py``).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from search.config import ConfigError, load  # noqa: E402
+from search.config import ConfigError, ExperimentConfig, load  # noqa: E402
 
 # The config to run when --config is not given: lets a cluster's head node (whose environment a
 # `ray job submit -- python search/run.py` entrypoint inherits) or a CI job choose one.
@@ -104,6 +104,14 @@ def check_resume(cfg, storage: str, name: str) -> None:
                           f"in what changes results: {shown}{more}; resume with that config, or start a new --name")
 
 
+def check_location(flag: str, value: str) -> None:
+    """The config's check of ``storage`` / ``cache_dir``, for a command-line value."""
+    try:
+        ExperimentConfig._location(value)
+    except ValueError as e:
+        raise ConfigError(f"{flag} {value}: {e}") from None
+
+
 def claim(storage: str, name: str, resume: bool):
     """Claim the experiment folder before any work, so that two runs never write one
     experiment: a new experiment's folder is created atomically (a second run of the same name
@@ -154,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load(args.config, args.set)
+        if args.storage:
+            check_location("--storage", args.storage)
         storage = storage_root(args.storage or cfg.storage)
         name = experiment_name(args, cfg.experiment, storage)
         if args.resume:

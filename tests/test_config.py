@@ -126,3 +126,62 @@ def test_resume_refuses_a_config_that_changes_results(tmp_path):
     ok = subprocess.run([*base, "--set", "attack.budget=4", "--set", "search.trials=3",
                          "--set", "search.max_concurrent=1", "--check"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr  # where and how many at once: accepted
+
+
+BAD_INPUTS = [
+    # (config file text or None for quick.yaml, overrides, the field the one line must name)
+    (None, ["search.trials=true"], "search.trials: must be a number"),
+    (None, ["seed=yes"], "seed: must be a number"),
+    (None, ["defender.params.lr=.inf"], "defender.params.lr: must be a finite number"),
+    (None, ["attack.space.lr=[1e-4, .nan]"], "attack.space.lr.1: must be a finite number"),
+    (None, ["attack.loop.lr=.nan"], "attack.loop.lr: must be a finite number"),
+    (None, ["search.trials=1000000000000"], "search.trials: Input should be less than or equal to 10000000"),
+    (None, ["pretrain.reference.steps=1e12"], "pretrain.reference.steps"),
+    (None, ["attack.space.steps=[20, 1e12]"], "attack.space.steps: 1000000000000 is beyond"),
+    (None, ["storage=ftp://host/x"], "storage: unknown URI scheme 'ftp'"),
+    (None, ["cache_dir=/etc/hostname/sub"], "cache_dir: /etc/hostname is a file"),
+    (None, ["defender.method=tar", "defender.space.subsample=[1, 8]", "defender.space.inner_steps=[4, 16]"],
+     "defender.space.subsample: can reach 8 while inner_steps can be 4"),
+    (None, ["defender.space.lr=[1e-4, 1e-3, 1e-2]"], "defender.space.lr: must be [low, high]"),
+    (None, ["attack.reseeds=-1"], "attack.reseeds"),
+    (None, ["attack.budget_flops=0"], "attack.budget_flops"),
+    (None, ["attack.pruner=hyperband"], "attack.pruner"),
+    (None, ["setting.report_fraction=1.5"], "setting.report_fraction"),
+    (None, ["attack.prior=9"], "attack.prior"),
+    (None, ["search.trials=[1"], "--set search.trials:1:3: not valid YAML"),
+    ("experiment: x\nseed: 1\nseed: 2\n", [], ":3:1: not valid YAML: duplicated key 'seed'"),
+    ("attack:\n  budget: 4\nattack:\n  budget: 8\n", [], "duplicated key 'attack'"),
+    ("search: {trials: 4\n", [], "c.yaml:2:1: not valid YAML"),
+    (b"seed: 1\nexperiment: caf\xe9\n", [], "c.yaml: not UTF-8 text (byte 23)"),
+    ("- a\n- b\n", [], "top level must be a mapping"),
+]
+
+
+@pytest.mark.parametrize("text,overrides,message", BAD_INPUTS)
+def test_bad_inputs_get_one_line_naming_the_field(tmp_path, text, overrides, message):
+    path = None
+    if text is not None:
+        path = tmp_path / "c.yaml"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
+    cfg = config.load(None, ["defender.space.lr=[1e-4,1e-3]", "attack.params.lr=3e-3"])
+    assert cfg.defender.space["lr"] == [1e-4, 1e-3] and cfg.attack.params["lr"] == 3e-3
+    quick = (ROOT / "configs" / "quick.yaml").read_text()
+    assert "reference: {steps: 3000, lr: 3.0e-3" in quick
+    (tmp_path / "c.yaml").write_text(quick.replace("reference: {steps: 3000, lr: 3.0e-3", "reference: {steps: 3e3, lr: 3e-3"))
+    ref = config.load(tmp_path / "c.yaml").pretrain.reference
+    assert (ref.steps, ref.lr) == (3000, 3e-3)
+
+
+def test_bad_storage_on_the_command_line_exits_2_before_anything_is_written(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for value in (str(tmp_path / "afile"), "ftp://host/results"):
+        out = subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--storage", value],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert out.returncode == 2 and out.stderr.startswith("error: --storage") and len(out.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

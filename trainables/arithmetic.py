@@ -20,9 +20,10 @@ from typing import Literal
 
 import torch
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from trainables import heldout
+from trainables.strict import Strict
 
 VOCAB = "0123456789+-*/="
 STOI = {c: i for i, c in enumerate(VOCAB)}
@@ -33,10 +34,9 @@ RETAIN_OPS = ("+", "-")
 FORGET_OPS = ("*", "/")
 
 
-class Config(BaseModel):
+class Config(Strict):
     """Operand ranges and split sizes of the arithmetic setting."""
 
-    model_config = ConfigDict(extra="forbid")
     name: Literal["arithmetic"] = "arithmetic"
     retain_max_operand: int = Field(50, ge=1, le=499)
     forget_max_operand: int = Field(20, ge=2, le=31)

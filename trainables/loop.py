@@ -16,7 +16,9 @@ from functools import partial
 from typing import Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from trainables.strict import Strict
 
 Curve = list[tuple[int, str, float]]  # (step, metric, value)
 
@@ -35,13 +37,12 @@ class NonFiniteLoss(RuntimeError):
     """A loss became NaN or infinite: the run is failed, not silently continued."""
 
 
-class LoopConfig(BaseModel):
+class LoopConfig(Strict):
     """Optimisation settings of one training run."""
 
-    model_config = ConfigDict(extra="forbid")
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1, le=10_000_000)
     lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=1_000_000)
     optimizer: Literal[tuple(OPTIMIZERS)] = "adamw"  # type: ignore[valid-type]
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal[SCHEDULES] = "constant"  # type: ignore[valid-type]

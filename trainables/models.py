@@ -11,16 +11,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from trainables.loop import sharded, world
+from trainables.strict import Strict
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Strict):
     """Either ``pretrained`` (a hub id or a local path) or a fresh model of ``arch`` and size.
 
     ``dtype`` is the parameters' dtype (``bfloat16`` for real models on GPUs); checkpoints keep
@@ -28,7 +29,6 @@ class ModelConfig(BaseModel):
     ``pretrain_tokens``: the tokens a ``pretrained`` model was pre-trained on, so that compute
     can be reported as a fraction of its pre-training (6·N·tokens)."""
 
-    model_config = ConfigDict(extra="forbid")
     pretrained: str | None = None
     pure_pretrained: str | None = None  # the pure baseline of a pretrained reference, if any
     trust_remote_code: bool = False

@@ -43,9 +43,10 @@ from types import ModuleType
 from typing import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from trainables import compute, data, loop, models, settings
+from trainables.strict import Strict
 
 REFERENCE = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), arXiv 2408.00761"
 # The outer loop on arithmetic (TAR on Llama-3-8B: lr 2e-5, 750 steps, 32 warmup steps).
@@ -53,10 +54,9 @@ DEFAULT_LOOP = {"lr": 3e-4, "steps": 100, "schedule": "warmup_constant", "warmup
 TASK_KINDS = ("forget", "retain_forget")
 
 
-class Params(BaseModel):
+class Params(Strict):
     """TAR's hyperparameters: the inner-loop adversary and the weights of the two losses."""
 
-    model_config = ConfigDict(extra="forbid")
     inner_steps: int = Field(16, ge=1, description="K, adversary steps per task (TAR: 64)")
     adversary_lrs: list[float] | None = Field(
         None, description="draw the adversary's lr from this set (TAR: [2e-6, 2e-5, 4e-5]); "

@@ -46,19 +46,19 @@ from types import SimpleNamespace
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainables import heldout
+from trainables.strict import Strict
 
 LETTERS = "ABCDEFGHIJ"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 SUBJECTS = {"wmdp-bio": "biology", "wmdp-chem": "chemistry", "wmdp-cyber": "computer security"}
 
 
-class Source(BaseModel):
+class Source(Strict):
     """One dataset: a hub id (``path`` + ``name`` + ``split``) or a local file / folder."""
 
-    model_config = ConfigDict(extra="forbid")
     path: str
     name: str | None = None
     split: str = "train"
@@ -86,11 +86,10 @@ def missing(path: str) -> bool:
     return is_local(path) and not Path(os.path.expanduser(path)).exists()
 
 
-class Config(BaseModel):
+class Config(Strict):
     """Sources, prompt, splits and sizes of the `wmdp` setting (defaults: WMDP-bio and MMLU
     from the hub; the gated bio forget corpus must be given as a local path)."""
 
-    model_config = ConfigDict(extra="forbid")
     name: Literal["wmdp"] = "wmdp"
     tokenizer: str | None = None  # hub id or path; default: the model's ``pretrained``
     trust_remote_code: bool = False

@@ -11,10 +11,10 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from trainables.methods.common import all_parameters as trainable  # noqa: F401
 from trainables.methods.common import no_setup as setup  # noqa: F401
+from trainables.strict import Strict
 
 REFERENCE = "Jang et al. 2022, Knowledge Unlearning for Mitigating Privacy Risks in Language Models"
 # On the arithmetic reference no (lr, steps) reaches V ≤ 0.10 with retain ≥ 0.80: retain collapses
@@ -23,10 +23,8 @@ REFERENCE = "Jang et al. 2022, Knowledge Unlearning for Mitigating Privacy Risks
 DEFAULT_LOOP = {"lr": 3e-4, "steps": 12}
 
 
-class Params(BaseModel):
+class Params(Strict):
     """GradAscent has no hyperparameters beyond the loop's learning rate and steps."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 def loss(model, forget: torch.Tensor, retain: torch.Tensor, params: Params, setting: ModuleType, state) -> torch.Tensor:

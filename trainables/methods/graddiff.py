@@ -11,19 +11,19 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from trainables.methods.common import all_parameters as trainable  # noqa: F401
 from trainables.methods.common import no_setup as setup  # noqa: F401
+from trainables.strict import Strict
 
 REFERENCE = "Liu et al. 2022 (GradDiff), as used in TOFU (Maini et al. 2024) and UNDO (Lee et al. 2025)"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 
-class Params(BaseModel):
+class Params(Strict):
     """GradDiff's hyperparameters (the loop's lr and steps are searched beside them)."""
 
-    model_config = ConfigDict(extra="forbid")
     lam: float = Field(5.0, ge=0)
 
 

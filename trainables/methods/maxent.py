@@ -13,17 +13,17 @@ import math
 from types import ModuleType
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from trainables.methods.common import all_parameters as trainable  # noqa: F401
 from trainables.methods.common import no_setup as setup  # noqa: F401
+from trainables.strict import Strict
 
 REFERENCE = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), MaxEnt baseline"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Params(Strict):
     lam: float = Field(1.0, ge=0)
 
 

@@ -16,17 +16,17 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from trainables.methods.common import all_parameters as trainable  # noqa: F401
 from trainables.methods.common import frozen_copy
+from trainables.strict import Strict
 
 REFERENCE = "Zhang et al. 2024, Negative Preference Optimization (NPO)"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Params(Strict):
     beta: float = Field(0.1, gt=0)
     lam: float = Field(1.0, ge=0)
 

@@ -21,17 +21,17 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from trainables.methods.common import all_parameters as trainable  # noqa: F401
 from trainables.methods.common import unwrap
+from trainables.strict import Strict
 
 REFERENCE = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), random mapping"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Params(Strict):
     lam: float = Field(1.0, ge=0, description="retain weight (TAR: 1)")
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from trainables.methods.common import frozen_copy, unwrap
+from trainables.strict import Strict
 
 REFERENCE = "Li et al. 2024, The WMDP Benchmark (RMU), rmu/unlearn.py"
 DEFAULT_LOOP = {"lr": 1e-2, "steps": 300}
@@ -30,8 +31,7 @@ LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decode
 MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2")
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Params(Strict):
     layer: int = Field(-1, description="ℓ; negative counts from the last layer")
     c: float = Field(250.0, gt=0, description="steering coefficient: ‖c·u‖ = c")
     alpha: float = Field(10.0, ge=0, description="retain weight")
