@@ -214,7 +214,9 @@ def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, reta
     defenders = t[t["kind"] == "defender"]
     hv = progress(t)
     doc.heading(f"Experiment {exp.name}")
-    doc.text(f"Results: {exp.path}. Run status: {exp.status or 'unknown'}. {len(defenders)} defender trials "
+    from search.tables import redact
+
+    doc.text(f"Results: {redact(exp.path)}. Run status: {exp.status or 'unknown'}. {len(defenders)} defender trials "
              f"({int((defenders['status'] == 'ok').sum())} ok), {len(exp.attacks)} attack runs, "
              f"final hypervolume {hv[-1] if len(hv) else 0:.4f}"
              + (f", retain floor {retain_floor}" if retain_floor is not None else "") + ".")

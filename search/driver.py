@@ -64,7 +64,12 @@ def _in_ray_worker() -> None:
 
 
 def say(text: str) -> None:
-    print(f"[tamper-search {time.strftime('%H:%M:%S')}] {text}", flush=True)
+    print(f"[tamper-search {time.strftime('%H:%M:%S')}] {tables.redact(text)}", flush=True)
+
+
+def config_text(cfg: ExperimentConfig) -> str:
+    """The resolved config as written beside the tables, credentials in URIs masked."""
+    return tables.redact(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
 def init_ray(cfg: ExperimentConfig) -> None:
@@ -250,7 +255,7 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         strategy=cfg.scaling.strategy,
     )
     ctx = Context(cfg, name, exp_dir, runner)
-    tables.write_text(exp_dir, tables.CONFIG, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    tables.write_text(exp_dir, tables.CONFIG, config_text(cfg))
     tables.write_run_status(exp_dir, "running")
     say(f"experiment {name}: results in {exp_dir}")
     say("pre-training the reference and pure models (cached after the first run) ...")

@@ -24,6 +24,12 @@ from search.config import ConfigError, ExperimentConfig, load  # noqa: E402
 CONFIG_ENV = "TAMPER_SEARCH_CONFIG"
 
 
+def _redacted(e: Exception) -> str:
+    from search.tables import redact
+
+    return redact(str(e))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="search/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=os.environ.get(CONFIG_ENV) or None,
@@ -169,18 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             check_resume(cfg, storage, name)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_redacted(e)}", file=sys.stderr)
         return 2
     if args.check:
         import yaml
 
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
-        print(f"# ok: would write {storage.rstrip('/')}/{name}/", flush=True)
+        from search.tables import redact
+
+        print(redact(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)), end="")
+        print(f"# ok: would write {redact(storage.rstrip('/'))}/{name}/", flush=True)
         return 0
     try:
         lock = claim(storage, name, args.resume)  # noqa: F841 (held until the process ends)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_redacted(e)}", file=sys.stderr)
         return 2
 
     from analysis.report import summarize
@@ -192,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_experiment(cfg, name, storage, resume=args.resume)
     except ConfigError as e:  # found once connected to the cluster (its GPUs), before any work
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_redacted(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         tables.write_run_status(exp_dir, "interrupted")
-        print(f"interrupted: tables in {exp_dir}/ are incomplete; continue with --name {name} --resume",
+        print(f"interrupted: tables in {tables.redact(exp_dir)}/ are incomplete; continue with --name {name} --resume",
               file=sys.stderr, flush=True)
         return 130
     status, text, code = outcome(exp_dir, cfg.search.trials, name)
@@ -216,7 +224,7 @@ def outcome(exp_dir: str, expected: int, name: str) -> tuple[str, str, int]:
     trials = tables.read_table(exp_dir, tables.TRIALS).to_pylist()
     defenders = [r for r in trials if r.get("kind") == "defender"]
     failed = sum(r.get("status") != "ok" for r in defenders)
-    where = f"tables in {exp_dir}/ (trials.parquet, attacks.parquet, curves.parquet)"
+    where = f"tables in {tables.redact(exp_dir)}/ (trials.parquet, attacks.parquet, curves.parquet)"
     if len(defenders) < expected:
         return ("interrupted", f"interrupted: {len(defenders)} of {expected} trials finished, {where} are "
                                f"incomplete; continue with --name {name} --resume", 130)

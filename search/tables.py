@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from typing import Any
@@ -70,6 +71,16 @@ CURVE_COLUMNS: dict[str, pa.DataType] = {
 }
 SCHEMAS = {TRIALS: TRIAL_COLUMNS, ATTACKS: ATTACK_COLUMNS, CURVES: CURVE_COLUMNS}
 PART_KEYS = {TRIALS: "trials", ATTACKS: "attacks", CURVES: "curves"}
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:[a-z_]*(?:secret|key|token|password|credential|session)[a-z_]*)=)[^&\s]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials a storage URI may carry masked (``s3://KEY:SECRET@bucket``,
+    ``?secret_key=...``), for anything written or printed: config copies, logs, reports."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub("***@", text))
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:

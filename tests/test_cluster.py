@@ -31,7 +31,7 @@ def test_launcher_yaml_is_valid_with_a_cpu_head_and_spot_gpu_workers_from_zero(n
         cfg = node["node_config"]
         spot = cfg.get("InstanceMarketOptions", {}).get("MarketType") == "spot" or {"preemptible": True} in cfg.get("scheduling", [])
         assert spot
-    assert "HF_TOKEN=" not in yaml.safe_dump(raw).replace("export HF_TOKEN=$(", "")  # read at setup, not stored
+    assert "HF_TOKEN=" not in yaml.safe_dump(raw).replace('HF_TOKEN="$(bash', "")  # fetched at start, not stored
 
 
 def test_rayjob_and_image_pin_the_installed_ray_and_run_a_shipped_config():
@@ -62,3 +62,51 @@ def test_paper_scale_configs_validate(name, tmp_path):
     if overrides:
         with pytest.raises(config.ConfigError, match=r"setting\.forget_corpus\.0\.path: no such file"):
             config.load(ROOT / "configs" / f"{name}.yaml")
+
+
+@pytest.mark.parametrize("name", ["aws", "gcp"])
+def test_the_token_reaches_ray_processes_without_touching_a_file(name):
+    text = (ROOT / "cluster" / f"{name}.yaml").read_text()
+    raw = yaml.safe_load(text)
+    assert "bashrc" not in text and ">>" not in " ".join(raw["setup_commands"])
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in raw[key] if "ray start" in c]
+        assert start and all(f'HF_TOKEN="$(bash ~/tamper-search/cluster/hf_token.sh {name})" || exit 1' in c for c in start)
+
+
+def _fake_cli(tmp_path, name: str, succeed_on: int) -> dict:
+    """A fake `aws` / `gcloud` that fails until its ``succeed_on``-th call (0: never)."""
+    import os
+
+    count = tmp_path / "calls"
+    script = tmp_path / name
+    script.write_text(f"#!/usr/bin/env bash\nn=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}\n"
+                      f"[ {succeed_on} -ne 0 ] && [ $n -ge {succeed_on} ] && printf hf_secret && exit 0\nexit 255\n")
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "HF_TOKEN_RETRY_SECONDS": "0"}
+
+
+@pytest.mark.parametrize("provider,cli", [("aws", "aws"), ("gcp", "gcloud")])
+def test_token_fetch_retries_then_fails_loudly(tmp_path, provider, cli):
+    import subprocess
+
+    script = ROOT / "cluster" / "hf_token.sh"
+    ok = subprocess.run(["bash", str(script), provider], env=_fake_cli(tmp_path, cli, 3), capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == "hf_secret" and (tmp_path / "calls").read_text().strip() == "3"
+    (tmp_path / "calls").unlink()
+    bad = subprocess.run(["bash", str(script), provider], env=_fake_cli(tmp_path, cli, 0), capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stdout == "" and "could not read the Hugging Face token" in bad.stderr
+    assert (tmp_path / "calls").read_text().strip() == "5"
+
+
+def test_credentials_in_storage_uris_are_masked_everywhere_written():
+    from search import tables
+    from search.driver import config_text
+
+    uri = "s3://AKIAXXXX:wJalrSECRET@bucket/results?region=us-east-1&secret_key=abc&session_token=xyz"
+    masked = tables.redact(uri)
+    assert "AKIAXXXX" not in masked and "wJalrSECRET" not in masked and "abc" not in masked and "xyz" not in masked
+    assert masked == "s3://***@bucket/results?region=us-east-1&secret_key=***&session_token=***"
+    cfg = config.load(None, [f"storage={uri}", "cache_dir=gs://tok:pw@b/c"])
+    text = config_text(cfg)
+    assert "wJalrSECRET" not in text and "pw@" not in text and "bucket/results" in text
