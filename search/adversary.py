@@ -20,6 +20,7 @@ import math
 import statistics
 import threading
 import traceback
+import warnings
 from dataclasses import dataclass, field
 
 import optuna
@@ -194,7 +195,14 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
     ``attack.concurrency`` > 1 the attacks running at once share one remainder, so the budget
     may be exceeded by up to concurrency − 1 attacks."""
     a = cfg.attack
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, a.budget // 2)))
+    # Few random start-up points: the informed start already spread the first attacks, and
+    # under a FLOPs budget (run count unlimited) every random point is one TPE does not get.
+    # Multivariate TPE over groups models the joint space, LoRA's conditional dimensions too.
+    startup = 4 if a.budget_flops is not None else min(10, max(2, a.budget // 2))
+    with warnings.catch_warnings():  # multivariate/group are marked experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
+                                             warn_independent_sampling=False)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=a.prune_startup, n_warmup_steps=a.prune_warmup)
               if a.pruner == "median" else optuna.pruners.NopPruner())
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)

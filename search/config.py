@@ -291,7 +291,7 @@ class AttackConfig(Strict):
     # informed start: the strongest attacks against this experiment's earlier models (archive),
     # then the literature's prior (spaces/attack.py PRIOR), before TPE
     archive: int = Field(2, ge=0)
-    prior: int = Field(2, ge=0, le=len(ATTACK_PRIOR))
+    prior: int = Field(3, ge=0, le=len(ATTACK_PRIOR))
     loop: LoopConfig = LoopConfig(eval_every=20)
     retain_fraction: float = Field(0.5, gt=0, lt=1)  # retain share of a `mix` attack's batches
     params: dict[str, Any] = {}
