@@ -85,3 +85,15 @@ def test_run_outcome_from_the_tables(tmp_path):
     assert outcome(str(tmp_path), 4, "x")[::2] == ("interrupted", 130)
     tables.write_run_status(str(tmp_path), "interrupted")
     assert tables.run_status(str(tmp_path)) == "interrupted"
+
+
+def test_a_dead_trials_error_is_its_text_not_a_path(tmp_path):
+    from types import SimpleNamespace
+
+    from search.driver import _error_text
+
+    f = tmp_path / "error.txt"
+    f.write_text("ray.exceptions.WorkerCrashedError: the worker died unexpectedly\n")
+    assert _error_text(SimpleNamespace(error_file=str(f))) == "ray.exceptions.WorkerCrashedError: the worker died unexpectedly"
+    assert "no error text" in _error_text(SimpleNamespace(error_file=str(tmp_path / "missing.txt")))
+    assert "no error text" in _error_text(SimpleNamespace(error_file=None))
