@@ -1,9 +1,11 @@
 """Tokens/s and model FLOPs utilisation of the attack step and the distillation step of a
 ~0.5–1B Llama-style model in bf16: through the project's stage loop (``trainables.loop.train``
 with the stages' own loss functions) vs. a plain PyTorch loop doing the same work on the same
-GPU, in one process. Goal: the stage loop reaches ≥ 0.95 of the plain loop's tokens/s.
+GPU, in one process; and the stage loop with ``scaling.strategy: fsdp`` (FSDP2 on a one-rank
+group: its wrapping and gathers without any split). Goal: the stage loop reaches ≥ 0.95 of the
+plain loop's tokens/s.
 
-    python bench/gpu_throughput.py [--size 0.5b|1b] [--steps 30] [--warmup 5] [--batch 8] [--seq 1024]
+    python bench/gpu_throughput.py [--size 0.5b|1b] [--steps 30] [--warmup 5] [--batch 8] [--seq 1024] [--json FILE]
     python bench/gpu_throughput.py --smoke      # a tiny model on the CPU: checks the code path only
 
 Without a GPU (and without --smoke) it says so and measures nothing.
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -32,7 +37,7 @@ SIZES = {  # Llama-style: (hidden, layers, heads, intermediate); vocab 32k
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 
 
-def build(size: str, dtype: torch.dtype, seq: int) -> torch.nn.Module:
+def build(size: str, dtype: torch.dtype, seq: int, dev: torch.device) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     hidden, layers, heads, inter = SIZES[size]
@@ -40,7 +45,8 @@ def build(size: str, dtype: torch.dtype, seq: int) -> torch.nn.Module:
                                num_key_value_heads=heads, intermediate_size=inter,
                                vocab_size=32000 if size != "smoke" else 512, max_position_embeddings=seq)
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg).to(dtype)
+    with dev:  # initialise on the device: a 1B model's initialisation takes tens of seconds on a CPU
+        return AutoModelForCausalLM.from_config(cfg).to(dtype)
 
 
 class Clock:
@@ -102,6 +108,27 @@ def stage_loop(model, teacher, batches, kind: str, lr: float, clock: Clock) -> N
     clock.tick()
 
 
+def fsdp_stage_loop(model, teacher, batches, kind: str, lr: float, clock: Clock) -> None:
+    """``stage_loop`` with the strategy a Ray Train worker sets from ``scaling.strategy: fsdp``."""
+    loop.set_strategy("fsdp")
+    try:
+        stage_loop(model, teacher, batches, kind, lr, clock)
+    finally:
+        loop.set_strategy("ddp")
+
+
+def one_rank_group(dev: torch.device) -> None:
+    """A one-process torch.distributed group (NCCL on a GPU, gloo on the CPU), as Ray Train
+    makes for each stage; FSDP needs one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]))
+    if dev.type == "cuda":
+        torch.distributed.init_process_group("nccl", rank=0, world_size=1, device_id=dev)
+    else:
+        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=[s for s in SIZES if s != "smoke"], default="0.5b")
@@ -110,6 +137,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU (code path only)")
+    ap.add_argument("--json", type=Path, help="also write the rows here (bench/gpu_check.sh reads them)")
     args = ap.parse_args()
     if not torch.cuda.is_available() and not args.smoke:
         print("no GPU on this machine: nothing measured (run on a GPU, or --smoke for the code path)")
@@ -118,7 +146,7 @@ def main() -> int:
     seq, batch, steps = (32, 4, 6) if args.smoke else (args.seq, args.batch, args.steps)
     warmup = 2 if args.smoke else args.warmup
     dev = loop.device()
-    base = build(size, dtype, seq).to(dev)
+    base = build(size, dtype, seq, dev)
     n = sum(p.numel() for p in base.parameters())
     gen = torch.Generator().manual_seed(0)
     vocab = base.config.vocab_size
@@ -128,11 +156,13 @@ def main() -> int:
     print(f"{name}: Llama-style {n / 1e9:.2f} B parameters, {str(dtype).split('.')[-1]}, batch {batch} × {seq} tokens, "
           f"{steps} steps ({warmup} warm-up)")
     teacher = copy.deepcopy(base).eval().requires_grad_(False)
+    one_rank_group(dev)
+    rows = []
     print("| step | path | tokens/s | MFU | ratio to plain |\n|---|---|---|---|---|")
     for kind in ("attack", "distill"):
         flops_per_token = 6 * n + (2 * n if kind == "distill" else 0)
         rates = {}
-        for path, fn in (("plain PyTorch", plain), ("stage loop", stage_loop)):
+        for path, fn in (("plain PyTorch", plain), ("stage loop", stage_loop), ("stage loop, FSDP", fsdp_stage_loop)):
             model = copy.deepcopy(base).train().requires_grad_(True)
             clock = Clock(warmup, dev)
             fn(model, teacher if kind == "distill" else None, batches, kind, 1e-5, clock)
@@ -140,8 +170,14 @@ def main() -> int:
             del model
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-            mfu = f"{rates[path] * flops_per_token / peak:.1%}" if peak else "–"
-            print(f"| {kind} | {path} | {rates[path]:,.0f} | {mfu} | {rates[path] / rates['plain PyTorch']:.3f} |")
+            mfu = rates[path] * flops_per_token / peak if peak else None
+            ratio = rates[path] / rates["plain PyTorch"]
+            rows.append({"step": kind, "path": path, "tokens_s": rates[path], "mfu": mfu, "ratio": ratio,
+                         "device": name, "params": n, "dtype": str(dtype).split(".")[-1], "batch": batch, "seq": seq})
+            print(f"| {kind} | {path} | {rates[path]:,.0f} | {f'{mfu:.1%}' if mfu else '–'} | {ratio:.3f} |")
+    torch.distributed.destroy_process_group()
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
     return 0
 
 

@@ -116,11 +116,13 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
 
 def wrap_for_world(model: torch.nn.Module, trained: list[torch.nn.Parameter] | None = None):
     """Prepare ``model`` for the current world: unchanged on one rank; DDP-wrapped, or sharded
-    in place with FSDP (``set_strategy``), on more. Returns (the module to call, the trained
+    in place with FSDP (``set_strategy``), on more (FSDP also on a one-rank process group). Returns (the module to call, the trained
     parameters as they are now: FSDP replaces parameters by sharded ones, found again by name)."""
     trained = trained if trained is not None else [p for p in model.parameters() if p.requires_grad]
     _, size = world()
-    if size == 1:
+    grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+    # FSDP still shards on a one-rank group (a no-op split) so that one GPU exercises its path
+    if not grouped or (size == 1 and strategy() == "ddp"):
         return model, trained
     keep = {id(p) for p in trained}
     for p in model.parameters():  # DDP waits for a gradient of every parameter that wants one
