@@ -336,7 +336,10 @@ def answer_loss(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "me
     ``reduction='none'`` gives (B, L−1) with 0 at padding targets; 'mean' averages over the
     counted targets."""
     target = tokens[:, 1:]
-    loss = torch.nn.functional.cross_entropy(answer_logits(logits).transpose(1, 2).float(), target, reduction="none")
+    # classes on the last, contiguous axis: a (B, V, L) transpose made the softmax a strided
+    # kernel that cost the attack step 30–40 % of its tokens/s on an H200 (bench/gpu_check.sh)
+    flat = answer_logits(logits).flatten(0, 1).float()
+    loss = torch.nn.functional.cross_entropy(flat, target.flatten(), reduction="none").view_as(target)
     mask = torch.ones_like(target, dtype=torch.bool) if pad_id is None else target != pad_id
     loss = loss * mask
     return loss.sum() / mask.sum().clamp(min=1) if reduction == "mean" else loss
