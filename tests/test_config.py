@@ -39,20 +39,37 @@ def test_missing_file_and_bad_override():
         config.load(None, ["novalue"])
 
 
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """``search/run.py`` in this process (a subprocess costs seconds of imports per case):
+    (exit status, stderr). One case of each kind also runs as a real process below."""
+    from search.run import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def _one_line_error(code: int, err: str, needle: str) -> None:
+    assert code == 2 and err.startswith("error:") and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_exits_2_with_one_message_before_ray(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path), "--set", "attack.budget=-1"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    _one_line_error(out.returncode, out.stderr, "attack.budget")
+    assert "Ray" not in out.stdout + out.stderr and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args, needle", [
-    (["--set", "attack.budget=-1"], "attack.budget"),
     (["--config", "missing.yaml"], "no such file"),
     (["--set", "defender.loop.lr=-1"], "defender.loop.lr"),
 ])
-def test_cli_exits_2_with_one_message_before_ray(tmp_path, args, needle):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path), *args],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )
-    assert out.returncode == 2
-    assert out.stderr.startswith("error:") and needle in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
-    assert "Ray" not in out.stdout + out.stderr and list(tmp_path.iterdir()) == []
+def test_cli_exits_2_with_one_message(tmp_path, monkeypatch, capsys, args, needle):
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(*_cli(capsys, "--storage", str(tmp_path), *args), needle)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_refuses_to_overwrite_an_experiment(tmp_path):
@@ -79,11 +96,17 @@ def test_trial_concurrency_is_sized_to_the_clusters_gpus():
 
 
 @pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "../up", "x y"])
-def test_cli_names_are_one_folder_name(tmp_path, name):
+def test_cli_names_are_one_folder_name(tmp_path, capsys, name):
     (tmp_path / "config.yaml").write_text("unrelated: keep me")
-    out = subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "s"),
-                          "--name", name, "--resume"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and out.stderr.startswith("error: --name") and len(out.stderr.splitlines()) == 1
+    argv = ["--storage", str(tmp_path / "s"), "--name", name, "--resume"]
+    if name == "..":  # once as a real process: the exit status and stderr a shell sees
+        out = subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), *argv],
+                             capture_output=True, text=True, timeout=120)
+        code, err = out.returncode, out.stderr
+    else:
+        code, err = _cli(capsys, *argv)
+    _one_line_error(code, err, "--name")
+    assert err.startswith("error: --name")
     assert (tmp_path / "config.yaml").read_text() == "unrelated: keep me" and not (tmp_path / "s").exists()
 
 
@@ -106,7 +129,7 @@ def test_an_experiment_is_claimed_once_and_a_dead_runs_lock_is_released(tmp_path
         claim(str(tmp_path / "file"), "exp", resume=False)
 
 
-def test_resume_refuses_a_config_that_changes_results(tmp_path):
+def test_resume_refuses_a_config_that_changes_results(tmp_path, capsys):
     import yaml
 
     from search import tables
@@ -116,16 +139,15 @@ def test_resume_refuses_a_config_that_changes_results(tmp_path):
     cfg = config.load(None, ["attack.budget=4", "search.trials=3"])
     (exp / tables.CONFIG).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     (exp / "trials.parquet").write_text("keep me")
-    base = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path), "--name", "exp", "--resume"]
-    out = subprocess.run([*base, "--set", "attack.budget=8", "--set", "search.trials=5"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1
-    assert "attack.budget (4 → 8)" in out.stderr and "search.trials (3 → 5)" in out.stderr
+    base = ["--storage", str(tmp_path), "--name", "exp", "--resume"]
+    code, err = _cli(capsys, *base, "--set", "attack.budget=8", "--set", "search.trials=5")
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "attack.budget (4 → 8)" in err and "search.trials (3 → 5)" in err
     assert (exp / "trials.parquet").read_text() == "keep me"
     assert yaml.safe_load((exp / tables.CONFIG).read_text())["attack"]["budget"] == 4  # not rewritten
-    ok = subprocess.run([*base, "--set", "attack.budget=4", "--set", "search.trials=3",
-                         "--set", "search.max_concurrent=1", "--check"], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr  # where and how many at once: accepted
+    code, err = _cli(capsys, *base, "--set", "attack.budget=4", "--set", "search.trials=3",
+                     "--set", "search.max_concurrent=1", "--check")
+    assert code == 0, err  # where and how many at once: accepted
 
 
 BAD_INPUTS = [
@@ -178,10 +200,11 @@ def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
     assert (ref.steps, ref.lr) == (3000, 3e-3)
 
 
-def test_bad_storage_on_the_command_line_exits_2_before_anything_is_written(tmp_path):
+def test_bad_storage_on_the_command_line_exits_2_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("x")
     for value in (str(tmp_path / "afile"), "ftp://host/results"):
-        out = subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--storage", value],
-                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        assert out.returncode == 2 and out.stderr.startswith("error: --storage") and len(out.stderr.splitlines()) == 1
+        code, err = _cli(capsys, "--storage", value)
+        _one_line_error(code, err, "--storage")
+        assert err.startswith("error: --storage")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -116,10 +116,14 @@ def test_tar_search_over_the_inner_loop_adversary(tmp_path):
     assert report.returncode == 0 and "Robustness vs. compute (UNDO / TAR" in report.stdout
 
 
-def test_killed_driver_resumes_every_trial_once_and_a_nan_trial_is_a_failed_row(tmp_path):
-    """SIGKILL the driver (and the Ray instance it started) after the first trials landed;
-    ``--resume`` finishes the search: each trial exactly once, the planted NaN trial (a learning
-    rate that blows the weights up) a failed row with its error, the others ok."""
+def test_ctrl_c_then_a_killed_driver_then_resume_lands_every_trial_once(tmp_path):
+    """One search, stopped twice. SIGINT (Ctrl-C) after the first trial landed: Ray Tune stops
+    gracefully, the driver writes what finished, marks the run interrupted and exits 130.
+    ``--resume``, then SIGKILL of that driver (and the Ray instance it started) after another
+    trial landed. ``--resume`` again finishes the search: each trial exactly once, the planted
+    NaN trial (a learning rate that blows the weights up) a failed row with its error, the
+    others ok, the run marked complete."""
+    import json
     import os
     import signal
     import time
@@ -130,25 +134,40 @@ def test_killed_driver_resumes_every_trial_once_and_a_nan_trial_is_a_failed_row(
     sets = [a for o in TINY for a in ("--set", o)]
     cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"),
            "--name", "e2e", *sets, "--set", f"cache_dir={tmp_path / 'cache'}", *grid]
-    parts = tmp_path / "results" / "e2e" / "parts"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            done = [p for p in parts.glob("*.json") if p.stem not in ("pure", "reference")] if parts.exists() else []
-            if len(done) >= 2:
-                break
+    exp = tmp_path / "results" / "e2e"
+
+    def landed() -> set[str]:
+        return {p.stem for p in (exp / "parts").glob("*.json")} - {"pure", "reference"} if (exp / "parts").exists() else set()
+
+    def wait_for(n: int, proc: subprocess.Popen) -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and len(landed()) < n:
             time.sleep(0.2)
+
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(1, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert "interrupted" in (stdout + stderr) and "--resume" in (stdout + stderr)
+    assert json.loads((exp / "run.json").read_text())["run_status"] == "interrupted"
+    first = landed()
+    assert 1 <= len(first) < 4, first
+
+    proc = subprocess.Popen([*cmd, "--resume"], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(len(first) + 1, proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
         proc.wait()
-    killed_with = {p.stem for p in parts.glob("*.json")}
-    assert 2 <= len(killed_with - {"pure", "reference"}) < 4, killed_with  # killed mid-search
+    assert len(first) < len(landed()) < 4, landed()  # killed mid-search, after progress
 
     again = _run(tmp_path, *grid, "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    trials = pd.read_parquet(tmp_path / "results" / "e2e" / tables.TRIALS)
+    assert again.stdout.strip().splitlines()[-1].endswith("1 of 4 defender trials failed")
+    assert json.loads((exp / "run.json").read_text())["run_status"] == "complete"
+    trials = pd.read_parquet(exp / tables.TRIALS)
     assert trials["trial_id"].is_unique
     defenders = trials[trials["kind"] == "defender"]
     assert sorted(defenders["param.lr"]) == [1e-3, 2e-3, 3e-3, 1e30]  # every grid point once
@@ -156,36 +175,3 @@ def test_killed_driver_resumes_every_trial_once_and_a_nan_trial_is_a_failed_row(
     assert list(failed["param.lr"]) == [1e30] and "NonFiniteLoss" in failed["error"].iloc[0]
     assert (defenders.loc[defenders["param.lr"] < 1, "status"] == "ok").all()
     assert set(trials.loc[trials["kind"] == "baseline", "method"]) == {"pure", "reference"}
-
-
-def test_ctrl_c_exits_nonzero_and_marks_the_tables_incomplete(tmp_path):
-    """SIGINT (Ctrl-C) to the driver mid-search: Ray Tune stops gracefully, the driver writes
-    what finished, marks the run interrupted and exits 130; --resume completes it (exit 0)."""
-    import json
-    import os
-    import signal
-    import time
-
-    grid = ["--set", "search.sampler=grid", "--set", "search.trials=3", "--set", "search.max_concurrent=1",
-            "--set", "defender.params={steps: 5, lam: 1.0}", "--set", "defender.space.lr={values: [1.0e-3, 2.0e-3, 3.0e-3]}"]
-    sets = [a for o in TINY for a in ("--set", o)]
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"),
-           "--name", "e2e", *sets, "--set", f"cache_dir={tmp_path / 'cache'}", *grid]
-    parts = tmp_path / "results" / "e2e" / "parts"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if parts.exists() and [p for p in parts.glob("*.json") if p.stem not in ("pure", "reference")]:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
-    assert "interrupted" in (stdout + stderr) and "--resume" in (stdout + stderr)
-    run = json.loads((tmp_path / "results" / "e2e" / "run.json").read_text())
-    assert run["run_status"] == "interrupted"
-    again = _run(tmp_path, *grid, "--resume")
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert again.stdout.strip().splitlines()[-1].endswith("0 of 3 defender trials failed")
-    assert json.loads((tmp_path / "results" / "e2e" / "run.json").read_text())["run_status"] == "complete"
-    assert os.path.exists(tmp_path / "results" / "e2e" / tables.TRIALS)
