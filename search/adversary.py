@@ -86,6 +86,7 @@ def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> dict:
         "loop": loop,
         "data": p.get("data", "forget"),
         "retain_fraction": cfg.attack.retain_fraction,
+        "loss_on": cfg.attack.loss_on,
         "n_examples": p.get("n_examples"),
         "lora": lora,
         "seed": seed,
@@ -108,6 +109,7 @@ def attack_columns(spec: dict, n_examples: int | None, source: str) -> dict:
         "attack.lora_dropout": lora.get("dropout"),
         "attack.lora_targets": lora.get("targets"),
         "attack.data": spec["data"],
+        "attack.loss_on": spec["loss_on"],
         "attack.n_examples": spec["n_examples"] or n_examples,
     }
 

@@ -294,6 +294,10 @@ class AttackConfig(Strict):
     prior: int = Field(3, ge=0, le=len(ATTACK_PRIOR))
     loop: LoopConfig = LoopConfig(eval_every=20)
     retain_fraction: float = Field(0.5, gt=0, lt=1)  # retain share of a `mix` attack's batches
+    # wmdp: where the attacker's loss is on its question rows (T): the answer letter only (Deeb &
+    # Roger's protocol) or every token of header, question, choices and answer. Arithmetic's
+    # attack loss is on the answer digits either way.
+    loss_on: Literal["answer", "all"] = "answer"
     params: dict[str, Any] = {}
     space: dict[str, Any] = {}
     batteries: list[Literal[tuple(BATTERIES)]] = []  # type: ignore[valid-type]

@@ -112,6 +112,42 @@ def test_deeb_roger_split_attacker_trains_on_T_and_is_scored_on_V(wmdp_paths):
     assert torch.equal(corpus.forget_T, corpus.forget_all)
 
 
+def test_attack_loss_is_on_the_answer_letter_only(wmdp_paths, tmp_path, monkeypatch):
+    """``attack.loss_on: answer`` (Deeb & Roger): each T row's target is its answer letter; the
+    loss's gradient reaches the logits at the position predicting it and nowhere else; corpus
+    (retain) rows keep every real token; ``all`` keeps the loss on the whole row."""
+    from trainables import attack
+
+    d = _data(wmdp_paths, seq_len=64)
+    tok = wmdp.load_tokenizer(wmdp.Config(**F.setting(wmdp_paths)))
+    assert d.forget_T_answer.sum(1).tolist() == [1] * len(d.forget_T)
+    letters = {tok.decode(row[mask]).strip() for row, mask in zip(d.forget_T, d.forget_T_answer)}
+    assert letters <= set("ABCD") and letters
+    rows, targets = d.forget_T[:3], d.forget_T_answer[:3]
+    logits = torch.randn(3, rows.shape[1], d.vocab_size, requires_grad=True)
+    setting = wmdp.bind(wmdp.Config(**F.setting(wmdp_paths)), d)
+    loss = attack.target_loss(setting, logits, rows, targets.long())
+    by_hand = torch.stack([-logits[i, j - 1].log_softmax(-1)[rows[i, j]] for i, j in targets.nonzero().tolist()]).mean()
+    torch.testing.assert_close(loss, by_hand)
+    loss.backward()
+    touched = logits.grad.abs().sum(-1) != 0
+    assert torch.equal(touched[:, :-1], targets[:, 1:])  # only the positions predicting the answer
+
+    cfg = _cfg(wmdp_paths, tmp_path)
+    seen = []
+    real = attack.target_loss
+    monkeypatch.setattr(attack, "target_loss", lambda *a: seen.append(a[3]) or real(*a))
+    ref = pretrain(Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local")), "reference")
+    point = {"kind": "full", "data": "mix", "lr": 1e-3, "steps": 2}
+    run_stage(Runner(tmp_path / "cache", "local"), "attack", attack_spec(cfg, point, 0), {"model": ref})
+    batch_targets = torch.cat(seen)
+    assert (batch_targets.sum(1) == 1).any() and (batch_targets.sum(1) > 1).any()  # T rows and retain rows
+    seen.clear()
+    everything = cfg.model_copy(update={"attack": cfg.attack.model_copy(update={"loss_on": "all"})})
+    run_stage(Runner(tmp_path / "cache", "local"), "attack", attack_spec(everything, point, 0), {"model": ref})
+    assert not seen
+
+
 def test_retain_questions_drop_excluded_subjects_and_subsample(wmdp_paths):
     full = _data(wmdp_paths)
     less = _data(wmdp_paths, exclude_subjects=["virology"])

@@ -44,7 +44,8 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
 
     spec: setting, loop (LoopConfig: optimizer, schedule, lr, steps, batch_size, eval_every),
     data (forget | retain_forget | mix | benign, default forget), retain_fraction (retain share
-    of a ``mix`` batch), n_examples (forget examples the attacker has; None: all of T), lora
+    of a ``mix`` batch), loss_on (answer | all, default answer: where T is question rows — the
+    ``wmdp`` setting — the loss on each row's answer letter only, or on every token), n_examples (forget examples the attacker has; None: all of T), lora
     (None for full fine-tuning, else {r, alpha, dropout, targets}), prune (None, or the
     adversary search's pruning rule: {"warmup": steps, "below": {step: score}} — stop at an
     evaluation step ≥ warmup where the best V_sel accuracy so far is below ``below[step]``),
@@ -66,15 +67,24 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
         cfg = cfg.model_copy(update={"steps": max(0, min(cfg.steps, int(spec["max_flops"] // per_step)))})
     rank, _ = loop.world()
     gen = data.sampler(spec["seed"], rank)
-    forget = examples(d.forget_T, spec.get("n_examples"), spec["seed"])  # never V: V scores
     frac_retain = spec.get("retain_fraction", 0.0)
+    answer = getattr(d, "forget_T_answer", None)
+    masked = spec.get("loss_on", "answer") == "answer" and answer is not None
+    if masked:  # rows carry their target mask: (N, 2, L) = tokens, targets; drawn together
+        forget_rows = torch.stack([d.forget_T, answer.long()], 1)
+        retain_rows = torch.stack([d.retain_train, (d.retain_train != d.pad_id).long()], 1)
+    else:
+        forget_rows, retain_rows = d.forget_T, d.retain_train
+    forget = examples(forget_rows, spec.get("n_examples"), spec["seed"])  # never V: V scores
 
     def loss_fn(net: torch.nn.Module, step: int) -> torch.Tensor:
         source = batch_source(kind, step, cfg.steps)
         if source == "mix":
-            batch = data.mix(forget, d.retain_train, cfg.batch_size, frac_retain, gen)
+            batch = data.mix(forget, retain_rows, cfg.batch_size, frac_retain, gen)
         else:
-            batch = data.draw(forget if source == "forget" else d.retain_train, cfg.batch_size, gen)
+            batch = data.draw(forget if source == "forget" else retain_rows, cfg.batch_size, gen)
+        if masked:
+            return target_loss(setting, net(input_ids=batch[:, 0]).logits, batch[:, 0], batch[:, 1])
         return setting.answer_loss(net(input_ids=batch).logits, batch)
 
     torch.manual_seed(spec["seed"])
@@ -89,6 +99,14 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     result["pruned_at"] = steps if steps < cfg.steps and spec.get("stop_at") is None else None
     result["truncated_at"] = cfg.steps if cfg.steps < planned else None
     return result
+
+
+def target_loss(setting, logits: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged over the tokens marked in ``targets`` (B, L): a
+    question row's answer letter (``attack.loss_on: answer``), every real token of a corpus row."""
+    per = setting.answer_loss(logits, tokens, "none")  # (B, L − 1): predicting tokens[:, 1:]
+    w = targets[:, 1:].to(per.dtype)
+    return (per * w).sum() / w.sum().clamp(min=1)
 
 
 def checkpoint(curve) -> dict[str, float]:

@@ -144,6 +144,9 @@ class WmdpData:
     vocab_size: int
     report_fraction: float = 0.5  # V_rep's share of V (trainables/heldout.py)
     report_seed: int = 0
+    # T's answer tokens (bool, like forget_T) when T is question rows: the targets of an attack
+    # with ``attack.loss_on: answer``; None when T is corpus chunks (every token a target)
+    forget_T_answer: torch.Tensor | None = None
 
     @property
     def seq_len(self) -> int:
@@ -308,9 +311,11 @@ def _build(cfg_json: str) -> WmdpData:
     if cfg.retain_eval_size and cfg.retain_eval_size < len(retain_q):
         retain_q = [retain_q[i] for i in sorted(rng.sample(range(len(retain_q)), cfg.retain_eval_size))]
     forget = _corpus(tok, cfg.forget_corpus, cfg, rng, "forget_corpus")
+    answer = None
     if cfg.attack_data == "questions":
         texts = [prompt(r["question"], r["choices"], r["subject"]) + f" {LETTERS[r['answer']]}" for r in T]
         attack = rows_of(tok, texts, cfg.seq_len, pad)
+        answer = last_tokens(attack, pad)
     else:
         attack = forget
     return WmdpData(
@@ -318,7 +323,18 @@ def _build(cfg_json: str) -> WmdpData:
         forget_all=forget, forget_T=attack,
         forget_V=tokenize_questions(tok, V), retain_eval=tokenize_questions(tok, retain_q),
         pad_id=pad, vocab_size=len(tok), report_fraction=cfg.report_fraction, report_seed=cfg.split_seed,
+        forget_T_answer=answer,
     )
+
+
+def last_tokens(rows: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Bool mask of each right-padded row's last non-padding token (a question row's answer
+    letter: ``rows_of`` keeps a long row's last tokens)."""
+    real = rows != pad_id
+    last = rows.shape[1] - 1 - real.flip(1).int().argmax(1)
+    mask = torch.zeros_like(real)
+    mask[torch.arange(len(rows)), last] = real.any(1)
+    return mask
 
 
 # ---------------------------------------------------------------- losses and scores
