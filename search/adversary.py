@@ -66,7 +66,7 @@ def seed_of(*parts: object) -> int:
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16) % (2**31)
 
 
-LOOP_KEYS = ("optimizer", "schedule", "lr", "steps", "batch_size", "warmup_steps", "eval_every")
+LOOP_KEYS = ("optimizer", "schedule", "lr", "steps", "batch_size", "warmup_steps", "eval_every", "eval_at")
 
 
 def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> dict:
@@ -85,7 +85,7 @@ def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> dict:
         "load": cfg.model.load_options(),
         "loop": loop,
         "data": p.get("data", "forget"),
-        "retain_fraction": cfg.attack.retain_fraction,
+        "retain_fraction": p.get("retain_fraction", cfg.attack.retain_fraction),  # a battery may fix it
         "loss_on": cfg.attack.loss_on,
         "n_examples": p.get("n_examples"),
         "lora": lora,
@@ -168,7 +168,7 @@ def adversary_search(
         return ref.result
 
     for name in a.batteries:
-        for i, params in enumerate(BATTERIES[name](a.battery_steps)):
+        for i, params in enumerate(BATTERIES[name](a.battery_steps, cfg.setting.name)):
             try:
                 run_attack(f"{trial_id}-{name}{i}", params, seed_of(seed, name, i), name)
             except Exception:

@@ -301,7 +301,8 @@ class AttackConfig(Strict):
     params: dict[str, Any] = {}
     space: dict[str, Any] = {}
     batteries: list[Literal[tuple(BATTERIES)]] = []  # type: ignore[valid-type]
-    battery_steps: int = Field(100, ge=1, le=MAX_COUNT)  # the batteries' fixed step budget
+    # the batteries' step budget; None: each battery's paper budget (undo_relearn 500)
+    battery_steps: int | None = Field(None, ge=1, le=MAX_COUNT)
     # median: stop a searched attack at an evaluation (after prune_warmup steps, once
     # prune_startup attacks completed) where its best V_sel accuracy so far is below the median
     # of the completed attacks' at that step (Optuna's MedianPruner rule); asha: successive

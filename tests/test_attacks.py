@@ -103,12 +103,27 @@ def test_batch_sources_and_examples():
 
 
 def test_batteries_are_the_papers_grids():
-    relearn = BATTERIES["undo_relearn"](100)
-    assert [p["lr"] for p in relearn] == list(UNDO_LRS) and len(relearn) == 10
-    assert {(p["optimizer"], p["steps"], p["warmup_steps"], p["data"]) for p in relearn} == {("adamw", 100, 1, "forget")}
-    red = BATTERIES["tar_red_team"](50)
-    assert len(red) == 48 and {p["kind"] for p in red} == {"full", "lora"}
+    # UNDO's relearning (the authors' run_relearn_*.py): 500 steps, 1 warm-up step, AdamW,
+    # a 50/50 forget/retain mix; per setting its rates, batch and evaluation steps
+    arith = BATTERIES["undo_relearn"](None, "arithmetic")
+    assert [p["lr"] for p in arith] == [1e-3, 7e-4, 4e-4, 1e-4, 7e-5, 5e-5, 1e-5, 7e-6, 4e-6, 1e-6] == list(UNDO_LRS)
+    assert {(p["optimizer"], p["steps"], p["warmup_steps"], p["data"], p["retain_fraction"], p["batch_size"],
+             p["eval_every"]) for p in arith} == {("adamw", 500, 1, "mix", 0.5, 15, 5)}
+    wmdp = BATTERIES["undo_relearn"](None, "wmdp")
+    assert [p["lr"] for p in wmdp] == [2.15e-5, 1e-5, 4.62e-6]
+    assert {(p["steps"], p["batch_size"], tuple(p["eval_at"]), p["data"]) for p in wmdp} == {
+        (500, 20, (10, 25, 50, 150, 500), "mix")}
+    short = BATTERIES["undo_relearn"](100, "wmdp")
+    assert {(p["steps"], tuple(p["eval_at"])) for p in short} == {(100, (10, 25, 50))}  # the end is always evaluated
+    red = BATTERIES["tar_red_team"](50, "arithmetic")
+    assert len(red) == 48 and {p["kind"] for p in red} == {"full", "lora"} and {p["steps"] for p in red} == {50}
     assert {p["data"] for p in red} == {"forget", "retain_forget"} and {p["optimizer"] for p in red} == {"adamw", "sgd_nesterov"}
+
+
+def test_a_battery_point_reaches_the_attack_stage(tiny_cfg):
+    spec = attack_spec(tiny_cfg, BATTERIES["undo_relearn"](None, "wmdp")[0], 0)
+    assert spec["loop"]["eval_at"] == [10, 25, 50, 150, 500] and spec["loop"]["batch_size"] == 20
+    assert spec["data"] == "mix" and spec["retain_fraction"] == 0.5 and spec["loop"]["warmup_steps"] == 1
 
 
 def test_search_and_battery_maximum_and_the_studys_best(tiny_cfg, tmp_path):
@@ -142,11 +157,12 @@ def test_bad_attack_config_names_the_field(override, field):
 
 
 def test_pruning_rule_stops_at_the_first_step_below_the_median():
-    rule = attack.pruning_rule({"warmup": 10, "below": {"0": 0.9, "10": 0.5, "20": 0.6}}, eval_every=10)
-    assert rule({"forget_acc_sel": 0.1}) is False  # step 0: inside the warmup
-    assert rule({"forget_acc_sel": 0.55}) is False  # step 10: best 0.55 ≥ 0.5
-    assert rule({"forget_acc_sel": 0.3}) is True  # step 20: best so far 0.55 < 0.6
-    assert attack.pruning_rule(None, 10) is None
+    rule = attack.pruning_rule({"warmup": 10, "below": {"0": 0.9, "10": 0.5, "20": 0.6}})
+    assert rule({"forget_acc_sel": 0.1}, 0) is False  # step 0: inside the warmup
+    assert rule({"forget_acc_sel": 0.55}, 10) is False  # step 10: best 0.55 ≥ 0.5
+    assert rule({"forget_acc_sel": 0.3}, 20) is True  # step 20: best so far 0.55 < 0.6
+    assert attack.pruning_rule(None) is None
+    assert attack.pruning_rule(None, stop_at=25)({"forget_acc_sel": 0.0}, 25) is True
 
 
 def test_prune_rule_is_the_median_of_completed_attacks(tiny_cfg):

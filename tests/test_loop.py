@@ -39,8 +39,18 @@ def test_stop_fn_ends_training_at_an_evaluation():
 
     calls = iter([False, False, True])  # step 0, step 3, step 6 → stop
     cfg = loop.LoopConfig(steps=20, eval_every=3, lr=0.01)
-    curve, _ = loop.train(model, loss_fn, cfg, eval_fn=lambda m: {"x": 1.0}, stop_fn=lambda m: next(calls))
+    curve, _ = loop.train(model, loss_fn, cfg, eval_fn=lambda m: {"x": 1.0}, stop_fn=lambda m, step: next(calls))
     assert seen == list(range(6)) and max(s for s, _, _ in curve) == 6
     assert loop.last_eval(curve) == {"x": 1.0}
-    curve, _ = loop.train(model, loss_fn, cfg, eval_fn=lambda m: {"x": 1.0}, stop_fn=lambda m: True)
+    curve, _ = loop.train(model, loss_fn, cfg, eval_fn=lambda m: {"x": 1.0}, stop_fn=lambda m, step: True)
     assert curve == [(0, "x", 1.0)] and len(seen) == 6  # met before any step: no step taken
+
+
+def test_eval_at_evaluates_at_the_listed_steps_and_passes_the_step():
+    model = torch.nn.Linear(2, 1)
+    asked = []
+    cfg = loop.LoopConfig(steps=50, eval_every=7, eval_at=[10, 25], lr=0.01)
+    curve, _ = loop.train(model, lambda net, step: net(torch.ones(1, 2)).pow(2).sum(), cfg,
+                          eval_fn=lambda m: {"x": 1.0}, stop_fn=lambda m, step: asked.append(step) or False)
+    assert asked == [0, 10, 25, 50] and sorted({s for s, k, _ in curve if k == "x"}) == [0, 10, 25, 50]
+    assert {10, 25, 50} <= {s for s, k, _ in curve if k == "loss"}

@@ -208,3 +208,14 @@ def test_undo_dimensions_join_the_outer_search():
         assert set(undo_point) == {"alpha", "steps", "lr"} and 0.1 <= undo_point["alpha"] <= 1
         assert "lam" not in params if method == "graddiff" else "lam" in params  # fixed ⇒ not searched
         study.tell(trial, [0.0, 0.0])
+
+
+def test_the_gemma_config_is_centred_on_undos_wmdp_corruption():
+    from tests.conftest import ROOT
+
+    cfg = config.load(ROOT / "configs" / "wmdp_gemma2_2b_undo.yaml")
+    space = cfg.defender.undo.search_space()
+    alphas = list(space["undo.alpha"].values)
+    assert sorted(alphas)[len(alphas) // 2] == 0.25 and list(space["undo.beta"].values) == [0.0]
+    assert cfg.defender.undo.loop.lr == 2e-5 and list(space["undo.lr"].values) == [2e-5]
+    assert cfg.attack.batteries == ["undo_relearn"] and cfg.attack.battery_steps is None  # the paper's 500

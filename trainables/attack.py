@@ -88,7 +88,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
         return setting.answer_loss(net(input_ids=batch).logits, batch)
 
     torch.manual_seed(spec["seed"])
-    stop_fn = pruning_rule(spec.get("prune"), cfg.eval_every, spec.get("stop_at"))
+    stop_fn = pruning_rule(spec.get("prune"), spec.get("stop_at"))
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), stop_fn=stop_fn)
     steps = max(s for s, _, _ in curve)
     metrics = {**checkpoint(curve), "retain_acc_final": [v for _, k, v in curve if k == "retain_acc"][-1]}
@@ -126,19 +126,16 @@ def checkpoint(curve) -> dict[str, float]:
     }
 
 
-def pruning_rule(prune: dict | None, eval_every: int, stop_at: int | None = None):
+def pruning_rule(prune: dict | None, stop_at: int | None = None):
     """The loop's ``stop_fn`` for a pruning rule and/or a last step (None: never stop). The
-    loop asks it at step 0 and every ``eval_every`` steps, so the k-th call is at step
-    k·eval_every. The rule reads V_sel only."""
-    if (not prune and stop_at is None) or not eval_every:
+    loop asks it at every evaluation with the step. The rule reads V_sel only."""
+    if not prune and stop_at is None:
         return None
     below = {int(k): v for k, v in (prune or {}).get("below", {}).items()}
     warmup = (prune or {}).get("warmup", 0)
-    state = {"calls": 0, "best": float("-inf")}
+    state = {"best": float("-inf")}
 
-    def stop(metrics: dict[str, float]) -> bool:
-        step = state["calls"] * eval_every
-        state["calls"] += 1
+    def stop(metrics: dict[str, float], step: int) -> bool:
         state["best"] = max(state["best"], metrics["forget_acc_sel"])
         if stop_at is not None and step >= stop_at:
             return True

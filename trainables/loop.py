@@ -49,6 +49,19 @@ class LoopConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     eval_every: int = Field(0, ge=0)  # 0: evaluate only at the end
+    # evaluate at these steps (and at 0 and the end) instead of every eval_every (UNDO's
+    # WMDP relearning evaluates at 10, 25, 50, 150, 500)
+    eval_at: list[int] = []
+
+    def evaluates(self) -> bool:
+        """Whether training evaluates before the end (at step 0 and along the way)."""
+        return bool(self.eval_every or self.eval_at)
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether ``step`` (1-based count of steps done, < steps) is an evaluation step."""
+        if self.eval_at:
+            return step in self.eval_at
+        return bool(self.eval_every) and step % self.eval_every == 0
 
 
 def lr_factor(schedule: str, step: int, steps: int, warmup: int) -> float:
@@ -152,13 +165,13 @@ def train(
     cfg: LoopConfig,
     eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     params: list[torch.nn.Parameter] | None = None,
-    stop_fn: Callable[[dict[str, float]], bool] | None = None,
+    stop_fn: Callable[[dict[str, float], int], bool] | None = None,
 ) -> tuple[Curve, float]:
     """Train ``model`` for at most ``cfg.steps`` steps. Returns (curve, wall seconds).
 
     ``params`` restricts what is optimised (default: every parameter that requires grad).
     The curve holds ``loss`` every step interval and ``eval_fn``'s metrics at step 0, every
-    ``eval_every`` steps, and at the end. ``stop_fn(metrics)`` is asked after every evaluation
+    ``eval_every`` steps (or at ``eval_at``), and at the end. ``stop_fn(metrics, step)`` is asked after every evaluation
     and ends training early when it returns True (every rank evaluates the same replicated
     model on the same data, so every rank stops at the same step); the last curve step is the
     number of steps taken.
@@ -179,9 +192,9 @@ def train(
             return False
         metrics = eval_fn(model)
         curve.extend((step, k, float(v)) for k, v in metrics.items())
-        return stop_fn is not None and stop_fn(metrics)
+        return stop_fn is not None and stop_fn(metrics, step)
 
-    stopped = bool(cfg.eval_every) and evaluate(0)
+    stopped = cfg.evaluates() and evaluate(0)
     net.train()
     log_every = max(1, cfg.eval_every or cfg.steps // 10)
     done = 0
@@ -200,12 +213,12 @@ def train(
         opt.step()
         sched.step()
         done = step + 1
-        if done % log_every == 0 or done == cfg.steps:
+        if done % log_every == 0 or done == cfg.steps or done in cfg.eval_at:
             if bool(bad):
                 raise NonFiniteLoss(f"loss is {first_bad.item()} at or before step {step}")
             curve.append((done, "loss", float(loss.detach())))
-        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
-            if evaluate(done):  # the loss at ``done`` is logged: log_every == eval_every
+        if cfg.evaluates_at(done) and done != cfg.steps:
+            if evaluate(done):  # the loss at ``done`` is logged: an evaluation step is a logging step
                 stopped = True
                 break
     if not stopped:

@@ -123,7 +123,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
             teacher_logits = setting.answer_logits(teacher(input_ids=batch).logits)
         return distill_loss(setting.answer_logits(model(input_ids=batch).logits), teacher_logits, temperature=t)
 
-    def close_enough(metrics: dict[str, float]) -> bool:
+    def close_enough(metrics: dict[str, float], step: int) -> bool:
         return metrics["retain_acc"] >= target - spec["epsilon"]
 
     torch.manual_seed(spec["seed"])
