@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES, DEFENDER_SPACES, LORA_SPACE, UNDO_SPACE
+from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES, DEFENDER_SPACES, LORA_SPACE, SUPERSEDED, UNDO_SPACE
 from spaces.dims import Choice, Dim, Int, grid_size, with_bounds
 from trainables import arithmetic, undo, wmdp
 from trainables.loop import LoopConfig
@@ -260,10 +260,13 @@ class DefenderConfig(Strict):
 
     def search_space(self) -> dict[str, dict[str, Dim]]:
         """Each selected method's searched dimensions (fixed ones left out), bounds applied."""
-        return {
-            m: _searched(DEFENDER_SPACES[m], self._for(self.space, m), self._for(self.params, m))
-            for m in self.methods
-        }
+        out = {}
+        for m in self.methods:
+            fixed = self._for(self.params, m)
+            gone = {d for k, dims in SUPERSEDED.get(m, {}).items() if fixed.get(k) is not None for d in dims}
+            dims = _searched(DEFENDER_SPACES[m], self._for(self.space, m), fixed)
+            out[m] = {k: v for k, v in dims.items() if k not in gone}
+        return out
 
     def shared_space(self) -> dict[str, Dim]:
         """Dimensions searched whatever the method: UNDO's, as ``undo.<name>``."""

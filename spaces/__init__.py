@@ -12,6 +12,8 @@ DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
     "rmu": rmu.SPACE,
     "tar": tar.SPACE,
 }
+# per method: a fixed parameter → the dimensions it makes meaningless (not searched when it is set)
+SUPERSEDED: dict[str, dict[str, tuple[str, ...]]] = {"tar": tar.SUPERSEDED}
 ATTACK_SPACE: dict[str, Dim] = attack.SPACE
 LORA_SPACE: dict[str, Dim] = attack.LORA_SPACE
 ATTACK_PRIOR: list[dict] = attack.PRIOR

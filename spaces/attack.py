@@ -10,7 +10,7 @@ from spaces.dims import At, Choice, Float, Int
 
 SPACE = {
     "kind": Choice(("full", "lora")),
-    "optimizer": Choice(("adamw", "adam", "sgd_momentum", "sgd_nesterov", "adagrad")),
+    "optimizer": Choice(("adamw", "adam", "sgd_momentum", "sgd_nesterov", "adagrad", "adamw_schedule_free")),
     "schedule": Choice(("constant", "warmup_constant", "cosine", "warmup_cosine")),
     "lr": Float(1e-4, 1e-2, log=True),
     "steps": Int(20, 200, log=True),

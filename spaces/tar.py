@@ -21,3 +21,6 @@ SPACE = {
     "lam": Float(0.0, 0.5),
     "tasks_per_step": Int(1, 4),
 }
+
+# A fixed list of adversary learning rates (the published set) replaces the searched range.
+SUPERSEDED = {"adversary_lrs": ("adversary_lr", "adversary_lr_spread")}

@@ -117,6 +117,10 @@ def test_batteries_are_the_papers_grids():
     assert {(p["steps"], tuple(p["eval_at"])) for p in short} == {(100, (10, 25, 50))}  # the end is always evaluated
     red = BATTERIES["tar_red_team"](50, "arithmetic")
     assert len(red) == 48 and {p["kind"] for p in red} == {"full", "lora"} and {p["steps"] for p in red} == {50}
+    # TAR's adversary rates on real models; × 50 on arithmetic (its models pre-train at 3e-3)
+    real = BATTERIES["tar_red_team"](None, "wmdp")
+    assert sorted({p["lr"] for p in real}) == [2e-6, 2e-5, 4e-5] and {p["steps"] for p in real} == {1000}
+    assert sorted({p["lr"] for p in BATTERIES["tar_red_team"](None, "arithmetic")}) == [1e-4, 1e-3, 2e-3]
     assert {p["data"] for p in red} == {"forget", "retain_forget"} and {p["optimizer"] for p in red} == {"adamw", "sgd_nesterov"}
 
 

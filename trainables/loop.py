@@ -22,8 +22,17 @@ from trainables.strict import Strict
 
 Curve = list[tuple[int, str, float]]  # (step, metric, value)
 
+def _schedule_free_adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Schedule-Free AdamW (Defazio et al. 2024), TAR's outer optimiser and one of its red
+    team's. Its warm-up is the loop's (``warmup_*`` schedules); it takes no decay."""
+    import schedulefree
+
+    return schedulefree.AdamWScheduleFree(params, lr=lr, weight_decay=weight_decay, warmup_steps=0)
+
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
+    "adamw_schedule_free": _schedule_free_adamw,
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
     "sgd_momentum": partial(torch.optim.SGD, momentum=0.9),
@@ -62,6 +71,14 @@ class LoopConfig(Strict):
         if self.eval_at:
             return step in self.eval_at
         return bool(self.eval_every) and step % self.eval_every == 0
+
+
+def _optimizer_mode(opt: torch.optim.Optimizer, train: bool) -> None:
+    """Schedule-Free optimisers train at one point of their two sequences and evaluate (and
+    are saved) at the other: switch before steps, evaluations and the end. Others: no-op."""
+    switch = getattr(opt, "train" if train else "eval", None)
+    if callable(switch):
+        switch()
 
 
 def lr_factor(schedule: str, step: int, steps: int, warmup: int) -> float:
@@ -181,8 +198,10 @@ def train(
     net, trained = wrap_for_world(model, params)  # before the optimizer: FSDP swaps parameters
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     opt = OPTIMIZERS[cfg.optimizer](trained, **kwargs)
+    # a schedule-free optimiser replaces the decay: only the warm-up of the schedule applies
+    schedule = cfg.schedule.replace("cosine", "constant") if cfg.optimizer.endswith("schedule_free") else cfg.schedule
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(cfg.schedule, s, cfg.steps, cfg.warmup_steps)
+        opt, lambda s: lr_factor(schedule, s, cfg.steps, cfg.warmup_steps)
     )
     curve: Curve = []
 
@@ -190,10 +209,13 @@ def train(
         """Record the metrics at ``step``; True if ``stop_fn`` says training is done."""
         if eval_fn is None:
             return False
+        _optimizer_mode(opt, train=False)
         metrics = eval_fn(model)
+        _optimizer_mode(opt, train=True)
         curve.extend((step, k, float(v)) for k, v in metrics.items())
         return stop_fn is not None and stop_fn(metrics, step)
 
+    _optimizer_mode(opt, train=True)
     stopped = cfg.evaluates() and evaluate(0)
     net.train()
     log_every = max(1, cfg.eval_every or cfg.steps // 10)
@@ -223,6 +245,7 @@ def train(
                 break
     if not stopped:
         evaluate(done)
+    _optimizer_mode(opt, train=False)  # the model leaves holding what was evaluated (and is saved)
     model.eval()
     return curve, time.perf_counter() - start
 
