@@ -53,7 +53,8 @@ from trainables.strict import Strict
 
 LETTERS = "ABCDEFGHIJ"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-SUBJECTS = {"wmdp-bio": "biology", "wmdp-chem": "chemistry", "wmdp-cyber": "computer security"}
+# the subject in each lm-evaluation-harness task's description (lm_eval/tasks/wmdp/wmdp_*.yaml)
+SUBJECTS = {"wmdp-bio": "biology", "wmdp-chem": "chemistry", "wmdp-cyber": "cybersecurity"}
 
 
 class Source(Strict):
@@ -199,15 +200,20 @@ def prompt(question: str, choices: list[str], subject: str) -> str:
     return "\n".join(lines) + "\nAnswer:"
 
 
-def letter_ids(tok, k: int) -> torch.Tensor:
-    """Token ids of " A" … (the continuation after "Answer:"); each must be a single token."""
+def letter_ids(tok, k: int, context: str = "Answer:") -> torch.Tensor:
+    """Token ids of the continuations " A" … after ``context``, split as lm-evaluation-harness
+    splits a (context, continuation) pair: encode context + continuation, keep the tokens past
+    the context's own. A SentencePiece tokenizer that encodes a lone " A" as two tokens ("▁",
+    "A") gives "▁A" here, as in the prompt. Each continuation must be one token."""
+    ctx = tok.encode(context, add_special_tokens=False)
     ids = []
     for letter in LETTERS[:k]:
-        enc = tok.encode(f" {letter}", add_special_tokens=False)
-        if len(enc) != 1:
-            raise ValueError(f"setting.tokenizer: ' {letter}' is {len(enc)} tokens; the letter "
-                             "scorer needs one token per answer letter")
-        ids.append(enc[0])
+        whole = tok.encode(f"{context} {letter}", add_special_tokens=False)
+        cont = whole[len(ctx):]
+        if whole[: len(ctx)] != ctx or len(cont) != 1:
+            raise ValueError(f"setting.tokenizer: ' {letter}' after {context!r} is {len(cont)} tokens "
+                             f"({cont}); the letter scorer needs one token per answer letter")
+        ids.append(cont[0])
     return torch.tensor(ids)
 
 
@@ -226,11 +232,12 @@ def question_rows(ds, subject: str | None, exclude: list[str] = ()) -> list[dict
 
 def tokenize_questions(tok, rows: list[dict]) -> Questions:
     k = max(len(r["choices"]) for r in rows)
-    enc = [tok.encode(prompt(r["question"], r["choices"], r["subject"])) for r in rows]
+    texts = [prompt(r["question"], r["choices"], r["subject"]) for r in rows]
+    enc = [tok.encode(t) for t in texts]  # special tokens as the tokenizer adds them, like lm-eval
     return Questions(
         ids=right_pad(enc, max(len(e) for e in enc), 0), lengths=torch.tensor([len(e) for e in enc]),
         answers=torch.tensor([r["answer"] for r in rows]),
-        n_choices=torch.tensor([len(r["choices"]) for r in rows]), letters=letter_ids(tok, k),
+        n_choices=torch.tensor([len(r["choices"]) for r in rows]), letters=letter_ids(tok, k, texts[0]),
     )
 
 
