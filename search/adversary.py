@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from search import archive
+from search import archive, studies
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
 from spaces import BATTERIES
@@ -207,7 +207,8 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
                                              warn_independent_sampling=False)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=a.prune_startup, n_warmup_steps=a.prune_warmup)
               if a.pruner == "median" else optuna.pruners.NopPruner())
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study = studies.fresh(studies.attack_study(trial_id, released.key), studies.storage(exp_dir),
+                          direction="maximize", sampler=sampler, pruner=pruner)
     space, lora_space = a.search_space(), a.lora_space()
     for point in informed_start(cfg, exp_dir, released.key):
         study.enqueue_trial(point, skip_if_exists=True)

@@ -22,7 +22,7 @@ import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search import tables
+from search import studies, tables
 from search.config import ExperimentConfig, trial_concurrency
 from search.stages import Runner, StageRef
 from search.trial import Context, baseline, defender, pretrain, suppressed_id
@@ -182,17 +182,22 @@ def _define_by_run(trial: optuna.Trial, spaces: dict[str, dict], shared: dict | 
     suggest(trial, shared or {})
 
 
-def _search(cfg: ExperimentConfig) -> tuple[dict, OptunaSearch | None]:
+def _search(cfg: ExperimentConfig, exp_dir: str) -> tuple[dict, OptunaSearch | None]:
     """(Tune param_space, search algorithm): every grid point once through Tune's own variant
-    generator, else multi-objective Optuna over the define-by-run space."""
+    generator, else multi-objective Optuna over the define-by-run space, its study in the
+    experiment's journal (``search/studies.py``)."""
     if cfg.search.sampler == "grid":  # validated: one method, every dimension a Choice
         return {k: tune.grid_search(list(d.values)) for k, d in cfg.defender.single_space().items()}, None
+    store = studies.storage(exp_dir)
+    if store is not None:  # a fresh search: no study of an earlier run under this name
+        studies.fresh(studies.DEFENDER, store, directions=[f"{m}imize" for m in OBJECTIVES.values()])
     return {}, OptunaSearch(
         space=functools.partial(  # picklable: Tune saves the searcher
             _define_by_run, spaces=cfg.defender.search_space(), shared=cfg.defender.shared_space(),
         ),
         metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
         sampler=SAMPLERS[cfg.search.sampler](cfg.seed),
+        study_name=studies.DEFENDER, storage=store,
     )
 
 
@@ -210,7 +215,7 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool, concurrency: int | N
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if resume and tune.Tuner.can_restore(tune_dir):
         return tune.Tuner.restore(tune_dir, trainable, resume_errored=False, restart_errored=False)
-    param_space, search_alg = _search(cfg)
+    param_space, search_alg = _search(cfg, ctx.exp_dir)
     return tune.Tuner(
         trainable,
         param_space=param_space,

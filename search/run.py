@@ -209,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     status, text, code = outcome(exp_dir, cfg.search.trials, name)
     tables.write_run_status(exp_dir, status)
+    if status == "complete":  # no trial will be resumed: close what a killed driver left open
+        from search import studies
+
+        studies.settle(exp_dir)
     print(summarize(exp_dir), flush=True)
     say(text)
     return code

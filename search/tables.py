@@ -53,7 +53,7 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "forget_acc_suppressed": pa.float64(), "forget_acc_attacked_suppressed": pa.float64(),
     "robustness": pa.float64(), "suppressed_key": pa.string(),
     "finished_at": pa.float64(),
-    "model_key": pa.string(),
+    "model_key": pa.string(), "attack_study": pa.string(),
     "config_hash": pa.string(), "code_version": pa.string(),
 }
 ATTACK_COLUMNS: dict[str, pa.DataType] = {

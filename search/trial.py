@@ -204,6 +204,8 @@ def _finish(
         "compute_frac_attack": outcome.flops / ref_flops,
         "feasible": ok and (ctx.cfg.search.retain_floor is None or m["retain_acc"] >= ctx.cfg.search.retain_floor),
         "model_key": released.key, "finished_at": time.time(),
+        # the adversary study in the experiment's studies.journal (search/studies.py)
+        "attack_study": outcome.study.study_name if outcome.study is not None else None,
     })
     tables.write_part(ctx.exp_dir, row["trial_id"], {
         "trials": [row], "attacks": outcome.attacks, "curves": curves + outcome.curves,

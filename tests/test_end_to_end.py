@@ -47,16 +47,40 @@ def test_search_writes_all_tables_and_resumes(tmp_path):
     assert set(curves["stage"]) == {"pretrain", "unlearn", "attack"}
     assert curves.loc[curves["stage"] == "unlearn", "attack_id"].isna().all()
     assert (exp / "pareto.png").stat().st_size > 10_000
+    _studies_match_the_tables(exp, trials, attacks)
 
     again = _run(tmp_path, "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     resumed = pd.read_parquet(exp / tables.TRIALS)
     assert sorted(resumed["trial_id"]) == sorted(trials["trial_id"])  # nothing run or counted twice
+    _studies_match_the_tables(exp, resumed, pd.read_parquet(exp / tables.ATTACKS))
 
     report = subprocess.run([sys.executable, "-m", "analysis", str(exp), "--out", str(tmp_path / "fig")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert report.returncode == 0 and "Pareto set" in report.stdout
     assert (tmp_path / "fig" / "pareto.png").exists()
+
+
+def _studies_match_the_tables(exp, trials, attacks) -> None:
+    """The Optuna studies reloaded from the experiment's journal by a second reader (Optuna
+    itself): the outer study holds each defender trial once, complete, with its two objective
+    values; each model's adversary study holds its searched attacks with their V_sel scores."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    store = JournalStorage(JournalFileBackend(str(exp / "studies.journal")))
+    outer = optuna.load_study(study_name="defender", storage=store)
+    defenders = trials[trials["kind"] == "defender"]
+    done = outer.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(outer.trials) == len(done) == len(defenders)
+    assert sorted(t.values[0] for t in done) == pytest.approx(sorted(defenders["retain_acc"]))
+    lrs = [v for t in done for k, v in t.params.items() if k.split(".")[-1] == "lr"]
+    assert sorted(lrs) == pytest.approx(sorted(defenders["param.lr"]))
+    for _, row in trials.iterrows():
+        study = optuna.load_study(study_name=row["attack_study"], storage=store)
+        searched = attacks[(attacks["trial_id"] == row["trial_id"]) & (attacks["attack.source"] == "search")]
+        assert sorted(t.value for t in study.trials) == pytest.approx(sorted(searched["forget_acc_sel_max"]))
 
 
 def test_several_methods_in_one_search_and_one_plot(tmp_path):
@@ -175,3 +199,14 @@ def test_ctrl_c_then_a_killed_driver_then_resume_lands_every_trial_once(tmp_path
     assert list(failed["param.lr"]) == [1e30] and "NonFiniteLoss" in failed["error"].iloc[0]
     assert (defenders.loc[defenders["param.lr"] < 1, "status"] == "ok").all()
     assert set(trials.loc[trials["kind"] == "baseline", "method"]) == {"pure", "reference"}
+    # every adversary study reloads from the journal with the attacks its trial searched
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    store = JournalStorage(JournalFileBackend(str(exp / "studies.journal")))
+    attacks = pd.read_parquet(exp / tables.ATTACKS)
+    for _, row in trials[trials["status"] == "ok"].iterrows():
+        study = optuna.load_study(study_name=row["attack_study"], storage=store)
+        searched = attacks[(attacks["trial_id"] == row["trial_id"]) & (attacks["attack.source"] == "search")]
+        assert sorted(t.value for t in study.trials) == pytest.approx(sorted(searched["forget_acc_sel_max"]))
