@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true",
                    help="validate the config and the command line, print the resolved config and exit "
                         "(0, or 2 on a mistake); starts nothing")
+    p.add_argument("--plan", action="store_true",
+                   help="print the spaces, the stages that will run (and how many are cached) and an "
+                        "estimate of their compute and time, and exit; starts nothing, writes nothing")
     return p.parse_args(argv)
 
 
@@ -177,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {_redacted(e)}", file=sys.stderr)
         return 2
+    if args.plan:
+        from search.plan import text
+
+        print(text(cfg), flush=True)
+        return 0
     if args.check:
         import yaml
 

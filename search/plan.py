@@ -1,0 +1,265 @@
+"""``python search/run.py --plan``: what a config will run and what it will cost, before any of
+it runs (no Ray, no stage, nothing written).
+
+Stages are counted from the config: the two baselines' pre-training (or evaluation), then per
+model — the baselines and every defender trial — the stages that make it and the attacks on it
+(searched, batteries, re-runs of the strongest). A searched dimension is costed at the middle
+of its range (geometric for logarithmic ones), the typical draw. Compute is 6·N·tokens per
+training step (2·N·tokens forward-only for evaluations and frozen teachers), as the tables count
+it. Time: on the arithmetic setting a timing probe (a few training steps and one evaluation of
+a throwaway model of the configured size, in this process) gives CPU-seconds; for real models,
+wall-clock at a stated model-FLOPs utilisation of the configured accelerator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from search.config import ExperimentConfig
+from spaces.dims import At, Choice, Dim, point_in
+from trainables import compute, settings
+from trainables.defenders import DEFENDERS, STAGE
+
+MFU = 0.35  # measured 0.34 for 0.95 B bf16 on an H200 (bench/gpu_check.sh); smaller models less
+PEAK = {"gpu": 989e12}  # dense bf16 FLOP/s of an H100 / H200
+
+
+@dataclass
+class Row:
+    """One line of the plan: ``runs`` stage runs of ``steps`` steps of ``tokens`` tokens each."""
+
+    stage: str
+    runs: int
+    steps: int
+    tokens: int  # training tokens per step
+    n_params: int
+    evals: int = 0  # evaluations per run
+    forward_tokens: int = 0  # frozen-model forward tokens per step (teachers, references)
+    cached: str = "–"
+
+    def flops(self, eval_tokens: int) -> float:
+        per_run = (compute.train_flops(self.n_params, self.steps * self.tokens)
+                   + compute.forward_flops(self.n_params, self.steps * self.forward_tokens + self.evals * eval_tokens))
+        return self.runs * per_run
+
+
+def evaluations(loop: dict) -> int:
+    """How many evaluations the training loop makes in a run of ``loop``: at 0 and along the
+    way when it evaluates before the end (``eval_at`` or every ``eval_every``), and at the end."""
+    steps = loop["steps"]
+    if loop.get("eval_at"):
+        return 1 + len({s for s in loop["eval_at"] if s < steps}) + 1
+    if loop.get("eval_every"):
+        return 1 + len(range(loop["eval_every"], steps, loop["eval_every"])) + 1
+    return 1
+
+
+def typical(space: dict[str, Dim]) -> dict:
+    """The middle of every searched dimension (the first value of a choice)."""
+    out = point_in(space, {k: At(0.5) for k, d in space.items() if not isinstance(d, Choice)})
+    out.update({k: d.values[0] for k, d in space.items() if isinstance(d, Choice)})
+    return out
+
+
+def n_params(cfg: ExperimentConfig) -> int:
+    """Parameters of the configured model, without loading weights (built on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainables import models
+
+    if cfg.model.pretrained:
+        mc = AutoConfig.from_pretrained(cfg.model.pretrained, trust_remote_code=cfg.model.trust_remote_code)
+    else:
+        setting, d = settings.load(cfg.setting.model_dump())
+        mc = models._fresh_config(cfg.model, setting.vocab_size(d), d.seq_len)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(mc)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _attacks_per_model(cfg: ExperimentConfig, n: int, seq: int) -> list[Row]:
+    """The attacks on one model: searched (typical point), batteries, re-runs of the strongest."""
+    from search.adversary import attack_spec
+    from spaces import BATTERIES
+
+    a = cfg.attack
+    rows = []
+    point = {**typical(a.search_space()), **(typical(a.lora_space()) if a.params.get("kind") == "lora" else {})}
+    spec = attack_spec(cfg, point, 0)
+    loop = spec["loop"]
+    evals = evaluations(loop)
+    if a.budget and a.budget < 100_000:
+        rows.append(Row("attack (searched, typical point)", a.budget, loop["steps"], loop["batch_size"] * seq, n, evals))
+    elif a.budget:
+        rows.append(Row("attack (searched; budget_flops decides the count)", 1, loop["steps"], loop["batch_size"] * seq, n, evals))
+    for name in a.batteries:
+        for p in BATTERIES[name](a.battery_steps, cfg.setting.name):
+            s = attack_spec(cfg, p, 0)["loop"]
+            rows.append(Row(f"attack ({name})", 1, s["steps"], s["batch_size"] * seq, n, evaluations(s)))
+    if a.reseeds:
+        rows.append(Row("attack (re-runs of the strongest)", a.reseeds, loop["steps"], loop["batch_size"] * seq, n, evals))
+    return _merge(rows)
+
+
+def _merge(rows: list[Row]) -> list[Row]:
+    out: dict[tuple, Row] = {}
+    for r in rows:
+        key = (r.stage, r.steps, r.tokens, r.evals)
+        if key in out:
+            out[key].runs += r.runs
+        else:
+            out[key] = r
+    return list(out.values())
+
+
+def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Row]:
+    """Every stage the experiment will run (typical points for searched dimensions)."""
+    from search import cache
+    from search.trial import distill_spec, pretrain_spec, unlearn_spec
+
+    setting, d = settings.load(cfg.setting.model_dump()) if cfg.setting.name == "arithmetic" else (None, None)
+    seq = d.seq_len if d is not None else cfg.setting.seq_len
+    out: list[Row] = []
+    for kind in ("reference", "pure"):
+        if cfg.model.pretrained:
+            out.append(Row(f"evaluate {kind}", 1 if (kind == "reference" or cfg.model.pure_pretrained) else 0, 0, 0, n, 1))
+            continue
+        spec = pretrain_spec(cfg, kind)
+        loop = spec["loop"]
+        out.append(Row(f"pretrain {kind}", 1, loop["steps"], loop["batch_size"] * seq, n, evaluations(loop),
+                       cached=_cached(cache_dir, cache.stage_key("pretrain", spec, {}))))
+    baselines = 2 if not cfg.model.pretrained or cfg.model.pure_pretrained else 1
+    models_attacked = baselines + cfg.search.trials
+    methods = cfg.defender.methods
+    for method in methods:
+        trials = cfg.search.trials / len(methods)
+        point = typical(cfg.defender.search_space()[method])
+        spec = unlearn_spec(cfg, method, point)
+        loop = spec["loop"]
+        if STAGE[method] == "tar":
+            safeguard = unlearn_spec(cfg, cfg.defender.tar.safeguard, {}, fixed=cfg.defender.tar.safeguard_params)["loop"]
+            out.append(Row(f"unlearn ({cfg.defender.tar.safeguard}, TAR's safeguard)", 1, safeguard["steps"],
+                           safeguard["batch_size"] * seq, n, evaluations(safeguard)))
+            p = DEFENDERS["tar"].Params(**spec["params"])
+            per_step = (p.tasks_per_step * (p.inner_steps * p.adversary_batch_size
+                                            + (p.inner_steps // p.subsample) * loop["batch_size"]) + loop["batch_size"])
+            out.append(Row("tar", math.ceil(trials), loop["steps"], per_step * seq, n, evaluations(loop),
+                           forward_tokens=loop["batch_size"] * seq))
+            models_attacked += 1  # the safeguard is attacked too
+        else:
+            out.append(Row(f"unlearn {method}", math.ceil(trials), loop["steps"], loop["batch_size"] * seq, n,
+                           evaluations(loop)))
+    if cfg.defender.undo:
+        u = distill_spec(cfg, {k.removeprefix("undo."): v for k, v in typical(cfg.defender.undo.search_space()).items()})
+        loop = u["loop"]
+        out.append(Row("distill (UNDO; at most, it stops early)", cfg.search.trials, loop["steps"],
+                       loop["batch_size"] * seq, n, evaluations(loop), forward_tokens=loop["batch_size"] * seq))
+        models_attacked += 1  # UNDO's teacher (the suppressed model) is attacked once per config
+    for r in _attacks_per_model(cfg, n, seq):
+        r.runs *= models_attacked
+        out.append(r)
+    return out
+
+
+def _cached(cache_dir: str | None, key: str) -> str:
+    """Whether a stage's entry is committed in a local cache (read only); "?" for a remote one."""
+    import os
+    from pathlib import Path
+
+    from search import cache
+
+    if not cache_dir or "://" in cache_dir:
+        return "?"
+    return "yes" if (Path(os.path.expanduser(cache_dir)) / key / cache.RESULT_FILE).is_file() else "no"
+
+
+def probe(cfg: ExperimentConfig, steps: int = 8) -> tuple[float, float]:
+    """(seconds per training step at the attack's batch, seconds per evaluation) of a throwaway
+    model of the configured size on the arithmetic setting, in this process."""
+    import torch
+
+    from trainables import models
+
+    setting, d = settings.load(cfg.setting.model_dump())
+    model = models.build_model(cfg.model, setting.vocab_size(d), d.seq_len)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    batch = d.forget_T[torch.randint(len(d.forget_T), (cfg.attack.loop.batch_size,), generator=gen)]
+    times = []
+    for _ in range(steps + 2):
+        start = time.perf_counter()
+        loss = setting.answer_loss(model(input_ids=batch).logits, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    setting.score(model, d)
+    return sorted(times[2:])[len(times[2:]) // 2], time.perf_counter() - start
+
+
+def describe(space: dict[str, Dim]) -> str:
+    parts = []
+    for k, d in space.items():
+        if isinstance(d, Choice):
+            parts.append(f"{k} ∈ {{{', '.join(map(str, d.values))}}}")
+        else:
+            parts.append(f"{k} {'log ' if d.log else ''}[{d.low:g}, {d.high:g}]")
+    return "; ".join(parts) or "nothing searched"
+
+
+def text(cfg: ExperimentConfig) -> str:
+    """The plan, as printed by ``--plan``."""
+    try:
+        n = n_params(cfg)
+    except OSError as e:  # a hub model's config, unreachable (offline, gated without a token)
+        n, unknown = 0, f"model size unknown: its config could not be read ({str(e).splitlines()[0]})"
+    else:
+        unknown = None
+    plan = rows(cfg, n, cfg.cache_dir)
+    eval_tokens = 0
+    if cfg.setting.name == "arithmetic":
+        _, d = settings.load(cfg.setting.model_dump())
+        eval_tokens = (len(d.retain_eval) + len(d.forget_V)) * d.seq_len
+    size = unknown or f"model {n / 1e6:.2f} M parameters"
+    lines = [f"plan: {cfg.experiment} — {cfg.setting.name}, {cfg.search.trials} defender trials "
+             f"({', '.join(cfg.defender.methods)}{' + UNDO' if cfg.defender.undo else ''}), {size}"]
+    for m, space in cfg.defender.search_space().items():
+        lines.append(f"defender space {m}: {describe(space)}")
+    if cfg.defender.undo:
+        lines.append(f"UNDO space: {describe(cfg.defender.undo.search_space())}")
+    lines.append(f"attack space: {describe(cfg.attack.search_space())}"
+                 + (f" (fixed: {', '.join(f'{k}={v}' for k, v in cfg.attack.params.items())})" if cfg.attack.params else ""))
+    lines += ["", "| stage | runs | steps each | tokens per step | evaluations each | cached | FLOPs |",
+              "|---|---|---|---|---|---|---|"]
+    total = 0.0
+    plan = [r for r in plan if r.runs]
+    for r in plan:
+        f = r.flops(eval_tokens)
+        total += f
+        lines.append(f"| {r.stage} | {r.runs} | {r.steps} | {r.tokens:,} | {r.evals} | {r.cached} | "
+                     f"{'?' if unknown else f'{f:.2e}'} |")
+    runs = sum(r.runs for r in plan)
+    cached = sum(r.runs for r in plan if r.cached == "yes")
+    ref = next((r for r in plan if r.stage == "pretrain reference"), None)
+    frac = f" ({total / ref.flops(eval_tokens):.1f}× the reference's pre-training)" if ref else ""
+    if unknown:
+        lines += ["", f"{runs} stage runs, {cached} already cached; FLOPs and time need the model's size."]
+        return "\n".join(lines)
+    lines += ["", f"{runs} stage runs, {cached} already cached; about {total:.2e} FLOPs{frac}."]
+    if cfg.setting.name == "arithmetic":
+        step_s, eval_s = probe(cfg)
+        tokens_per_probe_step = cfg.attack.loop.batch_size * settings.load(cfg.setting.model_dump())[1].seq_len
+        seconds = sum(r.runs * (r.steps * step_s * r.tokens / tokens_per_probe_step + r.evals * eval_s)
+                      for r in plan if r.cached != "yes")
+        lines.append(f"CPU time: about {seconds / 60:.1f} min of one process (probe here: {step_s * 1e3:.1f} ms per "
+                     f"training step of {tokens_per_probe_step} tokens, {eval_s:.2f} s per evaluation); trials "
+                     f"run side by side on the cores Ray is given.")
+    else:
+        hours = total / (PEAK["gpu"] * MFU) / 3600
+        lines.append(f"GPU time: about {hours:.1f} GPU-hours at {MFU:.0%} MFU of {PEAK['gpu'] / 1e12:.0f} TFLOP/s "
+                     f"(bf16, H100 / H200); divide by the GPUs the trials run on at once.")
+    return "\n".join(lines)
