@@ -203,8 +203,7 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
     startup = 4 if a.budget_flops is not None else min(10, max(2, a.budget // 2))
     with warnings.catch_warnings():  # multivariate/group are marked experimental in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
-                                             warn_independent_sampling=False)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=a.prune_startup, n_warmup_steps=a.prune_warmup)
               if a.pruner == "median" else optuna.pruners.NopPruner())
     study = studies.fresh(studies.attack_study(trial_id, released.key), studies.storage(exp_dir),

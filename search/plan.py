@@ -85,14 +85,22 @@ def _attacks_per_model(cfg: ExperimentConfig, n: int, seq: int) -> list[Row]:
     from search.adversary import attack_spec
     from spaces import BATTERIES
 
+    from search.adversary import informed_start
+
     a = cfg.attack
     rows = []
     point = {**typical(a.search_space()), **(typical(a.lora_space()) if a.params.get("kind") == "lora" else {})}
     spec = attack_spec(cfg, point, 0)
     loop = spec["loop"]
     evals = evaluations(loop)
+    # the informed start's prior points are known in advance (the archive's are not: the same
+    # prior stands in for them); the rest of the budget at the middle of the space
+    start = [attack_spec(cfg, {**point, **p}, 0)["loop"] for p in informed_start(cfg, None, "")][: a.budget]
+    for s in start:
+        rows.append(Row("attack (searched, prior point)", 1, s["steps"], s["batch_size"] * seq, n, evaluations(s)))
     if a.budget and a.budget < 100_000:
-        rows.append(Row("attack (searched, typical point)", a.budget, loop["steps"], loop["batch_size"] * seq, n, evals))
+        rows.append(Row("attack (searched, typical point)", a.budget - len(start), loop["steps"],
+                        loop["batch_size"] * seq, n, evals))
     elif a.budget:
         rows.append(Row("attack (searched; budget_flops decides the count)", 1, loop["steps"], loop["batch_size"] * seq, n, evals))
     for name in a.batteries:
@@ -142,7 +150,7 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
         if STAGE[method] == "tar":
             safeguard = unlearn_spec(cfg, cfg.defender.tar.safeguard, {}, fixed=cfg.defender.tar.safeguard_params)["loop"]
             out.append(Row(f"unlearn ({cfg.defender.tar.safeguard}, TAR's safeguard)", 1, safeguard["steps"],
-                           safeguard["batch_size"] * seq, n, evaluations(safeguard)))
+                           2 * safeguard["batch_size"] * seq, n, evaluations(safeguard)))
             p = DEFENDERS["tar"].Params(**spec["params"])
             per_step = (p.tasks_per_step * (p.inner_steps * p.adversary_batch_size
                                             + (p.inner_steps // p.subsample) * loop["batch_size"]) + loop["batch_size"])
@@ -150,7 +158,8 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
                            forward_tokens=loop["batch_size"] * seq))
             models_attacked += 1  # the safeguard is attacked too
         else:
-            out.append(Row(f"unlearn {method}", math.ceil(trials), loop["steps"], loop["batch_size"] * seq, n,
+            # a forget and a retain batch per step, as trainables/unlearn.py counts them
+            out.append(Row(f"unlearn {method}", math.ceil(trials), loop["steps"], 2 * loop["batch_size"] * seq, n,
                            evaluations(loop)))
     if cfg.defender.undo:
         u = distill_spec(cfg, {k.removeprefix("undo."): v for k, v in typical(cfg.defender.undo.search_space()).items()})

@@ -22,7 +22,10 @@ def test_the_plan_counts_every_stage_and_prints_without_writing(tmp_path, capsys
     rows = {r.stage: r for r in plan.rows(cfg, plan.n_params(cfg), cfg.cache_dir)}
     models = 2 + cfg.search.trials  # the pure and reference baselines, and each defender
     assert rows["unlearn graddiff"].runs == cfg.search.trials
-    assert rows["attack (searched, typical point)"].runs == models * cfg.attack.budget
+    searched = [r for name, r in rows.items() if name.startswith("attack (searched")]
+    assert sum(r.runs for r in searched) == models * cfg.attack.budget
+    assert rows["attack (searched, prior point)"].runs == models * cfg.attack.prior  # the prior, at full length
+    assert rows["attack (searched, prior point)"].steps == 10
     assert rows["attack (re-runs of the strongest)"].runs == models * cfg.attack.reseeds
     assert rows["pretrain reference"].steps == 40 and rows["pretrain reference"].cached == "no"
     # a searched dimension at the middle of its (log) range: steps [5, 10] → 7
