@@ -78,7 +78,8 @@ def progress(trials: pd.DataFrame) -> np.ndarray:
 
 
 STRONGEST = ["forget_acc_attacked", "forget_acc_attacked_lo", "forget_acc_attacked_hi", "attacked_seeds",
-             "forget_acc_attacked_sd", "forget_acc_attacked_sel", "best_attack_step"]
+             "forget_acc_attacked_sd", "forget_acc_attacked_sel", "best_attack_step",
+             "attack_study"]  # the model's adversary study in studies.journal (search/studies.py)
 
 
 def strongest_attacks(trials: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:

@@ -59,6 +59,12 @@ def test_search_writes_all_tables_and_resumes(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert report.returncode == 0 and "Pareto set" in report.stdout
     assert (tmp_path / "fig" / "pareto.png").exists()
+    md = (tmp_path / "fig" / "report.md").read_text()
+    assert all(name in md for name in resumed["attack_study"])  # the report names each model's study
+    studies = subprocess.run([sys.executable, "-m", "analysis", str(exp / "studies.journal")],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert studies.returncode == 0 and "defender: 2 complete" in studies.stdout, studies.stderr
+    assert all(f"{name}: 2 complete" in studies.stdout for name in resumed["attack_study"])
 
 
 def _studies_match_the_tables(exp, trials, attacks) -> None:

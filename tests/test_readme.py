@@ -87,6 +87,7 @@ def test_python_block_reads_the_table_without_the_project(quick_run, tmp_path):
     out = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "['experiment', 'trial_id', 'kind']" in out.stdout
+    assert "best_worst_case" in out.stdout and "graddiff" in out.stdout  # the DuckDB query ran
 
 
 def test_cloud_block_names_existing_files_and_a_valid_command_line():
