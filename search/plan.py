@@ -21,6 +21,7 @@ from search.config import ExperimentConfig
 from spaces.dims import At, Choice, Dim, point_in
 from trainables import compute, settings
 from trainables.defenders import DEFENDERS, STAGE
+from trainables.loop import LoopConfig
 
 MFU = 0.35  # measured 0.34 for 0.95 B bf16 on an H200 (bench/gpu_check.sh); smaller models less
 PEAK = {"gpu": 989e12}  # dense bf16 FLOP/s of an H100 / H200
@@ -46,14 +47,10 @@ class Row:
 
 
 def evaluations(loop: dict) -> int:
-    """How many evaluations the training loop makes in a run of ``loop``: at 0 and along the
-    way when it evaluates before the end (``eval_at`` or every ``eval_every``), and at the end."""
-    steps = loop["steps"]
-    if loop.get("eval_at"):
-        return 1 + len({s for s in loop["eval_at"] if s < steps}) + 1
-    if loop.get("eval_every"):
-        return 1 + len(range(loop["eval_every"], steps, loop["eval_every"])) + 1
-    return 1
+    """How many evaluations the training loop makes in a run of ``loop``: its own rule
+    (``LoopConfig.evaluates`` / ``evaluates_at``) applied to every step, plus the final one."""
+    cfg = LoopConfig(**loop)
+    return int(cfg.evaluates()) + sum(cfg.evaluates_at(s) for s in range(1, cfg.steps)) + 1
 
 
 def typical(space: dict[str, Dim]) -> dict:
@@ -82,10 +79,8 @@ def n_params(cfg: ExperimentConfig) -> int:
 
 def _attacks_per_model(cfg: ExperimentConfig, n: int, seq: int) -> list[Row]:
     """The attacks on one model: searched (typical point), batteries, re-runs of the strongest."""
-    from search.adversary import attack_spec
+    from search.adversary import attack_spec, informed_start
     from spaces import BATTERIES
-
-    from search.adversary import informed_start
 
     a = cfg.attack
     rows = []
@@ -128,8 +123,7 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
     from search import cache
     from search.trial import distill_spec, pretrain_spec, unlearn_spec
 
-    setting, d = settings.load(cfg.setting.model_dump()) if cfg.setting.name == "arithmetic" else (None, None)
-    seq = d.seq_len if d is not None else cfg.setting.seq_len
+    seq = settings.load(cfg.setting.model_dump())[1].seq_len if cfg.setting.name == "arithmetic" else cfg.setting.seq_len
     out: list[Row] = []
     for kind in ("reference", "pure"):
         if cfg.model.pretrained:
@@ -229,7 +223,7 @@ def text(cfg: ExperimentConfig) -> str:
     else:
         unknown = None
     plan = rows(cfg, n, cfg.cache_dir)
-    eval_tokens = 0
+    eval_tokens, d = 0, None
     if cfg.setting.name == "arithmetic":
         _, d = settings.load(cfg.setting.model_dump())
         eval_tokens = (len(d.retain_eval) + len(d.forget_V)) * d.seq_len
@@ -261,7 +255,7 @@ def text(cfg: ExperimentConfig) -> str:
     lines += ["", f"{runs} stage runs, {cached} already cached; about {total:.2e} FLOPs{frac}."]
     if cfg.setting.name == "arithmetic":
         step_s, eval_s = probe(cfg)
-        tokens_per_probe_step = cfg.attack.loop.batch_size * settings.load(cfg.setting.model_dump())[1].seq_len
+        tokens_per_probe_step = cfg.attack.loop.batch_size * d.seq_len
         seconds = sum(r.runs * (r.steps * step_s * r.tokens / tokens_per_probe_step + r.evals * eval_s)
                       for r in plan if r.cached != "yes")
         lines.append(f"CPU time: about {seconds / 60:.1f} min of one process (probe here: {step_s * 1e3:.1f} ms per "
