@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from search.tracking import TrackingConfig
 from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES, DEFENDER_SPACES, LORA_SPACE, SUPERSEDED, UNDO_SPACE
 from spaces.dims import Choice, Dim, Int, grid_size, with_bounds
 from trainables import arithmetic, undo, wmdp
@@ -429,6 +430,7 @@ class ExperimentConfig(Strict):
     attack: AttackConfig = AttackConfig()
     search: SearchConfig = SearchConfig()
     scaling: ScalingConfig = ScalingConfig()
+    tracking: TrackingConfig = TrackingConfig()
     storage: str = "results"
     cache_dir: str = "~/.cache/tamper-search"
     ray_address: str | None = None
@@ -593,11 +595,19 @@ def apply_override(raw: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def load(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read, override and validate an experiment config; raises ConfigError on any mistake."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"--config: no such file: {path}")
+def merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """One config file as a mapping, its ``base:`` (a path relative to the file) read first
+    and merged under it, so a config states only what differs from the one it extends."""
+    if path.resolve() in chain:
+        raise ConfigError(f"--config {path}: base: cycle ({' -> '.join(p.name for p in (*chain, path))})")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader) or {}
     except UnicodeDecodeError as e:
@@ -606,6 +616,24 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Experimen
         raise _yaml_error(f"--config {path}", e) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"--config {path}: top level must be a mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path.name}: base: expected the path of another config, got {base!r}")
+    base_path = (path.parent / os.path.expanduser(base)).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path.name}: base: no such file: {base_path}")
+    return merge(_read(base_path, (*chain, path.resolve())), raw)
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read (with its ``base:`` chain), override and validate an experiment config; raises
+    ConfigError on any mistake."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"--config: no such file: {path}")
+    raw = _read(path)
     for text in overrides:
         apply_override(raw, *parse_override(text))
     try:

@@ -22,7 +22,7 @@ import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search import studies, tables
+from search import progress, studies, tables, tracking
 from search.config import ExperimentConfig, trial_concurrency
 from search.stages import Runner, StageRef
 from search.trial import Context, baseline, defender, pretrain, suppressed_id
@@ -64,7 +64,7 @@ def _in_ray_worker() -> None:
 
 
 def say(text: str) -> None:
-    print(f"[tamper-search {time.strftime('%H:%M:%S')}] {tables.redact(text)}", flush=True)
+    progress.emit(f"[tamper-search {time.strftime('%H:%M:%S')}] {tables.redact(text)}")
 
 
 def config_text(cfg: ExperimentConfig) -> str:
@@ -119,10 +119,34 @@ def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
 
 
 class Progress(tune.Callback):
-    """One readable line per finished trial."""
+    """One readable line per finished trial, and a live status of trials and attacks
+    (``search/progress.py``) between them."""
 
     def __init__(self, total: int, ctx: Context):
         self.total, self.done, self.ctx = total, 0, ctx
+        self.live = self.store = None
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks: not the terminal or the journal
+        return {**self.__dict__, "live": None, "store": None}
+
+    def setup(self, **info):
+        self.started_at, self.store = time.time(), studies.storage(self.ctx.exp_dir)
+        self.live = progress.current = progress.Live()
+
+    def _status(self, trials, force: bool = False) -> None:
+        if self.live is None or not (force or self.live.due()):
+            return  # before setup, or too soon: the journal is not read every step
+        attacks = progress.attack_counts(self.store, self.ctx.cfg.attack.budget)
+        self.live.status(progress.render(progress.snapshot(trials, self.total, self.started_at, attacks)), force)
+
+    def on_step_end(self, iteration, trials, **info):
+        self._status(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._status(trials, force=True)
+        if self.live is not None:
+            self.live.close()
+        progress.current = None
 
     def _line(self, trial, text: str) -> None:
         self.done += 1
@@ -226,7 +250,7 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool, concurrency: int | N
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=ctx.exp_dir, verbose=0,
-            callbacks=[Progress(cfg.search.trials, ctx)],
+            callbacks=[Progress(cfg.search.trials, ctx), *tracking.callbacks(cfg.tracking, cfg.experiment, ctx.experiment, ctx.exp_dir)],
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
         ),
     )
@@ -289,7 +313,10 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         _report(suppressed)
     if cfg.scaling.use_gpu:  # trial concurrency is sized to every GPU: let the baselines finish
         _report(baselines)
-    _tuner(ctx, reference, resume, concurrency).fit()
+    try:
+        _tuner(ctx, reference, resume, concurrency).fit()
+    finally:
+        progress.current = None
     if not cfg.scaling.use_gpu:
         _report(baselines)
     tables.write_tables(exp_dir, tables.read_parts(exp_dir))

@@ -152,8 +152,12 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
                            forward_tokens=loop["batch_size"] * seq))
             models_attacked += 1  # the safeguard is attacked too
         else:
+            # nothing searched: every trial asks for the same stage, which runs once (the cache);
+            # with UNDO and a searched space, the teacher at the defaults is one run more
+            searched = bool(cfg.defender.search_space()[method])
+            runs = math.ceil(trials) + bool(cfg.defender.undo) if searched else 1
             # a forget and a retain batch per step, as trainables/unlearn.py counts them
-            out.append(Row(f"unlearn {method}", math.ceil(trials), loop["steps"], 2 * loop["batch_size"] * seq, n,
+            out.append(Row(f"unlearn {method}", runs, loop["steps"], 2 * loop["batch_size"] * seq, n,
                            evaluations(loop)))
     if cfg.defender.undo:
         u = distill_spec(cfg, {k.removeprefix("undo."): v for k, v in typical(cfg.defender.undo.search_space()).items()})

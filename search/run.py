@@ -17,6 +17,7 @@ from pathlib import Path
 # Importable from a checkout whatever the current directory (``python path/to/search/run.py``).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from search import tracking  # noqa: E402
 from search.config import ConfigError, ExperimentConfig, load  # noqa: E402
 
 # The config to run when --config is not given: lets a cluster's head node (whose environment a
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             check_location("--storage", args.storage)
         storage = storage_root(args.storage or cfg.storage)
         name = experiment_name(args, cfg.experiment, storage)
+        mistake = tracking.check(cfg.tracking, f"{storage.rstrip('/')}/{name}")
+        if mistake:
+            raise ConfigError(mistake)
         if args.resume:
             check_resume(cfg, storage, name)
     except ConfigError as e:

@@ -14,6 +14,7 @@ import optuna
 
 JOURNAL = "studies.journal"
 DEFENDER = "defender"
+ATTACK_PREFIX = "attack:"
 
 
 def storage(exp_dir: str | None) -> optuna.storages.BaseStorage | None:
@@ -32,7 +33,7 @@ def storage(exp_dir: str | None) -> optuna.storages.BaseStorage | None:
 def attack_study(trial_id: str, model_key: str) -> str:
     """The adversary study's name: the trial that attacked the model, and the model (one trial
     attacks two models with UNDO or TAR: its released model and the suppressed one)."""
-    return f"attack:{trial_id}:{model_key[:12]}"
+    return f"{ATTACK_PREFIX}{trial_id}:{model_key[:12]}"
 
 
 def fresh(name: str, store: optuna.storages.BaseStorage | None, **kwargs) -> optuna.Study:

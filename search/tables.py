@@ -144,6 +144,16 @@ def read_text(exp_dir: str, name: str) -> str | None:
         return f.read().decode()
 
 
+def read_part(exp_dir: str, trial_id: str) -> dict[str, list[dict]]:
+    """One trial's part ({} if it has none)."""
+    fs, base = resolve(exp_dir)
+    path = join(base, PARTS, f"{trial_id}.json")
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return {}
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
 def read_parts(exp_dir: str) -> dict[str, dict[str, list[dict]]]:
     """Every trial's part, by trial id."""
     fs, base = resolve(exp_dir)

@@ -208,3 +208,28 @@ def test_bad_storage_on_the_command_line_exits_2_before_anything_is_written(tmp_
         _one_line_error(code, err, "--storage")
         assert err.startswith("error: --storage")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_config_extends_another_and_states_only_what_differs(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../base.yaml\nexperiment: child\nattack: {prior: 2}\n")
+    (tmp_path / "base.yaml").write_text(f"base: {config.DEFAULT_CONFIG}\nattack: {{budget: 3, loop: {{eval_every: 10}}}}\n")
+    child, quick = config.load(tmp_path / "sub" / "child.yaml"), config.load()
+    assert child.experiment == "child" and child.attack.prior == 2 and child.attack.budget == 3
+    assert child.attack.loop.eval_every == 10 and child.attack.loop.batch_size == quick.attack.loop.batch_size  # merged
+    assert child.model_dump(exclude={"experiment", "attack"}) == quick.model_dump(exclude={"experiment", "attack"})
+    for name in ("quick_methods", "undo_arithmetic", "tar_arithmetic"):  # the shipped arithmetic configs share quick's
+        cfg = config.load(config.CONFIG_DIR / f"{name}.yaml")
+        assert (cfg.setting, cfg.model, cfg.pretrain) == (quick.setting, quick.model, quick.pretrain)
+        assert (cfg.attack.prior, cfg.attack.reseeds) == (3, 2)  # the defaults, not quick's small ones
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("base: missing.yaml\n", "base: no such file"),
+    ("base: loop.yaml\n", "base: cycle"),
+    ("base: [quick.yaml]\n", "base: expected the path"),
+])
+def test_a_bad_base_is_named(tmp_path, text, needle):
+    (tmp_path / "loop.yaml").write_text(text)
+    with pytest.raises(config.ConfigError, match=needle):
+        config.load(tmp_path / "loop.yaml")

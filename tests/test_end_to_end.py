@@ -1,5 +1,7 @@
 """The Tune + Optuna path end to end at a tiny budget, through the real entry point."""
 
+import os
+import re
 import subprocess
 import sys
 
@@ -12,15 +14,16 @@ from tests.conftest import ROOT, TINY
 pytestmark = pytest.mark.slow
 
 
-def _run(tmp_path, *extra):
+def _run(tmp_path, *extra, env=None):
     sets = [a for o in TINY for a in ("--set", o)]
     cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"),
            "--name", "e2e", *sets, "--set", f"cache_dir={tmp_path / 'cache'}", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_search_writes_all_tables_and_resumes(tmp_path):
-    out = _run(tmp_path)
+    out = _run(tmp_path, "--set", "tracking.backend=mlflow")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Pareto set" in out.stdout
     exp = tmp_path / "results" / "e2e"
@@ -44,15 +47,21 @@ def test_search_writes_all_tables_and_resumes(tmp_path):
     assert ((t["forget_acc_attacked_lo"] <= t["forget_acc_attacked"]) & (t["forget_acc_attacked"] <= t["forget_acc_attacked_hi"])).all()
     assert (t["attacked_seeds"] == 2).all() and (t["n_report"] + t["n_select"] == 400).all()
     assert "attacked " in out.stdout and "(sel " in out.stdout  # progress lines show interval and V_sel
+    live = [line for line in out.stdout.splitlines() if "] progress: " in line]  # stdout is a pipe: plain
+    assert live and not any("\r" in line or "\x1b" in line for line in live)
+    assert re.search(r"progress: trials 2/2 done, 0 running, 0 queued \| attacks \d+ done", live[-1]), live
     assert set(curves["stage"]) == {"pretrain", "unlearn", "attack"}
     assert curves.loc[curves["stage"] == "unlearn", "attack_id"].isna().all()
     assert (exp / "pareto.png").stat().st_size > 10_000
     _studies_match_the_tables(exp, trials, attacks)
 
-    again = _run(tmp_path, "--resume")
+    _mlflow_holds_each_trial_and_its_attacks(exp, trials, attacks)
+
+    again = _run(tmp_path, "--set", "tracking.backend=mlflow", "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     resumed = pd.read_parquet(exp / tables.TRIALS)
     assert sorted(resumed["trial_id"]) == sorted(trials["trial_id"])  # nothing run or counted twice
+    _mlflow_holds_each_trial_and_its_attacks(exp, resumed, pd.read_parquet(exp / tables.ATTACKS))
     _studies_match_the_tables(exp, resumed, pd.read_parquet(exp / tables.ATTACKS))
 
     report = subprocess.run([sys.executable, "-m", "analysis", str(exp), "--out", str(tmp_path / "fig")],
@@ -65,6 +74,33 @@ def test_search_writes_all_tables_and_resumes(tmp_path):
                              capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert studies.returncode == 0 and "defender: 2 complete" in studies.stdout, studies.stderr
     assert all(f"{name}: 2 complete" in studies.stdout for name in resumed["attack_study"])
+
+
+def _mlflow_holds_each_trial_and_its_attacks(exp, trials, attacks) -> None:
+    """Read back by MLflow's own client from the store the UI opens: one run per defender trial
+    with the trial's metrics and parameters, one nested run per attack."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{exp / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quick")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = {r.info.run_id: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    defenders = trials[trials["kind"] == "defender"].set_index("trial_id")
+    assert len(parents) == len(defenders) and all(r.info.status == "FINISHED" for r in runs)
+    for run in parents.values():
+        tid = run.data.tags["trial_id"]
+        row = defenders.loc[tid]
+        assert run.data.metrics["retain_acc"] == pytest.approx(row["retain_acc"])
+        assert run.data.metrics["attacked"] == pytest.approx(row["forget_acc_attacked"])
+        assert float(run.data.params["lam"]) == pytest.approx(row["param.lam"])
+        mine = sorted(c.data.tags["mlflow.runName"] for c in children if c.data.tags["mlflow.parentRunId"] == run.info.run_id)
+        assert mine == sorted(attacks.loc[attacks["trial_id"] == tid, "attack_id"])
+    first = attacks.set_index("attack_id")
+    for child in children:
+        a = first.loc[child.data.tags["mlflow.runName"]]
+        assert child.data.metrics["forget_acc_sel_max"] == pytest.approx(a["forget_acc_sel_max"])
+        assert float(child.data.params["attack.lr"]) == pytest.approx(a["attack.lr"])
 
 
 def _studies_match_the_tables(exp, trials, attacks) -> None:
@@ -90,11 +126,20 @@ def _studies_match_the_tables(exp, trials, attacks) -> None:
 
 
 def test_several_methods_in_one_search_and_one_plot(tmp_path):
+    """Also W&B tracking, offline, with a token in the environment that nothing may write."""
+    token = "wandb-secret-0123456789abcdef0123456789abcdef"
     out = _run(tmp_path, "--set", "defender.method=[graddiff,maxent,npo,rmu]", "--set", "search.trials=4",
-               "--set", "search.sampler=random", "--set", "attack.budget=1", "--set", "search.retain_floor=0.5")
+               "--set", "search.sampler=random", "--set", "attack.budget=1", "--set", "search.retain_floor=0.5",
+               "--set", "tracking.backend=wandb", env={"WANDB_API_KEY": token})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    trials = pd.read_parquet(tmp_path / "results" / "e2e" / tables.TRIALS)
+    exp = tmp_path / "results" / "e2e"
+    trials = pd.read_parquet(exp / tables.TRIALS)
     defenders = trials[trials["kind"] == "defender"]
+    runs = sorted((exp / "wandb").glob("offline-run-*"))
+    assert sorted(r.name.rsplit("-", 1)[1] for r in runs) == sorted(defenders["trial_id"])  # W&B ids: trial ids
+    assert all(list(r.glob("*.wandb")) for r in runs)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [p for p in written if token.encode() in p.read_bytes()] and token not in out.stdout + out.stderr
     assert len(defenders) == 4 and (defenders["status"] == "ok").all()
     assert set(defenders["method"]) <= {"graddiff", "maxent", "npo", "rmu"} and defenders["method"].nunique() >= 2
     assert (defenders["feasible"] == (defenders["retain_acc"] >= 0.5)).all()

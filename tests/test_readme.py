@@ -18,7 +18,8 @@ import pytest
 from search import tables
 from tests.readme_blocks import ROOT, blocks, commands, of_kind, tiny_config
 
-KINDS = {"quickstart", "analysis", "ray-job", "python", "cloud", "usage", "layout", "output", "diagram"}
+KINDS = {"quickstart", "analysis", "ray-job", "python", "cloud", "usage", "layout", "output", "diagram",
+         "progress", "config"}
 
 
 def _bash(script: str, cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -114,3 +115,26 @@ def test_usage_block_lists_exactly_the_options_of_run_py():
 def test_layout_block_names_folders_that_exist():
     names = [line.split()[0] for line in of_kind("layout")[0].text.splitlines() if line and not line[0].isspace()]
     assert names and all((ROOT / n).exists() for n in names), [n for n in names if not (ROOT / n).exists()]
+
+
+def test_progress_block_is_what_the_display_renders():
+    from search import progress
+
+    (block,) = of_kind("progress")
+    s = progress.Snapshot(total=8, done=3, failed=0, running=2, attacks_done=27, attacks_running=2,
+                          attacks_queued=7, best=0.142, elapsed_s=133, remaining_s=220)
+    assert block.text.strip() == progress.render(s)
+
+
+def test_config_blocks_load_as_written_onto_the_quick_config(tmp_path):
+    import yaml
+
+    from search import config, tracking
+
+    for block in of_kind("config"):
+        raw = yaml.safe_load((ROOT / "configs" / "quick.yaml").read_text())
+        raw.update(yaml.safe_load(block.text))
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        cfg = config.load(path)
+        assert tracking.check(cfg.tracking, str(tmp_path / "results" / "x")) is None
