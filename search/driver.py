@@ -23,7 +23,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from search import progress, studies, tables, tracking
-from search.config import ExperimentConfig, trial_concurrency
+from search.config import ConfigError, ExperimentConfig
 from search.stages import Runner, StageRef
 from search.trial import Context, baseline, defender, pretrain, suppressed_id
 from spaces.dims import suggest
@@ -70,6 +70,26 @@ def say(text: str) -> None:
 def config_text(cfg: ExperimentConfig) -> str:
     """The resolved config as written beside the tables, credentials in URIs masked."""
     return tables.redact(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def trial_concurrency(cfg: ExperimentConfig, cluster_gpus: float) -> int | None:
+    """Trials to run at once: ``search.max_concurrent`` if set; with GPUs, as many as the
+    cluster's GPUs hold (a trial's stages need workers × GPUs each, ``attack.concurrency`` of
+    them at once); else None (Tune fills the CPUs). Raises ConfigError where one trial needs
+    more GPUs than the cluster has."""
+    if cfg.search.max_concurrent:
+        return cfg.search.max_concurrent
+    s = cfg.scaling
+    if not s.use_gpu:
+        return None
+    gpus = cfg.scaling.cluster_gpus or cluster_gpus
+    per_trial = s.num_workers * s.gpus_per_worker * cfg.attack.concurrency
+    if gpus < per_trial:
+        raise ConfigError(
+            f"scaling: a trial needs {per_trial:g} GPUs (num_workers × gpus_per_worker × "
+            f"attack.concurrency) and the cluster has {gpus:g}; set scaling.cluster_gpus to the "
+            "GPUs an autoscaling cluster grows to, or use fewer workers")
+    return int(gpus // per_trial)
 
 
 def init_ray(cfg: ExperimentConfig) -> None:

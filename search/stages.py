@@ -14,9 +14,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field, model_validator
+
 from search import cache
 from trainables.loop import world
 from trainables.stages import STAGES
+from trainables.strict import Strict
+
+
+
+class ScalingConfig(Strict):
+    """Ray Train scaling of every stage: ``num_workers: 0`` runs in-process (local mode); N
+    workers train with DDP (gloo on CPUs, NCCL on GPUs), each with ``gpus_per_worker`` GPUs when
+    ``use_gpu``. ``max_failures``: restarts of a stage's worker group after a worker is lost.
+
+    With GPUs the driver runs as many trials at once as the cluster's GPUs hold (each trial
+    runs ``attack.concurrency`` stages at once), so trials never wait on each other's placement
+    groups; ``cluster_gpus`` gives that count for an autoscaling cluster that starts with none."""
+
+    num_workers: int = Field(0, ge=0)
+    # ddp: a full replica per worker; fsdp: parameters, gradients and optimizer state sharded
+    # over the workers (a model too large for one GPU); not for TAR
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    use_gpu: bool = False
+    gpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(0, ge=0)
+    cluster_gpus: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _gpu(self) -> "ScalingConfig":
+        if self.use_gpu and self.num_workers == 0:
+            raise ValueError("use_gpu: needs num_workers >= 1")
+        return self
+
+    def resources_per_worker(self) -> dict[str, float]:
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
 
 @dataclass(frozen=True)

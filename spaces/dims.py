@@ -117,3 +117,30 @@ def suggest(trial: Any, space: dict[str, Dim]) -> dict[str, Any]:
         else:
             out[name] = trial.suggest_categorical(name, list(dim.values))
     return out
+
+
+MAX_COUNT = 10_000_000  # the largest step count, trial count or integer bound a config may ask for
+
+
+def check_space(space: dict[str, Any], base: dict[str, Dim], where: str) -> dict[str, Any]:
+    for name, bounds in space.items():
+        if name not in base:
+            raise ValueError(f"{where}.{name}: unknown dimension (known: {', '.join(base)})")
+        try:
+            dim = with_bounds(base[name], bounds)
+        except ValueError as e:
+            raise ValueError(f"{where}.{name}: {e}") from None
+        if isinstance(dim, Int) and dim.high > MAX_COUNT:
+            raise ValueError(f"{where}.{name}: {dim.high} is beyond the largest allowed ({MAX_COUNT:,})")
+    return space
+
+
+def check_fixed(params: dict[str, Any], base: dict[str, Dim], where: str) -> None:
+    for name in params:
+        if name not in base:
+            raise ValueError(f"{where}.{name}: unknown parameter (known: {', '.join(base)})")
+
+
+def searched(base: dict[str, Dim], bounds: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Dim]:
+    """The dimensions of ``base`` not fixed in ``fixed``, with ``bounds`` applied."""
+    return {k: with_bounds(d, bounds[k]) if k in bounds else d for k, d in base.items() if k not in fixed}

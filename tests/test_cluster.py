@@ -10,7 +10,7 @@ import pytest
 import ray
 import yaml
 
-from search import config
+from search import config, driver
 from tests.conftest import ROOT
 
 PAPER = ("wmdp_gemma2_2b_undo", "wmdp_zephyr_rmu", "tar_llama3_8b")
@@ -58,7 +58,7 @@ def test_paper_scale_configs_validate(name, tmp_path):
     cfg = config.load(ROOT / "configs" / f"{name}.yaml", overrides)
     assert cfg.setting.name == "wmdp" and cfg.setting.tokenizer == cfg.model.pretrained
     assert cfg.model.dtype == "bfloat16" and cfg.model.gradient_checkpointing and cfg.scaling.use_gpu
-    assert config.trial_concurrency(cfg, 0) >= 1
+    assert driver.trial_concurrency(cfg, 0) >= 1
     if overrides:
         with pytest.raises(config.ConfigError, match=r"setting\.forget_corpus\.0\.path: no such file"):
             config.load(ROOT / "configs" / f"{name}.yaml")

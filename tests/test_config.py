@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from search import config
+from search import config, driver
 from tests.conftest import ROOT
 
 
@@ -86,13 +86,13 @@ def test_cli_refuses_to_overwrite_an_experiment(tmp_path):
 def test_trial_concurrency_is_sized_to_the_clusters_gpus():
     base = ["scaling.num_workers=2", "scaling.use_gpu=true", "scaling.gpus_per_worker=1"]
     cfg = config.load(None, base)
-    assert config.trial_concurrency(cfg, 8) == 4  # 2 GPUs per trial
-    assert config.trial_concurrency(config.load(None, [*base, "attack.concurrency=2"]), 8) == 2
-    assert config.trial_concurrency(config.load(None, [*base, "scaling.cluster_gpus=16"]), 0) == 8  # autoscaling
-    assert config.trial_concurrency(config.load(None, [*base, "search.max_concurrent=3"]), 8) == 3
-    assert config.trial_concurrency(config.load(None, []), 0) is None  # CPUs: Tune decides
+    assert driver.trial_concurrency(cfg, 8) == 4  # 2 GPUs per trial
+    assert driver.trial_concurrency(config.load(None, [*base, "attack.concurrency=2"]), 8) == 2
+    assert driver.trial_concurrency(config.load(None, [*base, "scaling.cluster_gpus=16"]), 0) == 8  # autoscaling
+    assert driver.trial_concurrency(config.load(None, [*base, "search.max_concurrent=3"]), 8) == 3
+    assert driver.trial_concurrency(config.load(None, []), 0) is None  # CPUs: Tune decides
     with pytest.raises(config.ConfigError, match="scaling.cluster_gpus"):
-        config.trial_concurrency(cfg, 1)
+        driver.trial_concurrency(cfg, 1)
 
 
 @pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "../up", "x y"])

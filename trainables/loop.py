@@ -13,12 +13,12 @@ import math
 import os
 import time
 from functools import partial
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from trainables.strict import Strict
+from trainables.strict import Strict, format_error
 
 Curve = list[tuple[int, str, float]]  # (step, metric, value)
 
@@ -254,3 +254,14 @@ def last_eval(curve: Curve) -> dict[str, float]:
     """The evaluation metrics at the last step of a curve (the final ``eval_fn`` call)."""
     end = max(step for step, _, _ in curve)
     return {k: v for step, k, v in curve if step == end and k != "loss"}
+
+
+def check_params(params_cls: type[Strict], fixed: dict[str, Any], loop: dict[str, Any], where: str) -> None:
+    """Validate fixed values of a method: its hyperparameters by ``params_cls``, its loop keys
+    (``lr``, ``steps``, ...) by ``LoopConfig`` over ``loop``; a mistake names ``where.<field>``."""
+    loop_keys = {k: v for k, v in fixed.items() if k in LoopConfig.model_fields}
+    try:
+        params_cls(**{k: v for k, v in fixed.items() if k not in loop_keys})
+        LoopConfig(**{**loop, **loop_keys})
+    except ValidationError as e:
+        raise ValueError(f"{where}.{format_error(e)}") from None

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 from trainables import compute, data, loop, models, settings
+from trainables.loop import LoopConfig
+from trainables.strict import Strict
 
 
 def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
@@ -31,3 +34,16 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     models.save_model(model, out_dir)
     tokens = cfg.steps * cfg.batch_size * d.seq_len
     return compute.training_result(model, loop.last_eval(curve), curve, tokens, wall)
+
+
+class PretrainConfig(Strict):
+    """Pre-training of the reference model (retain + forget) and the pure model (retain only).
+
+    With ``model.pretrained`` nothing is pre-trained: the loaded model is the reference and
+    ``model.pure_pretrained`` (if given) the pure baseline. ``pure: null`` skips the pure
+    baseline (robustness is then not normalised). ``forget_fraction`` is also the forget share
+    of UNDO's distillation mix."""
+
+    reference: LoopConfig | None = None
+    pure: LoopConfig | None = None
+    forget_fraction: float = Field(0.5, gt=0, lt=1)

@@ -7,10 +7,11 @@ errors that name their field.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 
 def _numeric(annotation) -> bool:
@@ -34,3 +35,20 @@ class Strict(BaseModel):
                 if isinstance(value, bool) and field is not None and _numeric(field.annotation):
                     raise ValueError(f"{name}: must be a number, not {str(value).lower()}")
         return data
+
+
+def format_error(err: ValidationError, tags: tuple[str, ...] = ()) -> str:
+    """One ``<field.path>: <problem>`` per mistake, joined by ``; ``. ``tags``: discriminator
+    values of a tagged union, which pydantic puts in the path and the user never wrote."""
+    lines = []
+    for e in err.errors():
+        loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and p in tags)]
+        where = ".".join(str(p) for p in loc) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        named = re.match(r"^([A-Za-z_][\w.\[\]]*): (.*)$", msg, re.S)
+        if named and loc:  # a nested model's validator names its own field: setting.forget_corpus
+            where, msg = f"{where}.{named.group(1)}", named.group(2)
+        lines.append(f"{where}: {msg}" if e["loc"] else msg)
+    return "; ".join(lines)

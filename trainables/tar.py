@@ -40,12 +40,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from trainables import compute, data, loop, models, settings
+from trainables.loop import check_params
+from trainables.methods import METHODS
 from trainables.strict import Strict
 
 REFERENCE = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), arXiv 2408.00761"
@@ -237,3 +239,21 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     ref_tokens = cfg.steps * cfg.batch_size * d.seq_len
     result["flops"] += compute.forward_flops(sum(q.numel() for q in reference.parameters()), ref_tokens)
     return result
+
+
+ShallowName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+
+
+class TarConfig(Strict):
+    """TAR's initial safeguard (``trainables/tar.py``): a shallow method — TAR's random mapping
+    by default — at fixed hyperparameters (its ``Params`` and loop keys such as ``lr`` and
+    ``steps``; the rest are its defaults). TAR's own hyperparameters and outer loop are searched
+    like any method's, through ``defender.params`` / ``defender.space`` (``spaces/tar.py``)."""
+
+    safeguard: ShallowName = "random_mapping"
+    safeguard_params: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> "TarConfig":
+        check_params(METHODS[self.safeguard].Params, self.safeguard_params, {}, "safeguard_params")
+        return self
