@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from search.adversary import AttackConfig
 from search.stages import ScalingConfig
 from search.tracking import TrackingConfig
+from spaces import points
 from spaces.dims import MAX_COUNT, Choice, grid_size
 from trainables import arithmetic, wmdp
 from trainables.defenders import DefenderConfig
@@ -138,7 +139,8 @@ class ExperimentConfig(Strict):
         dims = self.defender.single_space()
         for name, dim in dims.items():
             if not isinstance(dim, Choice):
-                where = f"defender.undo.space.{name[5:]}" if name.startswith("undo.") else f"defender.space.{name}"
+                scope, short = points.split(name)
+                where = f"defender.undo.space.{short}" if scope == points.UNDO else f"defender.space.{name}"
                 raise ValueError(f"search.sampler: grid needs a list of values for every searched "
                                  f"dimension; {where} is a range (give {{values: [...]}} or fix it in params)")
         n = grid_size(dims)

@@ -26,6 +26,7 @@ from search import progress, studies, tables, tracking
 from search.config import ConfigError, ExperimentConfig
 from search.stages import Runner, StageRef
 from search.trial import Context, baseline, defender, pretrain, suppressed_id
+from spaces import points
 from spaces.dims import suggest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,8 +222,8 @@ def _define_by_run(trial: optuna.Trial, spaces: dict[str, dict], shared: dict | 
     if len(spaces) == 1:
         suggest(trial, next(iter(spaces.values())))
     else:
-        method = trial.suggest_categorical("method", list(spaces))
-        suggest(trial, {f"{method}.{k}": d for k, d in spaces[method].items()})
+        method = trial.suggest_categorical(points.METHOD, list(spaces))
+        suggest(trial, points.scoped(spaces[method], method))
     suggest(trial, shared or {})
 
 

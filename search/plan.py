@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from search.config import ExperimentConfig
+from spaces import points
 from spaces.dims import At, Choice, Dim, point_in
 from trainables import compute, settings
 from trainables.defenders import DEFENDERS, STAGE
@@ -160,7 +161,7 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
             out.append(Row(f"unlearn {method}", runs, loop["steps"], 2 * loop["batch_size"] * seq, n,
                            evaluations(loop)))
     if cfg.defender.undo:
-        u = distill_spec(cfg, {k.removeprefix("undo."): v for k, v in typical(cfg.defender.undo.search_space()).items()})
+        u = distill_spec(cfg, points.unscoped(typical(cfg.defender.undo.search_space()), points.UNDO))
         loop = u["loop"]
         out.append(Row("distill (UNDO; at most, it stops early)", cfg.search.trials, loop["steps"],
                        loop["batch_size"] * seq, n, evaluations(loop), forward_tokens=loop["batch_size"] * seq))

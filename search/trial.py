@@ -21,6 +21,7 @@ from search import archive, cache, tables
 from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
+from spaces import points
 from trainables import heldout, settings, wmdp
 from trainables.loop import LoopConfig
 from trainables.defenders import DEFENDERS, STAGE
@@ -81,15 +82,9 @@ def split_params(params: dict) -> tuple[dict, dict]:
 
 def decode(cfg: ExperimentConfig, config: dict) -> tuple[str, dict, dict]:
     """A point of the defender search → (method, its searched parameters, UNDO's searched
-    parameters). With several methods the point holds ``method`` and ``<method>.<name>`` keys;
-    with one, plain names; UNDO's are ``undo.<name>`` either way."""
-    undo = {k[len("undo."):]: v for k, v in config.items() if k.startswith("undo.")}
-    rest = {k: v for k, v in config.items() if not k.startswith("undo.")}
-    if "method" not in rest:
-        return cfg.defender.methods[0], rest, undo
-    method = rest["method"]
-    prefix = f"{method}."
-    return method, {k[len(prefix):]: v for k, v in rest.items() if k.startswith(prefix)}, undo
+    parameters); the names are ``spaces/points.py``'s."""
+    method, params, shared = points.decode(config, cfg.defender.methods[0])
+    return method, params, shared[points.UNDO]
 
 
 def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict | None = None) -> dict:
@@ -247,7 +242,7 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
     """
     start = time.perf_counter()
     method, params, undo = decode(ctx.cfg, config)
-    row = _row(ctx, trial_id, "defender", method, {**params, **{f"undo.{k}": v for k, v in undo.items()}})
+    row = _row(ctx, trial_id, "defender", method, {**params, **points.scoped(undo, points.UNDO)})
     try:
         ref_flops = reference.result["flops"]
         suppressed = suppress(ctx, method, params, reference)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from spaces import DEFENDER_SPACES, SUPERSEDED
+from spaces import DEFENDER_SPACES, SUPERSEDED, points
 from spaces.dims import Choice, Dim, check_space, searched, with_bounds
 from trainables import tar
 from trainables.loop import LoopConfig, check_params
@@ -55,7 +55,7 @@ class DefenderConfig(Strict):
         out = {}
         for k, val in v.items():
             if k in DEFENDERS and isinstance(val, dict):
-                out.update({f"{k}.{kk}": vv for kk, vv in val.items()})
+                out.update(points.scoped(val, k))
             else:
                 out[k] = val
         return out
@@ -65,7 +65,7 @@ class DefenderConfig(Strict):
         return [self.method] if isinstance(self.method, str) else list(dict.fromkeys(self.method))
 
     def _for(self, table: dict[str, Any], method: str) -> dict[str, Any]:
-        return {k.split(".", 1)[-1]: v for k, v in table.items() if "." not in k or k.split(".", 1)[0] == method}
+        return points.for_method(table, method)
 
     @model_validator(mode="after")
     def _check(self) -> "DefenderConfig":
@@ -75,8 +75,9 @@ class DefenderConfig(Strict):
             raise ValueError("undo: UNDO after TAR is not supported; search one robustness method at a time")
         for field, table in (("params", self.params), ("space", self.space)):
             for key in table:
-                if "." in key and key.split(".", 1)[0] not in self.methods:
-                    raise ValueError(f"{field}.{key}: {key.split('.', 1)[0]} is not a selected method")
+                scope, _ = points.split(key)
+                if scope is not None and scope not in self.methods:
+                    raise ValueError(f"{field}.{key}: {scope} is not a selected method")
         if "tar" in self.methods:
             self._check_tar_box()
         for m in self.methods:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from spaces import points
 from spaces.dims import Choice, Dim, check_fixed, check_space, searched, with_bounds
 from spaces.undo import SPACE as UNDO_SPACE
 from trainables import compute, data, loop, models, settings
@@ -206,4 +207,4 @@ class UndoConfig(Strict):
         """The searched UNDO dimensions, as ``undo.<name>``."""
         skip = {"alpha", "beta"} if self.init == "fresh" else set()
         dims = searched(UNDO_SPACE, self.space, {**self.params, **dict.fromkeys(skip)})
-        return {f"undo.{k}": d for k, d in dims.items()}
+        return points.scoped(dims, points.UNDO)
