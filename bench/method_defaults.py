@@ -2,7 +2,7 @@
 search: retain accuracy, forget accuracy on V before the attack and after the strongest attack
 found. In-process (no Ray); the reference comes from the stage cache.
 
-    python bench/method_defaults.py [--config configs/quick.yaml] [--set attack.budget=8]
+    python bench/method_defaults.py [--config configs/quick.yaml] [--set attack.budget=8] [--methods lat,repnoise]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--methods", help="comma-separated subset of the registry (default: every method)")
     args = p.parse_args()
     cfg = config.load(args.config, args.set)
     from search.driver import quiet
@@ -39,7 +40,7 @@ def main() -> None:
     for kind in ("reference", "pure"):
         row = baseline(ctx, kind, reference, reference if kind == "reference" else None)
         print(f"{kind:<11} {row['retain_acc']:7.3f} {row['forget_acc']:9.3f} {row['forget_acc_attacked']:11.3f}")
-    for method in METHODS:
+    for method in args.methods.split(",") if args.methods else METHODS:
         released = run_stage(runner, "unlearn", unlearn_spec(cfg, method, {}), {"model": reference})
         out = adversary_search(runner, cfg, released, method, "method-defaults", n_t, ref_flops=reference.result["flops"])
         m = released.result["metrics"]

@@ -1,14 +1,16 @@
 """Search spaces: one per defender method, one for attacks."""
 
-from spaces import attack, batteries, gradascent, graddiff, maxent, npo, random_mapping, rmu, tar, undo
+from spaces import attack, batteries, gradascent, graddiff, lat, maxent, npo, random_mapping, repnoise, rmu, tar, undo
 from spaces.dims import Dim
 
 DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
     "gradascent": gradascent.SPACE,
     "graddiff": graddiff.SPACE,
+    "lat": lat.SPACE,
     "maxent": maxent.SPACE,
     "npo": npo.SPACE,
     "random_mapping": random_mapping.SPACE,
+    "repnoise": repnoise.SPACE,
     "rmu": rmu.SPACE,
     "tar": tar.SPACE,
 }

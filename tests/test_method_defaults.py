@@ -25,7 +25,7 @@ def reference(tmp_path_factory):
     return cfg, runner, ref
 
 
-@pytest.mark.parametrize("method", ["graddiff", "maxent", "npo", "rmu", "random_mapping"])
+@pytest.mark.parametrize("method", ["graddiff", "maxent", "npo", "rmu", "random_mapping", "repnoise", "lat"])
 def test_default_unlearns_and_keeps_retain(reference, method):
     cfg, runner, ref = reference
     out = run_stage(runner, "unlearn", unlearn_spec(cfg, method, {}), {"model": ref})

@@ -11,7 +11,7 @@ from spaces import DEFENDER_SPACES
 from trainables import arithmetic as A
 from trainables.loop import LoopConfig, train
 from trainables.defenders import DEFENDERS, STAGE
-from trainables.methods import METHODS, gradascent, maxent, npo, rmu
+from trainables.methods import METHODS, gradascent, lat, maxent, npo, repnoise, rmu
 from trainables.models import ModelConfig, build_model
 
 
@@ -41,7 +41,7 @@ def _ce(logits, tokens):
 
 
 def test_registry_spaces_and_references():
-    assert set(METHODS) == {"gradascent", "graddiff", "maxent", "npo", "random_mapping", "rmu"}
+    assert set(METHODS) == {"gradascent", "graddiff", "lat", "maxent", "npo", "random_mapping", "repnoise", "rmu"}
     assert set(DEFENDERS) == set(DEFENDER_SPACES) == set(METHODS) | {"tar"}
     for name, m in DEFENDERS.items():
         assert m.REFERENCE and {"lr", "steps"} <= set(m.DEFAULT_LOOP)
@@ -143,3 +143,86 @@ def test_rmu_finds_layers_across_architectures(arch, layers, proj):
     assert len(rmu.trainable(model, explicit)) == 2
     with pytest.raises(ValueError, match="layers_path"):
         rmu.trainable(model, rmu.Params(layers_path="nowhere"))
+
+
+def _mmd_by_hand(x, y, kernels=5, mul=2.0):
+    """MMD² with the five-kernel Gaussian sum, written out with Python floats."""
+    z = x.tolist() + y.tolist()
+    n, t = len(x), len(z)
+    d2 = [[sum((a - b) ** 2 for a, b in zip(z[i], z[j])) for j in range(t)] for i in range(t)]
+    m = sum(map(sum, d2)) / (t * t - t)
+    k = [[sum(math.exp(-d2[i][j] / (m / mul ** (kernels // 2) * mul**q)) for q in range(kernels))
+          for j in range(t)] for i in range(t)]
+    block = lambda rows, cols: sum(k[i][j] for i in rows for j in cols) / (n * n)  # noqa: E731
+    first, second = range(n), range(n, t)
+    return block(first, first) + block(second, second) - block(first, second) - block(second, first)
+
+
+def test_repnoise_mmd_matches_the_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64) + 1
+    assert repnoise.mmd(x, y).item() == pytest.approx(_mmd_by_hand(x, y), rel=1e-9)
+    assert repnoise.mmd(x, x).item() == pytest.approx(0.0, abs=1e-12)
+    assert repnoise.mmd(x, y).item() > repnoise.mmd(x, x + 0.01).item()
+
+
+def test_repnoise_loss_formula():
+    model = build_model(ModelConfig(d_model=16, n_layer=2, n_head=2), 15, A.SEQ_LEN).eval()  # no dropout
+    f, r, _, _ = _batches(6)
+    params = repnoise.Params(alpha=0.7, beta=2.0)
+    torch.manual_seed(7)
+    got = repnoise.loss(model, f, r, params, A).item()
+    # by hand: every block's MLP output at the answer-predicting positions, one Gaussian draw each
+    seen = []
+    hooks = [b.mlp.register_forward_hook(lambda m, a, o: seen.append(o.detach())) for b in model.transformer.h]
+    out = model(input_ids=f, output_hidden_states=True)
+    for h in hooks:
+        h.remove()
+    torch.manual_seed(7)
+    noise = []
+    for h in seen:
+        x = h[:, A.ANSWER_START - 1 : A.SEQ_LEN - 1].reshape(len(f), -1).double()
+        noise.append(_mmd_by_hand(x, torch.randn(x.shape, dtype=torch.float32).double()))
+    lens = [_ce(model.lm_head(model.transformer.ln_f(h)), f) for h in out.hidden_states[:-1]] + [_ce(out.logits, f)]
+    expected = _ce(model(input_ids=r).logits, r) + 2.0 * sum(noise) / len(noise) - 0.7 * math.log(1 + sum(lens) / len(lens))
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_lat_away_loss_is_log_one_minus_p_by_hand():
+    f, r, lf, _ = _batches(7)
+    lf[0, A.ANSWER_START - 1, int(f[0, A.ANSWER_START])] = 30.0  # p → 1 at one target: still exact
+    vals = []
+    for b in range(len(f)):
+        for pos in range(A.ANSWER_START, A.SEQ_LEN):
+            z, y = lf[b, pos - 1].double(), int(f[b, pos])
+            others = torch.cat([z[:y], z[y + 1:]])
+            vals.append(-(torch.logsumexp(others, 0) - torch.logsumexp(z, 0)).item())
+    assert lat.away_loss(lf, f, A).item() == pytest.approx(sum(vals) / len(vals), rel=1e-5)
+    assert max(vals) > 25  # the saturated target contributes its true −log(1 − p)
+
+
+def test_lat_adversary_stays_in_the_ball_and_elicits_the_forget_answers():
+    delta = torch.randn(3, 5, 8) * 10
+    projected = lat.project(delta, 2.0)
+    assert torch.allclose(projected.norm(dim=-1), torch.full((3, 5), 2.0), atol=1e-5)  # onto the sphere
+    assert torch.allclose(projected / projected.norm(dim=-1, keepdim=True), delta / delta.norm(dim=-1, keepdim=True))
+    small = torch.full((1, 1, 8), 0.1)
+    assert torch.equal(lat.project(small, 2.0), small)  # inside the ball: unchanged
+    model = build_model(ModelConfig(d_model=16, n_layer=2, n_head=2), 15, A.SEQ_LEN).eval()
+    f, r, _, _ = _batches(8)
+    params = lat.Params(layer=0, epsilon=3.0, pgd_steps=6)
+    d = lat.adversary(model, f, params, A)
+    assert d.shape == (*f.shape, 16) and (d.norm(dim=-1) <= 3.0 + 1e-4).all()
+    ce = lambda: A.answer_loss(model(input_ids=f).logits, f).item()  # noqa: E731
+    clean = ce()
+    with lat.perturbed(model, params, d):
+        attacked = ce()
+        h = model(input_ids=f, output_hidden_states=True).hidden_states[1]
+    assert attacked < clean  # the perturbation brings the forget answers closer
+    assert torch.allclose(h - d, model(input_ids=f, output_hidden_states=True).hidden_states[1], atol=1e-5)
+    assert ce() == pytest.approx(clean)  # the hook is gone
+    assert all(p.grad is None for p in model.parameters())  # the inner steps leave the model alone
+    got = lat.loss(model, f, r, lat.Params(layer=0, epsilon=3.0, pgd_steps=6, lam=0.5), A).item()
+    with lat.perturbed(model, params, d):
+        away = lat.away_loss(model(input_ids=f).logits, f, A).item()
+    assert got == pytest.approx(away + 0.5 * A.answer_loss(model(input_ids=r).logits, r).item(), rel=1e-5)

@@ -129,6 +129,11 @@ def answer_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, ANSWER_START - 1 : SEQ_LEN - 1]
 
 
+def answer_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """The answer characters, (B, A): what ``answer_logits`` predicts."""
+    return tokens[:, ANSWER_START:SEQ_LEN]
+
+
 def answer_loss(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of the answer characters given everything before them.
 

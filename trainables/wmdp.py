@@ -352,6 +352,11 @@ def answer_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, :-1]
 
 
+def answer_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """The next tokens, (B, L−1): what ``answer_logits`` predicts."""
+    return tokens[:, 1:]
+
+
 def answer_loss(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean",
                 pad_id: int | None = None) -> torch.Tensor:
     """Next-token cross-entropy over every position whose target is not padding.

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from trainables.methods import gradascent, graddiff, maxent, npo, random_mapping, rmu
+from trainables.methods import gradascent, graddiff, lat, maxent, npo, random_mapping, repnoise, rmu
 
 METHODS: dict[str, ModuleType] = {
     "gradascent": gradascent,
     "graddiff": graddiff,
+    "lat": lat,
     "maxent": maxent,
     "npo": npo,
     "random_mapping": random_mapping,
+    "repnoise": repnoise,
     "rmu": rmu,
 }
