@@ -226,3 +226,18 @@ def test_lat_adversary_stays_in_the_ball_and_elicits_the_forget_answers():
     with lat.perturbed(model, params, d):
         away = lat.away_loss(model(input_ids=f).logits, f, A).item()
     assert got == pytest.approx(away + 0.5 * A.answer_loss(model(input_ids=r).logits, r).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_repnoise_and_lat_run_on_real_architectures(arch):
+    common = dict(vocab_size=15, num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                  num_attention_heads=2, num_key_value_heads=2, head_dim=16, max_position_embeddings=16)
+    cfg = AutoConfig.for_model("gpt2", vocab_size=15, n_layer=2, n_embd=32, n_head=2, n_positions=16) \
+        if arch == "gpt2" else AutoConfig.for_model(arch, **common)
+    model = AutoModelForCausalLM.from_config(cfg)
+    f, r, _, _ = _batches(9)
+    for method, params in ((repnoise, repnoise.Params()), (lat, lat.Params(layer=-1, pgd_steps=2))):
+        value = method.loss(model, f, r, params, A)
+        value.backward()
+        assert torch.isfinite(value) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        model.zero_grad()
