@@ -18,6 +18,7 @@ import importlib.util
 import math
 import netrc
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -98,6 +99,14 @@ def _mlflow_callback(t: TrackingConfig, experiment: str, name: str, exp_dir: str
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     class Callback(MLflowLoggerCallback):
+        def setup(self, *args, **kwargs):
+            if t.uri is None:  # the default store: its artifacts in the experiment folder, not the cwd
+                client = self.mlflow_util._mlflow.tracking.MlflowClient(uri)
+                if client.get_experiment_by_name(t.project or experiment) is None:
+                    artifacts = Path(os.path.abspath(exp_dir), "mlartifacts").as_uri()
+                    client.create_experiment(t.project or experiment, artifact_location=artifacts)
+            super().setup(*args, **kwargs)
+
         def log_trial_start(self, trial):
             super().log_trial_start(trial)
             self.mlflow_util._mlflow.tracking.MlflowClient().set_tag(self._trial_runs[trial], "trial_id", trial.trial_id)

@@ -83,6 +83,7 @@ def _mlflow_holds_each_trial_and_its_attacks(exp, trials, attacks) -> None:
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{exp / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("quick")
+    assert experiment.artifact_location == (exp / "mlartifacts").as_uri()  # not the driver's cwd
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = {r.info.run_id: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
