@@ -65,7 +65,7 @@ def _in_ray_worker() -> None:
 
 
 def say(text: str) -> None:
-    progress.emit(f"[tamper-search {time.strftime('%H:%M:%S')}] {tables.redact(text)}")
+    progress.emit(progress.stamp(tables.redact(text)))
 
 
 def config_text(cfg: ExperimentConfig) -> str:
@@ -166,8 +166,7 @@ class Progress(tune.Callback):
     def on_experiment_end(self, trials, **info):
         self._status(trials, force=True)
         if self.live is not None:
-            self.live.close()
-        progress.current = None
+            self.live.close()  # run_experiment clears progress.current, also when fit() raises
 
     def _line(self, trial, text: str) -> None:
         self.done += 1

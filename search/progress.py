@@ -109,6 +109,16 @@ def render(s: Snapshot) -> str:
     return " | ".join(parts)
 
 
+def stamp(text: str) -> str:
+    """A line as the driver prints it: ``[tamper-search HH:MM:SS] text``."""
+    return f"[tamper-search {time.strftime('%H:%M:%S')}] {text}"
+
+
+def _fit(text: str) -> str:
+    """``text`` cut to the terminal's width: a longer line would wrap, and \\r could not undo it."""
+    return text[: shutil.get_terminal_size((120, 24)).columns - 1]
+
+
 class Live:
     """A status line kept under the permanent lines on a terminal; plain lines elsewhere."""
 
@@ -131,11 +141,10 @@ class Live:
         changed = text.rsplit(" | ", 1)[0] != self.last_text.rsplit(" | ", 1)[0]
         self.last_text = text
         if self.tty:
-            width = shutil.get_terminal_size((120, 24)).columns - 1
-            self.stream.write("\r\x1b[K" + text[:width])  # a longer line would wrap: \r could not undo it
+            self.stream.write("\r\x1b[K" + _fit(text))
             self.shown = True
         elif changed or force:
-            self.stream.write(f"[tamper-search {time.strftime('%H:%M:%S')}] progress: {text}\n")
+            self.stream.write(stamp(f"progress: {text}") + "\n")
         self.stream.flush()
 
     def line(self, text: str) -> None:
@@ -144,7 +153,7 @@ class Live:
             self.stream.write("\r\x1b[K")
         self.stream.write(text + "\n")
         if self.shown:
-            self.stream.write(self.last_text[: shutil.get_terminal_size((120, 24)).columns - 1])
+            self.stream.write(_fit(self.last_text))
         self.stream.flush()
 
     def close(self) -> None:

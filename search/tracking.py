@@ -72,7 +72,7 @@ def check(t: TrackingConfig, exp_dir: str) -> str | None:
 def _attacks(exp_dir: str, trial_id: str) -> list[dict[str, Any]]:
     from search import tables
 
-    return tables.read_part(exp_dir, trial_id).get("attacks", []) if trial_id else []
+    return tables.read_part(exp_dir, trial_id).get("attacks", [])
 
 
 def _split(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -98,22 +98,27 @@ def callbacks(t: TrackingConfig, experiment: str, name: str, exp_dir: str) -> li
 def _mlflow_callback(t: TrackingConfig, experiment: str, name: str, exp_dir: str) -> "tune.Callback":
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+    uri = t.uri or "sqlite:///" + os.path.join(os.path.abspath(exp_dir), "mlflow.db")
+    project = t.project or experiment
+
     class Callback(MLflowLoggerCallback):
+        def _client(self):
+            return self.mlflow_util._mlflow.tracking.MlflowClient(uri)
+
         def setup(self, *args, **kwargs):
-            if t.uri is None:  # the default store: its artifacts in the experiment folder, not the cwd
-                client = self.mlflow_util._mlflow.tracking.MlflowClient(uri)
-                if client.get_experiment_by_name(t.project or experiment) is None:
-                    artifacts = Path(os.path.abspath(exp_dir), "mlartifacts").as_uri()
-                    client.create_experiment(t.project or experiment, artifact_location=artifacts)
+            if t.uri is None and self._client().get_experiment_by_name(project) is None:
+                # the default store: its artifacts in the experiment folder, not the driver's cwd
+                artifacts = Path(os.path.abspath(exp_dir), "mlartifacts").as_uri()
+                self._client().create_experiment(project, artifact_location=artifacts)
             super().setup(*args, **kwargs)
 
         def log_trial_start(self, trial):
             super().log_trial_start(trial)
-            self.mlflow_util._mlflow.tracking.MlflowClient().set_tag(self._trial_runs[trial], "trial_id", trial.trial_id)
+            self._client().set_tag(self._trial_runs[trial], "trial_id", trial.trial_id)
 
         def log_trial_end(self, trial, failed: bool = False):
             run_id = self._trial_runs[trial]
-            client = self.mlflow_util._mlflow.tracking.MlflowClient()
+            client = self._client()
             experiment_id = client.get_run(run_id).info.experiment_id
             for row in _attacks(exp_dir, trial.trial_id):  # one nested run per attack
                 params, metrics = _split(row)
@@ -124,8 +129,7 @@ def _mlflow_callback(t: TrackingConfig, experiment: str, name: str, exp_dir: str
                 client.set_terminated(child.info.run_id, "FINISHED")
             super().log_trial_end(trial, failed)
 
-    uri = t.uri or "sqlite:///" + os.path.join(os.path.abspath(exp_dir), "mlflow.db")
-    return Callback(tracking_uri=uri, experiment_name=t.project or experiment, tags={"run": name})
+    return Callback(tracking_uri=uri, experiment_name=project, tags={"run": name})
 
 
 def _wandb_callback(t: TrackingConfig, experiment: str, name: str, exp_dir: str) -> "tune.Callback":

@@ -64,9 +64,6 @@ class DefenderConfig(Strict):
     def methods(self) -> list[str]:
         return [self.method] if isinstance(self.method, str) else list(dict.fromkeys(self.method))
 
-    def _for(self, table: dict[str, Any], method: str) -> dict[str, Any]:
-        return points.for_method(table, method)
-
     @model_validator(mode="after")
     def _check(self) -> "DefenderConfig":
         if not self.methods:
@@ -82,8 +79,8 @@ class DefenderConfig(Strict):
             self._check_tar_box()
         for m in self.methods:
             where = "space" if len(self.methods) == 1 else f"space.{m}"
-            check_space(self._for(self.space, m), DEFENDER_SPACES[m], where)
-            fixed = self._for(self.params, m)
+            check_space(points.for_method(self.space, m), DEFENDER_SPACES[m], where)
+            fixed = points.for_method(self.params, m)
             where = "params" if len(self.methods) == 1 else f"params.{m}"
             check_params(DEFENDERS[m].Params, fixed, self.loop.model_dump(), where)
         return self
@@ -91,7 +88,7 @@ class DefenderConfig(Strict):
     def _check_tar_box(self) -> None:
         """TAR needs subsample ≤ inner_steps at every point the search can draw, not only at
         the defaults: check the box's corners (fixed values, bounds or listed values)."""
-        fixed, space = self._for(self.params, "tar"), self._for(self.space, "tar")
+        fixed, space = points.for_method(self.params, "tar"), points.for_method(self.space, "tar")
         default = DEFENDERS["tar"].Params()
 
         def extent(name: str) -> tuple[float, float]:
@@ -115,15 +112,15 @@ class DefenderConfig(Strict):
 
     def method_params(self, method: str) -> dict[str, Any]:
         """The fixed values that apply to ``method`` (hyperparameters and loop keys)."""
-        return self._for(self.params, method)
+        return points.for_method(self.params, method)
 
     def search_space(self) -> dict[str, dict[str, Dim]]:
         """Each selected method's searched dimensions (fixed ones left out), bounds applied."""
         out = {}
         for m in self.methods:
-            fixed = self._for(self.params, m)
+            fixed = points.for_method(self.params, m)
             gone = {d for k, dims in SUPERSEDED.get(m, {}).items() if fixed.get(k) is not None for d in dims}
-            dims = searched(DEFENDER_SPACES[m], self._for(self.space, m), fixed)
+            dims = searched(DEFENDER_SPACES[m], points.for_method(self.space, m), fixed)
             out[m] = {k: v for k, v in dims.items() if k not in gone}
         return out
 
