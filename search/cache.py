@@ -23,7 +23,10 @@ import json
 import os
 import shutil
 import sys
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +35,7 @@ import pyarrow.fs as pafs
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 RESULT_FILE = "result.json"
 MANIFEST = "files"  # key in result.json: {relative path: {"size": bytes, "sha256": hex}}
+FETCH_LOG = "fetches.jsonl"  # in a node's mirror: one line per entry downloaded into it
 _verified: set[str] = set()  # entries whose hashes this process has checked
 
 
@@ -211,9 +215,32 @@ def remove(location: str | Path) -> None:
         pass
 
 
+@contextmanager
+def _node_lock(mirror: Path, key: str) -> Iterator[None]:
+    """Hold ``key``'s lock in this node's mirror: processes and threads of one node that need the
+    same entry at once download it once (the others wait, then find it)."""
+    import fcntl
+
+    locks = mirror / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / key, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def fetches(mirror: Path) -> list[dict]:
+    """The downloads into a mirror so far, one per entry fetched: key, bytes, seconds."""
+    log = mirror / FETCH_LOG
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
 def materialize(location: str | Path) -> str:
     """A local path for a stage input: a local folder or hub id as is; a remote entry
-    downloaded once into this node's mirror (whole, then renamed into place)."""
+    downloaded once into this node's mirror (whole, then renamed into place; logged in the
+    mirror's ``fetches.jsonl``)."""
     location = str(location)
     if not is_remote(location):
         return location
@@ -221,6 +248,20 @@ def materialize(location: str | Path) -> str:
     target = mirror_root(cache_uri) / key
     if (target / RESULT_FILE).exists():
         return str(target)
+    with _node_lock(target.parent, key):
+        if (target / RESULT_FILE).exists():  # another process of this node fetched it meanwhile
+            return str(target)
+        start = time.perf_counter()
+        path = _download(location, key, target)
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        with open(target.parent / FETCH_LOG, "a") as log:
+            log.write(json.dumps({"key": key, "bytes": size, "s": round(time.perf_counter() - start, 3)}) + "\n")
+    return str(path)
+
+
+def _download(location: str, key: str, target: Path) -> Path:
+    """Copy a committed remote entry into a staging folder, check it, rename it to ``target``."""
+    cache_uri = location.rstrip("/").rsplit("/", 1)[0]
     fs, base = _fs(location)
     if fs.get_file_info(f"{base}/{RESULT_FILE}").type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"cache entry {location} is not committed")
@@ -232,4 +273,4 @@ def materialize(location: str | Path) -> str:
         shutil.rmtree(staged, ignore_errors=True)
         _discard(location, why)
         raise FileNotFoundError(f"cache entry {location} was damaged ({why}) and is discarded; run again to recompute it")
-    return str(_move_into_place(staged, target))
+    return _move_into_place(staged, target)

@@ -250,7 +250,7 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool, concurrency: int | N
     trainable = tune.with_parameters(defender_trial, ctx=ctx, reference=reference)
     # Local mode: the stages run in the trial's own process, which holds the CPUs. With Ray
     # Train workers, the workers hold the resources and the trial only coordinates.
-    per_trial = {"cpu": cfg.scaling.cpus_per_worker} if cfg.scaling.num_workers == 0 else {"cpu": 0.25}
+    per_trial = {"cpu": 0.25} if cfg.scaling.num_workers else {"cpu": cfg.scaling.cpus_per_worker, **cfg.scaling.resources}
     trainable = tune.with_resources(trainable, per_trial)
     tune_dir = tables.join(ctx.exp_dir, "tune")
     # Save Tune's experiment state (trial statuses, the searcher) at most a second after any
@@ -309,7 +309,9 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     say(f"experiment {name}: results in {exp_dir}")
     say("pre-training the reference and pure models (cached after the first run) ...")
     kinds = cfg.baseline_kinds
-    models = dict(zip(kinds, ray.get([_pretrain_task.remote(ctx, k) for k in kinds])))
+    # In local mode these tasks run their stages in-process: they hold the stage resources.
+    tasks = {"resources": cfg.scaling.resources} if cfg.scaling.num_workers == 0 and cfg.scaling.resources else {}
+    models = dict(zip(kinds, ray.get([_pretrain_task.options(**tasks).remote(ctx, k) for k in kinds])))
     reference = models["reference"]
     for kind, ref in models.items():
         m = ref.result["metrics"]
@@ -319,7 +321,7 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
               else f"{cfg.attack.budget} attacks")
     say(f"adversary search ({budget} + {cfg.attack.reseeds} re-runs of the strongest, each) on the baselines and "
         f"{cfg.search.trials} {'/'.join(cfg.defender.methods)}{' + UNDO' if cfg.defender.undo else ''} trials ...")
-    baselines = {kind: _baseline_task.remote(ctx, kind, reference, model) for kind, model in models.items()}
+    baselines = {kind: _baseline_task.options(**tasks).remote(ctx, kind, reference, model) for kind, model in models.items()}
     before = [m for m in cfg.defender.methods if cfg.defender.undo or m == "tar"]
     if before:
         # The suppressed models (UNDO's teachers: each method at its fixed + default
@@ -327,11 +329,14 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         # trials building on them find both in the stage cache.
         say("unlearning and attacking the suppressed model(s) first ...")
         suppressed = {
-            suppressed_id(cfg, m): _baseline_task.remote(ctx, "suppressed", reference, None, m)
+            suppressed_id(cfg, m): _baseline_task.options(**tasks).remote(ctx, "suppressed", reference, None, m)
             for m in before
         }
         _report(suppressed)
-    if cfg.scaling.use_gpu:  # trial concurrency is sized to every GPU: let the baselines finish
+    if cfg.scaling.use_gpu or cfg.scaling.resources:
+        # Scarce resources (GPUs, a node type's custom resource): trials get them all, so let
+        # the baselines finish first; an autoscaler then grows the cluster to the trial
+        # concurrency, not to trials + baselines.
         _report(baselines)
     try:
         _tuner(ctx, reference, resume, concurrency).fit()

@@ -30,7 +30,12 @@ class ScalingConfig(Strict):
 
     With GPUs the driver runs as many trials at once as the cluster's GPUs hold (each trial
     runs ``attack.concurrency`` stages at once), so trials never wait on each other's placement
-    groups; ``cluster_gpus`` gives that count for an autoscaling cluster that starts with none."""
+    groups; ``cluster_gpus`` gives that count for an autoscaling cluster that starts with none.
+
+    ``resources``: custom Ray resources every stage-running process holds besides its CPUs and
+    GPUs (the Train workers; with ``num_workers: 0`` the trial and the pre-training and baseline
+    tasks, which run their stages in-process), e.g. ``{accelerator_type:A100: 0.01}`` or a
+    resource only some node types declare, to pin stages to those nodes."""
 
     num_workers: int = Field(0, ge=0)
     # ddp: a full replica per worker; fsdp: parameters, gradients and optimizer state sharded
@@ -41,15 +46,22 @@ class ScalingConfig(Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(0, ge=0)
     cluster_gpus: int | None = Field(None, ge=1)
+    resources: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _gpu(self) -> "ScalingConfig":
         if self.use_gpu and self.num_workers == 0:
             raise ValueError("use_gpu: needs num_workers >= 1")
+        for name, amount in self.resources.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"resources.{name}: set through cpus_per_worker / gpus_per_worker, not resources")
+            if not amount > 0:
+                raise ValueError(f"resources.{name}: must be > 0, got {amount}")
         return self
 
     def resources_per_worker(self) -> dict[str, float]:
-        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
+        """What one stage-running process holds: CPUs, GPUs if used, and the custom resources."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {}), **self.resources}
 
 
 @dataclass(frozen=True)
@@ -92,8 +104,17 @@ def run_stage(runner: Runner, stage: str, spec: dict, inputs: dict[str, StageRef
         shutil.rmtree(staged, ignore_errors=True)
         raise
     result["wall_s"] = time.perf_counter() - start
+    result["inputs"] = {role: ref.key for role, ref in inputs.items()}  # provenance: what it was built from
+    result.setdefault("node", node_id())  # set by a Ray Train worker where it ran elsewhere
     path = cache.commit(runner.cache_dir, key, staged, result)
     return StageRef(key, path, result)
+
+
+def node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _local(inputs: dict[str, str]) -> dict[str, str]:
@@ -126,7 +147,7 @@ def _worker(config: dict) -> None:
         result = STAGES[config["stage"]](config["spec"], _local(config["inputs"]), Path(tmp))
         rank0 = world()[0] == 0
         if rank0:
-            (Path(tmp) / cache.RESULT_FILE).write_text(json.dumps(result))
+            (Path(tmp) / cache.RESULT_FILE).write_text(json.dumps({**result, "node": node_id()}))
         ray.train.report({"done": 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank0 else None)
 
 

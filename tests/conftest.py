@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the hub fails loudly
+# remote-cache mirrors of tests (and of the Ray workers they start) stay out of ~/.cache
+os.environ.setdefault("TAMPER_SEARCH_MIRROR", tempfile.mkdtemp(prefix="tamper-search-mirror-"))
 
 # Overrides that shrink configs/quick.yaml to seconds: a smaller model, tens of steps.
 TINY = [

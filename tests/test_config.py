@@ -26,6 +26,8 @@ def test_quick_config_loads():
     ("setting.forget_eval_fraction=1.5", "setting.forget_eval_fraction"),
     ("model.n_head=3", "n_head"),
     ("scaling.use_gpu=true", "use_gpu"),
+    ("scaling.resources={GPU: 1}", "resources.GPU"),
+    ("scaling.resources={fake_gpu: 0}", "resources.fake_gpu"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(config.ConfigError, match=field.replace(".", r"\.").replace("[", r"\[")):

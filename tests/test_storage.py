@@ -5,6 +5,7 @@ as ``s3://`` / ``gs://`` ones."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -37,6 +38,23 @@ def test_a_stage_computed_on_one_node_is_reused_on_another(tiny_cfg, tmp_path, m
         "seed": 0}, {"model": unlearned})  # its input is downloaded into node b's mirror
     assert attack.result["metrics"]["forget_acc_max"] >= 0
     assert (tmp_path / "node-b" / cache.mirror_root(uri).name / unlearned.key / "model.safetensors").exists()
+
+
+def test_processes_of_one_node_needing_an_entry_at_once_download_it_once(tmp_path, monkeypatch):
+    uri = f"file://{tmp_path / 'bucket'}"
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "weights.bin").write_bytes(b"x" * 100_000)
+    monkeypatch.setenv("TAMPER_SEARCH_MIRROR", str(tmp_path / "node-a"))  # where it was computed
+    cache.commit(uri, "k1", staged, {"flops": 1.0})
+    monkeypatch.setenv("TAMPER_SEARCH_MIRROR", str(tmp_path / "node-b"))
+    with ThreadPoolExecutor(8) as pool:  # threads stand in for processes: the lock is a file lock
+        paths = set(pool.map(lambda _: cache.materialize(f"{uri}/k1"), range(8)))
+    mirror = tmp_path / "node-b" / cache.mirror_root(uri).name
+    assert paths == {str(mirror / "k1")} and (mirror / "k1" / "weights.bin").stat().st_size == 100_000
+    (fetch,) = cache.fetches(mirror)
+    assert fetch["key"] == "k1" and fetch["bytes"] > 100_000  # the weights and the marker
+    assert not list((mirror / ".staging").iterdir())
 
 
 def test_an_entry_without_its_marker_is_not_there(tmp_path):
