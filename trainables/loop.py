@@ -259,9 +259,17 @@ def last_eval(curve: Curve) -> dict[str, float]:
 def check_params(params_cls: type[Strict], fixed: dict[str, Any], loop: dict[str, Any], where: str) -> None:
     """Validate fixed values of a method: its hyperparameters by ``params_cls``, its loop keys
     (``lr``, ``steps``, ...) by ``LoopConfig`` over ``loop``; a mistake names ``where.<field>``."""
-    loop_keys = {k: v for k, v in fixed.items() if k in LoopConfig.model_fields}
     try:
-        params_cls(**{k: v for k, v in fixed.items() if k not in loop_keys})
-        LoopConfig(**{**loop, **loop_keys})
+        params_cls(**{k: v for k, v in fixed.items() if k not in LoopConfig.model_fields})
+    except ValidationError as e:
+        raise ValueError(f"{where}.{format_error(e)}") from None
+    check_loop_keys(fixed, loop, where)
+
+
+def check_loop_keys(fixed: dict[str, Any], loop: dict[str, Any], where: str) -> None:
+    """Validate the loop keys among fixed values (``lr``, ``steps``, ...) by ``LoopConfig`` over
+    ``loop``; other keys are not looked at. A mistake names ``where.<field>``."""
+    try:
+        LoopConfig(**{**loop, **{k: v for k, v in fixed.items() if k in LoopConfig.model_fields}})
     except ValidationError as e:
         raise ValueError(f"{where}.{format_error(e)}") from None

@@ -22,14 +22,14 @@ import torch
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from spaces import points
 from spaces.dims import Choice, Dim, check_fixed, check_space, searched, with_bounds
 from spaces.undo import SPACE as UNDO_SPACE
 from trainables import compute, data, loop, models, settings
 from trainables.loop import LoopConfig
-from trainables.strict import Strict, format_error
+from trainables.strict import Strict
 
 REFERENCE = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), arXiv 2506.06278"
 INITS = ("corrupt", "fresh")
@@ -197,10 +197,7 @@ class UndoConfig(Strict):
                 dim = with_bounds(UNDO_SPACE[name], self.space[name])
                 for v in dim.values if isinstance(dim, Choice) else (dim.low, dim.high):
                     _in_unit(v, f"space.{name}")
-        try:
-            LoopConfig(**{**self.loop.model_dump(), **{k: v for k, v in self.params.items() if k in LoopConfig.model_fields}})
-        except ValidationError as e:
-            raise ValueError(f"params.{format_error(e)}") from None
+        loop.check_loop_keys(self.params, self.loop.model_dump(), "params")
         return self
 
     def search_space(self) -> dict[str, Dim]:
