@@ -150,20 +150,20 @@ def read_part(exp_dir: str, trial_id: str) -> dict[str, list[dict]]:
     path = join(base, PARTS, f"{trial_id}.json")
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return {}
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+    return _read_json(fs, path)
 
 
 def read_parts(exp_dir: str) -> dict[str, dict[str, list[dict]]]:
     """Every trial's part, by trial id."""
     fs, base = resolve(exp_dir)
     infos = fs.get_file_info(pafs.FileSelector(join(base, PARTS), allow_not_found=True))
-    parts = {}
-    for info in sorted(infos, key=lambda i: i.path):
-        if info.is_file and info.path.endswith(".json"):
-            with fs.open_input_stream(info.path) as f:
-                parts[info.base_name[: -len(".json")]] = json.loads(f.read())
-    return parts
+    return {info.base_name[: -len(".json")]: _read_json(fs, info.path)
+            for info in sorted(infos, key=lambda i: i.path) if info.is_file and info.path.endswith(".json")}
+
+
+def _read_json(fs: pafs.FileSystem, path: str) -> Any:
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
 
 
 def to_table(rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> pa.Table:
