@@ -161,8 +161,9 @@ def test_a_node_killed_under_a_trial_is_retried_elsewhere_and_every_trial_lands_
         deadline = time.time() + 500
         while time.time() < deadline and proc.poll() is None:
             for node_id, w in workers.items():
-                staging = _mirror(w["mirror"], uri) / ".staging"
-                if staging.exists() and any(d.name.startswith("unlearn-") for d in staging.iterdir()):
+                mirror = _mirror(w["mirror"], uri)
+                staged = [d.name.rsplit("-", 1)[0] for d in (mirror / ".staging").glob("unlearn-*")]
+                if any(not (mirror / key).exists() for key in staged):  # staged, not yet committed
                     raylet = w["node"].all_processes[ray._private.ray_constants.PROCESS_TYPE_RAYLET][0].process
                     # the machine goes: its raylet and the worker processes under it, at once
                     for proc_ in [*psutil.Process(raylet.pid).children(recursive=True), raylet]:
