@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 
 from search import archive, studies
 from search.stages import Runner, StageRef, run_stage
+from trainables import attack as attack_stage
 from spaces import BATTERIES
 from spaces import ATTACK_PRIOR as PRIOR
 from spaces.attack import LORA_DEFAULTS
@@ -152,7 +153,7 @@ def seed_of(*parts: object) -> int:
 LOOP_KEYS = ("optimizer", "schedule", "lr", "steps", "batch_size", "warmup_steps", "eval_every", "eval_at")
 
 
-def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> dict:
+def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> attack_stage.Spec:
     """The attack stage's spec for one point of the attack space (fixed ``attack.params``, then
     the point's own values; LoRA's defaults where a LoRA attack leaves one out)."""
     p = {**cfg.attack.params, **params}
@@ -163,37 +164,37 @@ def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> dict:
     if p.get("kind", "full") == "lora":
         q = {**LORA_DEFAULTS, **{k: v for k, v in p.items() if k in LORA_DEFAULTS}}
         lora = {"r": q["lora_r"], "alpha": q["lora_alpha"], "dropout": q["lora_dropout"], "targets": q["lora_targets"]}
-    return {
-        "setting": cfg.setting.model_dump(),
-        "load": cfg.model.load_options(),
-        "loop": loop,
-        "data": p.get("data", "forget"),
-        "retain_fraction": p.get("retain_fraction", cfg.attack.retain_fraction),  # a battery may fix it
-        "loss_on": cfg.attack.loss_on,
-        "n_examples": p.get("n_examples"),
-        "lora": lora,
-        "seed": seed,
-    }
+    return attack_stage.Spec(
+        setting=cfg.setting.model_dump(),
+        load=cfg.model.load_options(),
+        loop=LoopConfig(**loop),
+        data=p.get("data", "forget"),
+        retain_fraction=p.get("retain_fraction", cfg.attack.retain_fraction),  # a battery may fix it
+        loss_on=cfg.attack.loss_on,
+        n_examples=p.get("n_examples"),
+        lora=lora,
+        seed=seed,
+    )
 
 
-def attack_columns(spec: dict, n_examples: int | None, source: str) -> dict:
+def attack_columns(spec: attack_stage.Spec, n_examples: int | None, source: str) -> dict:
     """The ``attack.*`` columns describing one attack."""
-    loop, lora = spec["loop"], spec["lora"] or {}
+    loop, lora = spec.loop, spec.lora or {}
     return {
         "attack.source": source,
-        "attack.kind": "lora" if spec["lora"] else "full",
-        "attack.lr": loop["lr"],
-        "attack.steps": loop["steps"],
-        "attack.batch": loop["batch_size"],
-        "attack.optimizer": loop["optimizer"],
-        "attack.schedule": loop["schedule"],
+        "attack.kind": "lora" if spec.lora else "full",
+        "attack.lr": loop.lr,
+        "attack.steps": loop.steps,
+        "attack.batch": loop.batch_size,
+        "attack.optimizer": loop.optimizer,
+        "attack.schedule": loop.schedule,
         "attack.lora_r": lora.get("r"),
         "attack.lora_alpha": lora.get("alpha"),
         "attack.lora_dropout": lora.get("dropout"),
         "attack.lora_targets": lora.get("targets"),
-        "attack.data": spec["data"],
-        "attack.loss_on": spec["loss_on"],
-        "attack.n_examples": spec["n_examples"] or n_examples,
+        "attack.data": spec.data,
+        "attack.loss_on": spec.loss_on,
+        "attack.n_examples": spec.n_examples or n_examples,
     }
 
 
@@ -225,7 +226,7 @@ def adversary_search(
     lock = threading.Lock()  # concurrent attacks append rows and add up FLOPs
 
     def run_attack(attack_id: str, params: dict, attack_seed: int, source: str, extra: dict | None = None) -> dict:
-        spec = {**attack_spec(cfg, params, attack_seed), "prune": None, **(extra or {})}
+        spec = attack_spec(cfg, params, attack_seed).model_copy(update=extra or {})
         row = {
             "experiment": experiment, "trial_id": trial_id, "attack_id": attack_id,
             **attack_columns(spec, n_examples, source),

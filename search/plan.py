@@ -47,11 +47,10 @@ class Row:
         return self.runs * per_run
 
 
-def evaluations(loop: dict) -> int:
+def evaluations(loop: LoopConfig) -> int:
     """How many evaluations the training loop makes in a run of ``loop``: its own rule
     (``LoopConfig.evaluates`` / ``evaluates_at``) applied to every step, plus the final one."""
-    cfg = LoopConfig(**loop)
-    return int(cfg.evaluates()) + sum(cfg.evaluates_at(s) for s in range(1, cfg.steps)) + 1
+    return int(loop.evaluates()) + sum(loop.evaluates_at(s) for s in range(1, loop.steps)) + 1
 
 
 def typical(space: dict[str, Dim]) -> dict:
@@ -86,25 +85,24 @@ def _attacks_per_model(cfg: ExperimentConfig, n: int, seq: int) -> list[Row]:
     a = cfg.attack
     rows = []
     point = {**typical(a.search_space()), **(typical(a.lora_space()) if a.params.get("kind") == "lora" else {})}
-    spec = attack_spec(cfg, point, 0)
-    loop = spec["loop"]
+    loop = attack_spec(cfg, point, 0).loop
     evals = evaluations(loop)
     # the informed start's prior points are known in advance (the archive's are not: the same
     # prior stands in for them); the rest of the budget at the middle of the space
-    start = [attack_spec(cfg, {**point, **p}, 0)["loop"] for p in informed_start(cfg, None, "")][: a.budget]
+    start = [attack_spec(cfg, {**point, **p}, 0).loop for p in informed_start(cfg, None, "")][: a.budget]
     for s in start:
-        rows.append(Row("attack (searched, prior point)", 1, s["steps"], s["batch_size"] * seq, n, evaluations(s)))
+        rows.append(Row("attack (searched, prior point)", 1, s.steps, s.batch_size * seq, n, evaluations(s)))
     if a.budget and a.budget < 100_000:
-        rows.append(Row("attack (searched, typical point)", a.budget - len(start), loop["steps"],
-                        loop["batch_size"] * seq, n, evals))
+        rows.append(Row("attack (searched, typical point)", a.budget - len(start), loop.steps,
+                        loop.batch_size * seq, n, evals))
     elif a.budget:
-        rows.append(Row("attack (searched; budget_flops decides the count)", 1, loop["steps"], loop["batch_size"] * seq, n, evals))
+        rows.append(Row("attack (searched; budget_flops decides the count)", 1, loop.steps, loop.batch_size * seq, n, evals))
     for name in a.batteries:
         for p in BATTERIES[name](a.battery_steps, cfg.setting.name):
-            s = attack_spec(cfg, p, 0)["loop"]
-            rows.append(Row(f"attack ({name})", 1, s["steps"], s["batch_size"] * seq, n, evaluations(s)))
+            s = attack_spec(cfg, p, 0).loop
+            rows.append(Row(f"attack ({name})", 1, s.steps, s.batch_size * seq, n, evaluations(s)))
     if a.reseeds:
-        rows.append(Row("attack (re-runs of the strongest)", a.reseeds, loop["steps"], loop["batch_size"] * seq, n, evals))
+        rows.append(Row("attack (re-runs of the strongest)", a.reseeds, loop.steps, loop.batch_size * seq, n, evals))
     return _merge(rows)
 
 
@@ -121,7 +119,7 @@ def _merge(rows: list[Row]) -> list[Row]:
 
 def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Row]:
     """Every stage the experiment will run (typical points for searched dimensions)."""
-    from search import cache
+    from search.stages import cache_key
     from search.trial import distill_spec, pretrain_spec, unlearn_spec
 
     seq = settings.load(cfg.setting.model_dump())[1].seq_len if cfg.setting.name == "arithmetic" else cfg.setting.seq_len
@@ -131,9 +129,9 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
             out.append(Row(f"evaluate {kind}", 1 if (kind == "reference" or cfg.model.pure_pretrained) else 0, 0, 0, n, 1))
             continue
         spec = pretrain_spec(cfg, kind)
-        loop = spec["loop"]
-        out.append(Row(f"pretrain {kind}", 1, loop["steps"], loop["batch_size"] * seq, n, evaluations(loop),
-                       cached=_cached(cache_dir, cache.stage_key("pretrain", spec, {}))))
+        loop = spec.loop
+        out.append(Row(f"pretrain {kind}", 1, loop.steps, loop.batch_size * seq, n, evaluations(loop),
+                       cached=_cached(cache_dir, cache_key("pretrain", spec, {}))))
     baselines = 2 if not cfg.model.pretrained or cfg.model.pure_pretrained else 1
     models_attacked = baselines + cfg.search.trials
     methods = cfg.defender.methods
@@ -141,16 +139,16 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
         trials = cfg.search.trials / len(methods)
         point = typical(cfg.defender.search_space()[method])
         spec = unlearn_spec(cfg, method, point)
-        loop = spec["loop"]
+        loop = spec.loop
         if STAGE[method] == "tar":
-            safeguard = unlearn_spec(cfg, cfg.defender.tar.safeguard, {}, fixed=cfg.defender.tar.safeguard_params)["loop"]
-            out.append(Row(f"unlearn ({cfg.defender.tar.safeguard}, TAR's safeguard)", 1, safeguard["steps"],
-                           2 * safeguard["batch_size"] * seq, n, evaluations(safeguard)))
-            p = DEFENDERS["tar"].Params(**spec["params"])
+            safeguard = unlearn_spec(cfg, cfg.defender.tar.safeguard, {}, fixed=cfg.defender.tar.safeguard_params).loop
+            out.append(Row(f"unlearn ({cfg.defender.tar.safeguard}, TAR's safeguard)", 1, safeguard.steps,
+                           2 * safeguard.batch_size * seq, n, evaluations(safeguard)))
+            p = DEFENDERS["tar"].Params(**spec.params)
             per_step = (p.tasks_per_step * (p.inner_steps * p.adversary_batch_size
-                                            + (p.inner_steps // p.subsample) * loop["batch_size"]) + loop["batch_size"])
-            out.append(Row("tar", math.ceil(trials), loop["steps"], per_step * seq, n, evaluations(loop),
-                           forward_tokens=loop["batch_size"] * seq))
+                                            + (p.inner_steps // p.subsample) * loop.batch_size) + loop.batch_size)
+            out.append(Row("tar", math.ceil(trials), loop.steps, per_step * seq, n, evaluations(loop),
+                           forward_tokens=loop.batch_size * seq))
             models_attacked += 1  # the safeguard is attacked too
         else:
             # nothing searched: every trial asks for the same stage, which runs once (the cache);
@@ -158,13 +156,12 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
             searched = bool(cfg.defender.search_space()[method])
             runs = math.ceil(trials) + bool(cfg.defender.undo) if searched else 1
             # a forget and a retain batch per step, as trainables/unlearn.py counts them
-            out.append(Row(f"unlearn {method}", runs, loop["steps"], 2 * loop["batch_size"] * seq, n,
+            out.append(Row(f"unlearn {method}", runs, loop.steps, 2 * loop.batch_size * seq, n,
                            evaluations(loop)))
     if cfg.defender.undo:
-        u = distill_spec(cfg, points.unscoped(typical(cfg.defender.undo.search_space()), points.UNDO))
-        loop = u["loop"]
-        out.append(Row("distill (UNDO; at most, it stops early)", cfg.search.trials, loop["steps"],
-                       loop["batch_size"] * seq, n, evaluations(loop), forward_tokens=loop["batch_size"] * seq))
+        loop = distill_spec(cfg, points.unscoped(typical(cfg.defender.undo.search_space()), points.UNDO)).loop
+        out.append(Row("distill (UNDO; at most, it stops early)", cfg.search.trials, loop.steps,
+                       loop.batch_size * seq, n, evaluations(loop), forward_tokens=loop.batch_size * seq))
         models_attacked += 1  # UNDO's teacher (the suppressed model) is attacked once per config
     for r in _attacks_per_model(cfg, n, seq):
         r.runs *= models_attacked

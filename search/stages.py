@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from search import cache
 from trainables.loop import world
-from trainables.stages import STAGES
+from trainables.stages import SPECS, STAGES
 from trainables.strict import Strict
 
 
@@ -85,9 +85,23 @@ class Runner:
     strategy: Literal["ddp", "fsdp"] = "ddp"  # how the workers of one stage share the model
 
 
-def run_stage(runner: Runner, stage: str, spec: dict, inputs: dict[str, StageRef] | None = None) -> StageRef:
-    """Run ``stage`` on ``spec`` and ``inputs`` unless its key is cached; return its output."""
+def canonical(stage: str, spec: Strict | dict) -> dict:
+    """``spec`` checked against the stage's ``Spec`` and dumped as JSON, every field present:
+    the same work gives the same dump however the spec was built."""
+    raw = spec.model_dump() if isinstance(spec, Strict) else spec
+    return SPECS[stage].model_validate(raw).model_dump(mode="json")
+
+
+def cache_key(stage: str, spec: Strict | dict, input_keys: dict[str, str]) -> str:
+    """The cache key of ``stage`` on ``spec`` and the inputs with these keys."""
+    return cache.stage_key(stage, canonical(stage, spec), input_keys)
+
+
+def run_stage(runner: Runner, stage: str, spec: Strict | dict, inputs: dict[str, StageRef] | None = None) -> StageRef:
+    """Run ``stage`` on ``spec`` (its ``Spec``, or a dict of its fields) and ``inputs`` unless
+    its key is cached; return its output. An invalid spec fails here, before anything is written."""
     inputs = inputs or {}
+    spec = canonical(stage, spec)
     key = cache.stage_key(stage, spec, {role: ref.key for role, ref in inputs.items()})
     found = cache.lookup(runner.cache_dir, key)
     if found is not None:

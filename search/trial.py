@@ -22,7 +22,8 @@ from search.adversary import AttackOutcome, adversary_search, curve_rows, error_
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
 from spaces import points
-from trainables import heldout, settings, wmdp
+from trainables import evaluate as evaluate_stage, heldout, settings, wmdp
+from trainables import pretrain as pretrain_stage, undo as distill_stage, unlearn as unlearn_stage
 from trainables.loop import LoopConfig
 from trainables.defenders import DEFENDERS, STAGE
 
@@ -45,16 +46,15 @@ def config_hash(cfg: ExperimentConfig, params: dict | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def pretrain_spec(cfg: ExperimentConfig, kind: str) -> dict:
+def pretrain_spec(cfg: ExperimentConfig, kind: str) -> pretrain_stage.Spec:
     """Spec of the reference (retain + forget) or pure (retain only) pre-training."""
-    loop = cfg.pretrain.reference if kind == "reference" else cfg.pretrain.pure
-    return {
-        "setting": cfg.setting.model_dump(),
-        "model": cfg.model.model_dump(),
-        "loop": loop.model_dump(),
-        "forget_fraction": cfg.pretrain.forget_fraction if kind == "reference" else 0.0,
-        "seed": cfg.seed,
-    }
+    return pretrain_stage.Spec(
+        setting=cfg.setting.model_dump(),
+        model=cfg.model,
+        loop=cfg.pretrain.reference if kind == "reference" else cfg.pretrain.pure,
+        forget_fraction=cfg.pretrain.forget_fraction if kind == "reference" else 0.0,
+        seed=cfg.seed,
+    )
 
 
 def pretrain(ctx: Context, kind: str) -> StageRef:
@@ -67,7 +67,7 @@ def pretrain(ctx: Context, kind: str) -> StageRef:
         return run_stage(ctx.runner, "pretrain", pretrain_spec(cfg, kind))
     source = cfg.model.pretrained if kind == "reference" else cfg.model.pure_pretrained
     model = cfg.model.model_copy(update={"pretrained": source})
-    ref = run_stage(ctx.runner, "evaluate", {"setting": cfg.setting.model_dump(), "model": model.model_dump()})
+    ref = run_stage(ctx.runner, "evaluate", evaluate_stage.Spec(setting=cfg.setting.model_dump(), model=model))
     return dataclasses.replace(ref, path=Path(os.path.expanduser(source)) if wmdp.is_local(source) else source)
 
 
@@ -87,43 +87,42 @@ def decode(cfg: ExperimentConfig, config: dict) -> tuple[str, dict, dict]:
     return method, params, shared[points.UNDO]
 
 
-def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict | None = None) -> dict:
+def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict | None = None) -> unlearn_stage.Spec:
     """Spec of the stage that applies defender ``method`` (``unlearn``, or ``tar``): the
     method's default loop, overridden by the loop keys the config sets, overridden by fixed
     (default: the config's ``defender.params`` for ``method``) then searched values; the same
     for hyperparameters."""
     fixed = cfg.defender.method_params(method) if fixed is None else fixed
     loop, hyper = split_params({**fixed, **params})
-    return {
-        "setting": cfg.setting.model_dump(),
-        "method": method,
-        "load": cfg.model.load_options(),
-        "params": DEFENDERS[method].Params(**hyper).model_dump(),  # canonical: defaults filled in
-        "loop": {
-            **LoopConfig().model_dump(), **DEFENDERS[method].DEFAULT_LOOP,
-            **cfg.defender.loop.model_dump(exclude_unset=True), **loop,
-        },
-        "seed": cfg.seed,
-    }
+    return unlearn_stage.Spec(
+        setting=cfg.setting.model_dump(),
+        method=method,
+        load=cfg.model.load_options(),
+        params=DEFENDERS[method].Params(**hyper).model_dump(),  # canonical: defaults filled in
+        loop=LoopConfig(**{
+            **DEFENDERS[method].DEFAULT_LOOP, **cfg.defender.loop.model_dump(exclude_unset=True), **loop,
+        }),
+        seed=cfg.seed,
+    )
 
 
-def distill_spec(cfg: ExperimentConfig, params: dict) -> dict:
+def distill_spec(cfg: ExperimentConfig, params: dict) -> distill_stage.Spec:
     """Spec of UNDO's distillation stage from fixed then searched UNDO parameters."""
     u = cfg.defender.undo
     loop, strength = split_params({**u.params, **params})  # (steps, lr), (alpha, beta)
     fresh = u.init == "fresh"
-    return {
-        "setting": cfg.setting.model_dump(),
-        "load": cfg.model.load_options(),
-        "init": u.init,
-        "alpha": None if fresh else strength["alpha"],
-        "beta": None if fresh else strength["beta"],
-        "temperature": u.temperature,
-        "epsilon": u.epsilon,
-        "forget_fraction": cfg.pretrain.forget_fraction,  # the reference's pre-training mix
-        "loop": {**u.loop.model_dump(), **loop},
-        "seed": cfg.seed,
-    }
+    return distill_stage.Spec(
+        setting=cfg.setting.model_dump(),
+        load=cfg.model.load_options(),
+        init=u.init,
+        alpha=None if fresh else strength["alpha"],
+        beta=None if fresh else strength["beta"],
+        temperature=u.temperature,
+        epsilon=u.epsilon,
+        forget_fraction=cfg.pretrain.forget_fraction,  # the reference's pre-training mix
+        loop=LoopConfig(**{**u.loop.model_dump(), **loop}),
+        seed=cfg.seed,
+    )
 
 
 def _data(cfg: ExperimentConfig):

@@ -126,8 +126,8 @@ def test_batteries_are_the_papers_grids():
 
 def test_a_battery_point_reaches_the_attack_stage(tiny_cfg):
     spec = attack_spec(tiny_cfg, BATTERIES["undo_relearn"](None, "wmdp")[0], 0)
-    assert spec["loop"]["eval_at"] == [10, 25, 50, 150, 500] and spec["loop"]["batch_size"] == 20
-    assert spec["data"] == "mix" and spec["retain_fraction"] == 0.5 and spec["loop"]["warmup_steps"] == 1
+    assert spec.loop.eval_at == [10, 25, 50, 150, 500] and spec.loop.batch_size == 20
+    assert spec.data == "mix" and spec.retain_fraction == 0.5 and spec.loop.warmup_steps == 1
 
 
 def test_search_and_battery_maximum_and_the_studys_best(tiny_cfg, tmp_path):

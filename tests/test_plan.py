@@ -58,7 +58,7 @@ def test_evaluations_are_what_the_loop_does(loop):
     model = torch.nn.Linear(2, 1)
     curve, _ = L.train(model, lambda net, step: net(torch.ones(1, 2)).pow(2).sum(), L.LoopConfig(lr=0.01, **loop),
                        eval_fn=lambda m: {"x": 1.0})
-    assert plan.evaluations(loop) == len({s for s, k, _ in curve if k == "x"})
+    assert plan.evaluations(L.LoopConfig(**loop)) == len({s for s, k, _ in curve if k == "x"})
 
 
 def test_a_real_model_plan_gives_gpu_hours_from_its_size(wmdp_paths, tmp_path):

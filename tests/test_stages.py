@@ -2,8 +2,9 @@
 
 import torch
 
-from search import cache
-from search.stages import Runner, run_stage
+import json
+
+from search.stages import Runner, cache_key, canonical, run_stage
 from search.trial import pretrain_spec, unlearn_spec
 from search.adversary import attack_spec
 from trainables import data as data_mod
@@ -32,10 +33,26 @@ def test_pretrain_unlearn_attack_and_cache(tiny_cfg, tmp_path):
 
 
 def test_stage_key_depends_on_spec_and_inputs(tiny_cfg):
-    a = cache.stage_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k1"})
-    assert a == cache.stage_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k1"})
-    assert a != cache.stage_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 2e-3}), {"model": "k1"})
-    assert a != cache.stage_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k2"})
+    a = cache_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k1"})
+    assert a == cache_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k1"})
+    assert a != cache_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 2e-3}), {"model": "k1"})
+    assert a != cache_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k2"})
+    # the key is the canonical dump: the same work given as a Spec or as its dict is one key
+    spec = unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3})
+    assert a == cache_key("unlearn", spec.model_dump(), {"model": "k1"})
+    assert canonical("unlearn", spec) == json.loads(json.dumps(spec.model_dump()))
+
+
+def test_a_spec_that_breaks_its_contract_fails_before_anything_is_written(tiny_cfg, tmp_path):
+    import pytest
+
+    runner = Runner(tmp_path / "cache", executor="local")
+    spec = pretrain_spec(tiny_cfg, "pure").model_dump()
+    with pytest.raises(ValueError, match="lr"):
+        run_stage(runner, "pretrain", {**spec, "loop": {**spec["loop"], "lr": float("nan")}})
+    with pytest.raises(ValueError, match="learning_rate"):
+        run_stage(runner, "pretrain", {**spec, "learning_rate": 1e-3})  # not a field of the stage
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.json"))
 
 
 def test_attack_trains_on_T_only_and_is_scored_on_V(tiny_cfg, tmp_path, monkeypatch):
@@ -54,14 +71,13 @@ def test_attack_trains_on_T_only_and_is_scored_on_V(tiny_cfg, tmp_path, monkeypa
     assert trained and trained <= T and not trained & V
 
 
-def test_failed_stage_leaves_no_cache_entry(tiny_cfg, tmp_path):
+def test_failed_stage_leaves_no_cache_entry(tiny_cfg, tmp_path, monkeypatch):
     import pytest
 
     runner = Runner(tmp_path / "cache", executor="local")
-    spec = pretrain_spec(tiny_cfg, "pure")
-    spec["loop"]["lr"] = float("nan")
-    with pytest.raises(Exception):
-        run_stage(runner, "pretrain", spec)
+    monkeypatch.setattr(models, "save_model", lambda *a: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError, match="disk full"):  # the stage fails after training
+        run_stage(runner, "pretrain", pretrain_spec(tiny_cfg, "pure"))
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == []
     assert list((tmp_path / "cache" / ".staging").iterdir()) == []
 

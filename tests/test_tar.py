@@ -8,7 +8,6 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from search import config, tables
 from search.trial import Context, baseline, defender, pretrain, suppress, unlearn_spec

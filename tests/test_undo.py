@@ -123,7 +123,7 @@ def test_distill_stage_stops_early_and_counts_flops(undo_cfg, tmp_path):
     # a tiny teacher scores ~0, so the target is met early; with ε < 0 impossible, it is never
     # met and the student trains to the budget
     cfg = undo_cfg.model_copy(deep=True)
-    spec = {**distill_spec(cfg, {"alpha": 0.9}), "epsilon": -1.0}
+    spec = distill_spec(cfg, {"alpha": 0.9}).model_copy(update={"epsilon": -1.0})
     out = run_stage(ctx.runner, "distill", spec, {"teacher": teacher})
     steps, n = out.result["steps"], out.result["n_params"]
     assert steps == 20 and out.result["metrics"]["retain_acc"] == [

@@ -219,7 +219,7 @@ def test_bf16_and_gradient_checkpointing_train(wmdp_paths, tmp_path):
     ctx = Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
     reference = pretrain(ctx, "reference")
     rmu = suppress(ctx, "rmu", {}, reference)
-    model = models.load(rmu.path, unlearn_spec(cfg, "rmu", {}))
+    model = models.load(rmu.path, unlearn_spec(cfg, "rmu", {}).load)
     assert model.dtype == torch.bfloat16 and model.is_gradient_checkpointing
 
 

@@ -14,10 +14,13 @@ reported on the same questions), ``forget_acc_final`` the last.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
 from trainables import compute, data, lora, loop, models, settings
+from trainables.loop import LoopConfig
+from trainables.strict import Strict
 
 DATA = ("forget", "retain_forget", "mix", "benign")
 RETAIN_FIRST = 0.4  # retain_forget: share of steps on retain before switching (TAR's red team)
@@ -39,43 +42,59 @@ def batch_source(kind: str, step: int, steps: int) -> str:
     return {"forget": "forget", "benign": "retain", "mix": "mix"}[kind]
 
 
-def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
-    """Fine-tune ``inputs['model']``; no checkpoint is kept, only scores and curves.
+class Spec(Strict):
+    """One attack.
 
-    spec: setting, loop (LoopConfig: optimizer, schedule, lr, steps, batch_size, eval_every),
-    data (forget | retain_forget | mix | benign, default forget), retain_fraction (retain share
-    of a ``mix`` batch), loss_on (answer | all, default answer: where T is question rows — the
-    ``wmdp`` setting — the loss on each row's answer letter only, or on every token), n_examples (forget examples the attacker has; None: all of T), lora
-    (None for full fine-tuning, else {r, alpha, dropout, targets}), prune (None, or the
-    adversary search's pruning rule: {"warmup": steps, "below": {step: score}} — stop at an
-    evaluation step ≥ warmup where the best V_sel accuracy so far is below ``below[step]``),
-    stop_at (None, or stop at the first evaluation at or after this step: a re-run of a chosen
-    checkpoint needs no more), max_flops (None, or the search's FLOPs budget left: the attack is
-    cut to the steps that fit, ``truncated_at``), seed.
+    ``loop``: optimizer, schedule, lr, steps, batch_size, evaluations. ``data``: forget |
+    retain_forget | mix | benign; ``retain_fraction``: the retain share of a ``mix`` batch.
+    ``loss_on``: answer | all — where T is question rows (the ``wmdp`` setting) the loss on each
+    row's answer letter only, or on every token. ``n_examples``: forget examples the attacker
+    has (None: all of T). ``lora``: None for full fine-tuning, else {r, alpha, dropout,
+    targets}. ``prune``: None, or the adversary search's pruning rule {"warmup": steps,
+    "below": {step: score}} — stop at an evaluation step ≥ warmup where the best V_sel accuracy
+    so far is below ``below[step]``. ``stop_at``: None, or stop at the first evaluation at or
+    after this step (a re-run of a chosen checkpoint needs no more). ``max_flops``: None, or the
+    search's FLOPs budget left: the attack is cut to the steps that fit (``truncated_at``).
     """
-    setting, d = settings.load(spec["setting"])
-    cfg = loop.LoopConfig(**spec["loop"])
+
+    setting: dict[str, Any]
+    load: dict[str, Any] = {}
+    loop: LoopConfig
+    data: Literal[DATA] = "forget"  # type: ignore[valid-type]
+    retain_fraction: float = 0.0
+    loss_on: Literal["answer", "all"] = "answer"
+    n_examples: int | None = None
+    lora: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None
+    stop_at: int | None = None
+    max_flops: float | None = None
+    seed: int
+
+
+def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
+    """Fine-tune ``inputs['model']``; no checkpoint is kept, only scores and curves."""
+    spec = Spec.model_validate(spec)
+    setting, d = settings.load(spec.setting)
+    cfg = spec.loop
     planned = cfg.steps
-    kind = spec.get("data", "forget")
-    if kind not in DATA:
-        raise ValueError(f"attack data must be one of {DATA}, got {kind!r}")
-    model = models.load(inputs["model"], spec)
-    if spec.get("lora"):
-        model = lora.add_lora(model, **spec["lora"], seed=spec["seed"])
-    if spec.get("max_flops") is not None:  # what one step costs, as compute.training_result counts it
+    kind = spec.data
+    model = models.load(inputs["model"], spec.load)
+    if spec.lora:
+        model = lora.add_lora(model, **spec.lora, seed=spec.seed)
+    if spec.max_flops is not None:  # what one step costs, as compute.training_result counts it
         per_step = compute.train_flops(sum(p.numel() for p in model.parameters()), cfg.batch_size * d.seq_len)
-        cfg = cfg.model_copy(update={"steps": max(0, min(cfg.steps, int(spec["max_flops"] // per_step)))})
+        cfg = cfg.model_copy(update={"steps": max(0, min(cfg.steps, int(spec.max_flops // per_step)))})
     rank, _ = loop.world()
-    gen = data.sampler(spec["seed"], rank)
-    frac_retain = spec.get("retain_fraction", 0.0)
+    gen = data.sampler(spec.seed, rank)
+    frac_retain = spec.retain_fraction
     answer = getattr(d, "forget_T_answer", None)
-    masked = spec.get("loss_on", "answer") == "answer" and answer is not None
+    masked = spec.loss_on == "answer" and answer is not None
     if masked:  # rows carry their target mask: (N, 2, L) = tokens, targets; drawn together
         forget_rows = torch.stack([d.forget_T, answer.long()], 1)
         retain_rows = torch.stack([d.retain_train, (d.retain_train != d.pad_id).long()], 1)
     else:
         forget_rows, retain_rows = d.forget_T, d.retain_train
-    forget = examples(forget_rows, spec.get("n_examples"), spec["seed"])  # never V: V scores
+    forget = examples(forget_rows, spec.n_examples, spec.seed)  # never V: V scores
 
     def loss_fn(net: torch.nn.Module, step: int) -> torch.Tensor:
         source = batch_source(kind, step, cfg.steps)
@@ -87,8 +106,8 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
             return target_loss(setting, net(input_ids=batch[:, 0]).logits, batch[:, 0], batch[:, 1])
         return setting.answer_loss(net(input_ids=batch).logits, batch)
 
-    torch.manual_seed(spec["seed"])
-    stop_fn = pruning_rule(spec.get("prune"), spec.get("stop_at"))
+    torch.manual_seed(spec.seed)
+    stop_fn = pruning_rule(spec.prune, spec.stop_at)
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), stop_fn=stop_fn)
     steps = max(s for s, _, _ in curve)
     metrics = {**checkpoint(curve), "retain_acc_final": [v for _, k, v in curve if k == "retain_acc"][-1]}
@@ -96,7 +115,7 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
     result = compute.training_result(model, metrics, curve, tokens, wall)
     result["n_examples"] = len(forget)
     result["steps"] = steps
-    result["pruned_at"] = steps if steps < cfg.steps and spec.get("stop_at") is None else None
+    result["pruned_at"] = steps if steps < cfg.steps and spec.stop_at is None else None
     result["truncated_at"] = cfg.steps if cfg.steps < planned else None
     return result
 

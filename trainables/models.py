@@ -101,9 +101,9 @@ def load_model(path_or_id: str | Path, trust_remote_code: bool = False, dtype: s
     return _runtime(model, gradient_checkpointing)
 
 
-def load(path_or_id: str | Path, spec: dict) -> PreTrainedModel:
-    """Load a stage's input checkpoint with the experiment's load options (``spec['load']``)."""
-    return load_model(path_or_id, **spec.get("load", {}))
+def load(path_or_id: str | Path, options: dict) -> PreTrainedModel:
+    """Load a stage's input checkpoint with the experiment's load options (a spec's ``load``)."""
+    return load_model(path_or_id, **options)
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -12,24 +13,33 @@ from trainables.loop import LoopConfig
 from trainables.strict import Strict
 
 
-def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
-    """Train a fresh model on the setting's pre-training mix and save it to ``out_dir``.
+class Spec(Strict):
+    """A pre-training run: a fresh ``model`` trained by ``loop`` on the setting's mix with
+    ``forget_fraction`` forget facts (0 for the pure model)."""
 
-    spec: setting, model, loop (LoopConfig), forget_fraction (0 for the pure model), seed.
-    """
-    setting, d = settings.load(spec["setting"])
-    cfg = loop.LoopConfig(**spec["loop"])
-    model = models.build_model(models.ModelConfig(**spec["model"]), setting.vocab_size(d), d.seq_len)
+    setting: dict[str, Any]
+    model: models.ModelConfig
+    loop: LoopConfig
+    forget_fraction: float
+    seed: int
+
+
+def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
+    """Train a fresh model on the setting's pre-training mix and save it to ``out_dir``."""
+    spec = Spec.model_validate(spec)
+    setting, d = settings.load(spec.setting)
+    cfg = spec.loop
+    model = models.build_model(spec.model, setting.vocab_size(d), d.seq_len)
     rank, _ = loop.world()
-    gen = data.sampler(spec["seed"], rank)
-    frac = spec["forget_fraction"]
+    gen = data.sampler(spec.seed, rank)
+    frac = spec.forget_fraction
     forget = d.forget_all
 
     def loss_fn(net: torch.nn.Module, step: int) -> torch.Tensor:
         batch = data.mix(d.retain_train, forget, cfg.batch_size, frac, gen)
         return setting.answer_loss(net(input_ids=batch).logits, batch)
 
-    torch.manual_seed(spec["seed"])
+    torch.manual_seed(spec.seed)
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d))
     models.save_model(model, out_dir)
     tokens = cfg.steps * cfg.batch_size * d.seq_len

@@ -49,6 +49,7 @@ from trainables import compute, data, loop, models, settings
 from trainables.loop import check_params
 from trainables.methods import METHODS
 from trainables.strict import Strict
+from trainables.unlearn import Spec  # TAR's stage spec is the unlearning stage's (method: tar)
 
 REFERENCE = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), arXiv 2408.00761"
 # The outer loop on arithmetic (TAR on Llama-3-8B: lr 2e-5, 750 steps, 32 warmup steps).
@@ -212,25 +213,26 @@ def outer_loss_fn(
     return loss_fn
 
 
-def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
+def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     """TAR-train ``inputs['model']`` (the initial safeguard) and save the tamper-resistant model."""
-    setting, d = settings.load(spec["setting"])
-    p = Params(**spec["params"])
-    cfg = loop.LoopConfig(**spec["loop"])
+    spec = Spec.model_validate(spec)
+    setting, d = settings.load(spec.setting)
+    p = Params(**spec.params)
+    cfg = spec.loop
     dev = loop.device()
-    model = models.load(inputs["model"], spec).to(dev)
-    reference = models.freeze(models.load(inputs["reference"], spec).to(dev))
+    model = models.load(inputs["model"], spec.load).to(dev)
+    reference = models.freeze(models.load(inputs["reference"], spec.load).to(dev))
     rank, size = loop.world()
     if size > 1 and loop.strategy() == "fsdp":
         raise ValueError("TAR runs with DDP only (scaling.strategy: ddp)")
-    adversary, meta = split_forget(d.forget_all, spec["seed"])
+    adversary, meta = split_forget(d.forget_all, spec.seed)
     pools = {"adversary": adversary, "meta": meta, "retain": d.retain_train}
     trained = [q for q in model.parameters() if q.requires_grad]
     tr_curve: list[tuple[int, str, float]] = []
     # task draws use one rng on every rank (TAR broadcasts them); batches a rank-offset one
     loss_fn = outer_loss_fn(p, setting, pools, reference, trained, cfg.batch_size,
-                            random.Random(spec["seed"]), data.sampler(spec["seed"], rank), tr_curve)
-    torch.manual_seed(spec["seed"])
+                            random.Random(spec.seed), data.sampler(spec.seed, rank), tr_curve)
+    torch.manual_seed(spec.seed)
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), params=trained)
     models.save_model(model, out_dir)
     per_step = p.tasks_per_step * (p.inner_steps * p.adversary_batch_size + len(tr_steps(p)) * cfg.batch_size)

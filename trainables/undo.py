@@ -110,19 +110,38 @@ def student(teacher: torch.nn.Module, init: str, alpha: float, beta: float, seed
     return corrupt(net, alpha, beta, seed)
 
 
-def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
+class Spec(Strict):
+    """UNDO's distillation (stage ``distill``): a student made by ``init`` (``corrupt`` with
+    ``alpha`` and ``beta``, or ``fresh``: both None) learns the teacher's outputs at
+    ``temperature`` on the pre-training mix (``forget_fraction``) by ``loop``, stopping once its
+    retain score is within ``epsilon`` of the teacher's."""
+
+    setting: dict[str, Any]
+    load: dict[str, Any]
+    init: Literal["corrupt", "fresh"]
+    alpha: float | None
+    beta: float | None
+    temperature: float
+    epsilon: float
+    forget_fraction: float
+    loop: LoopConfig
+    seed: int
+
+
+def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     """Corrupt (or freshly initialise) a student and distil ``inputs['teacher']`` into it on the
     pre-training mix, until the student's retain score is within ``epsilon`` of the teacher's
     or the step budget runs out. Saves the student; its metrics are the released model's."""
-    setting, d = settings.load(spec["setting"])
-    cfg = loop.LoopConfig(**spec["loop"])
+    spec = Spec.model_validate(spec)
+    setting, d = settings.load(spec.setting)
+    cfg = spec.loop
     dev = loop.device()
-    teacher = models.freeze(models.load(inputs["teacher"], spec).to(dev))
-    net = student(teacher, spec["init"], spec["alpha"], spec["beta"], spec["seed"]).to(dev)
+    teacher = models.freeze(models.load(inputs["teacher"], spec.load).to(dev))
+    net = student(teacher, spec.init, spec.alpha, spec.beta, spec.seed).to(dev)
     target = setting.score(teacher, d)["retain_acc"]
     rank, _ = loop.world()
-    gen = data.sampler(spec["seed"], rank)
-    frac, t = spec["forget_fraction"], spec["temperature"]
+    gen = data.sampler(spec.seed, rank)
+    frac, t = spec.forget_fraction, spec.temperature
 
     def loss_fn(model: torch.nn.Module, step: int) -> torch.Tensor:
         # The full pre-training mix: only the teacher is unlearned, so forget prompts teach the
@@ -133,9 +152,9 @@ def run(spec: dict, inputs: dict[str, str], out_dir: Path) -> dict:
         return distill_loss(setting.answer_logits(model(input_ids=batch).logits), teacher_logits, temperature=t)
 
     def close_enough(metrics: dict[str, float], step: int) -> bool:
-        return metrics["retain_acc"] >= target - spec["epsilon"]
+        return metrics["retain_acc"] >= target - spec.epsilon
 
-    torch.manual_seed(spec["seed"])
+    torch.manual_seed(spec.seed)
     curve, wall = loop.train(net, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), stop_fn=close_enough)
     models.save_model(net, out_dir)
     steps = max(s for s, _, _ in curve)
