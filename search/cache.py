@@ -252,16 +252,16 @@ def materialize(location: str | Path) -> str:
         if (target / RESULT_FILE).exists():  # another process of this node fetched it meanwhile
             return str(target)
         start = time.perf_counter()
-        path = _download(location, key, target)
+        path = _download(location, cache_uri, key, target)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         with open(target.parent / FETCH_LOG, "a") as log:
             log.write(json.dumps({"key": key, "bytes": size, "s": round(time.perf_counter() - start, 3)}) + "\n")
     return str(path)
 
 
-def _download(location: str, key: str, target: Path) -> Path:
-    """Copy a committed remote entry into a staging folder, check it, rename it to ``target``."""
-    cache_uri = location.rstrip("/").rsplit("/", 1)[0]
+def _download(location: str, cache_uri: str, key: str, target: Path) -> Path:
+    """Copy the committed remote entry ``key`` of ``cache_uri`` (at ``location``) into a staging
+    folder, check it, rename it to ``target``."""
     fs, base = _fs(location)
     if fs.get_file_info(f"{base}/{RESULT_FILE}").type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"cache entry {location} is not committed")
