@@ -25,6 +25,24 @@ TINY = [
 ]
 
 
+def tiny_search(tmp_path: Path, name: str, *extra: str, cache: str | None = None) -> list[str]:
+    """The command of ``python search/run.py`` on the TINY config, results and stage cache under
+    ``tmp_path`` (or the cache at ``cache``), then ``extra`` arguments."""
+    sets = [a for o in TINY for a in ("--set", o)]
+    return [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"), "--name", name,
+            *sets, "--set", f"cache_dir={cache or tmp_path / 'cache'}", *extra]
+
+
+def forget_cluster(address: str) -> None:
+    """Remove Ray's "current cluster" file where it names ``address``, a test cluster now
+    stopped: a later ``ray.init()`` would otherwise try to join it."""
+    import ray
+
+    current = Path(ray._private.utils.get_ray_address_file(None))
+    if current.exists() and current.read_text().strip() == address:
+        current.unlink()
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     from search import config

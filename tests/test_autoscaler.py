@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -25,7 +24,7 @@ import pytest
 import yaml
 
 from search import tables
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, forget_cluster, tiny_search
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -93,9 +92,7 @@ def autoscaling_cluster(tmp_path, monkeypatch):
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
-        current = ray._private.utils.get_ray_address_file(None)
-        if os.path.exists(current) and open(current).read().strip() == address:
-            os.unlink(current)
+        forget_cluster(address)
 
 
 def test_a_search_grows_the_cluster_to_its_trial_concurrency_and_it_shrinks_when_idle(autoscaling_cluster, tmp_path):
@@ -104,14 +101,11 @@ def test_a_search_grows_the_cluster_to_its_trial_concurrency_and_it_shrinks_when
     ray.init(address=c.address)
     workers = lambda: [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("fake_gpu")]  # noqa: E731
     assert workers() == []
-    sets = [a for o in TINY for a in ("--set", o)]
     start = time.time()
     timeline: list[tuple[float, int]] = []
     seen: dict[str, float] = {}  # node id -> its fake GPUs
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"), "--name", "scale",
-         *sets, "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "scaling.resources={fake_gpu: 1}",
-         "--set", "search.max_concurrent=2"],
+        tiny_search(tmp_path, "scale", "--set", "scaling.resources={fake_gpu: 1}", "--set", "search.max_concurrent=2"),
         cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": c.address}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def watch() -> None:

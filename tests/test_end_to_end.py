@@ -9,15 +9,13 @@ import pandas as pd
 import pytest
 
 from search import tables
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, tiny_search
 
 pytestmark = pytest.mark.slow
 
 
 def _run(tmp_path, *extra, env=None):
-    sets = [a for o in TINY for a in ("--set", o)]
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"),
-           "--name", "e2e", *sets, "--set", f"cache_dir={tmp_path / 'cache'}", *extra]
+    cmd = tiny_search(tmp_path, "e2e", *extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
                           env=None if env is None else {**os.environ, **env})
 
@@ -207,9 +205,7 @@ def test_ctrl_c_then_a_killed_driver_then_resume_lands_every_trial_once(tmp_path
     grid = ["--set", "search.sampler=grid", "--set", "search.trials=4", "--set", "search.max_concurrent=1",
             "--set", "defender.params={steps: 5, lam: 1.0}",
             "--set", "defender.space.lr={values: [1.0e-3, 1.0e+30, 2.0e-3, 3.0e-3]}"]
-    sets = [a for o in TINY for a in ("--set", o)]
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"),
-           "--name", "e2e", *sets, "--set", f"cache_dir={tmp_path / 'cache'}", *grid]
+    cmd = tiny_search(tmp_path, "e2e", *grid)
     exp = tmp_path / "results" / "e2e"
 
     def landed() -> set[str]:

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ import torch
 from search import cache, tables
 from search.stages import Runner, run_stage
 from search.trial import pretrain_spec, unlearn_spec
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, forget_cluster, tiny_search
 from trainables import models
 
 pytestmark = pytest.mark.slow
@@ -65,16 +64,12 @@ def cluster(tmp_path_factory):
             ray.shutdown()
         address = c.address
         c.shutdown()
-        current = Path(ray._private.utils.get_ray_address_file(None))  # no stale "current cluster"
-        if current.exists() and current.read_text().strip() == address:
-            current.unlink()
+        forget_cluster(address)
 
 
 def _search(tmp_path, address: str, name: str, *extra: str) -> subprocess.Popen:
     """``python search/run.py`` as a driver connected to the cluster (``RAY_ADDRESS``)."""
-    sets = [a for o in TINY for a in ("--set", o)]
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--storage", str(tmp_path / "results"), "--name", name,
-           *sets, "--set", f"cache_dir=file://{tmp_path / 'cache'}", "--set", "scaling.resources={stage: 1}", *extra]
+    cmd = tiny_search(tmp_path, name, "--set", "scaling.resources={stage: 1}", *extra, cache=f"file://{tmp_path / 'cache'}")
     return subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": address},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
