@@ -59,14 +59,22 @@ def _baselines(ax, trials: pd.DataFrame, x: str) -> None:
             _errorbars(ax, b[x], b["retain_acc"], xerr=_interval(b, x), color=color)
 
 
+# Stages every model has (or that are not part of making it); any other stage with compute
+# is a robustifier the model went through (``flops.distill``, ``flops.tar``).
+_NOT_ROBUSTIFIERS = {"pretrain", "unlearn", "attack"}
+
+
 def _label(row_or_df) -> pd.Series:
-    """Legend group of each defender: its method (+ UNDO when distilled; TAR is its own method),
-    prefixed by its experiment when several."""
+    """Legend group of each defender: its method, then each robustifier stage that made it
+    (``+ distill``) unless the method is that stage (TAR), prefixed by its experiment when
+    several."""
     df = row_or_df
     label = df["method"].astype(str)
-    if "suppressed_key" in df:
-        distilled = df["suppressed_key"].notna() & (df["method"] != "tar")
-        label = label + distilled.map({True: " + UNDO", False: ""})
+    for col in sorted(c for c in df if c.startswith("flops.")):
+        stage = col.removeprefix("flops.")
+        if stage not in _NOT_ROBUSTIFIERS:
+            went = (df[col].fillna(0) > 0) & (df["method"] != stage)
+            label = label + went.map({True: f" + {stage}", False: ""})
     if df["experiment"].nunique() > 1:
         return df["experiment"].astype(str) + " / " + label
     return label
@@ -122,11 +130,14 @@ def compute_plot(trials: pd.DataFrame, path: Path) -> list[Path]:
         ax.scatter(group["compute_frac"], group["forget_acc_attacked"], s=size, alpha=0.7, label=label)
         if len(defenders) <= 100:
             _errorbars(ax, group["compute_frac"], group["forget_acc_attacked"], yerr=_interval(group, "forget_acc_attacked"))
-    if "param.undo.alpha" in defenders and len(defenders) <= 30:  # name each point of an α sweep
-        for _, r in defenders[defenders["param.undo.alpha"].notna()].iterrows():
-            ax.annotate(f"α={r['param.undo.alpha']:.2g}", (r["compute_frac"], r["forget_acc_attacked"]),
-                        xytext=(4, 4), textcoords="offset points", fontsize=7)
-    for kind, text in (("pure", "pure model (retrained)"), ("suppressed", "suppressed model (shallow only / TAR's safeguard)")):
+    swept = [c for c in defenders if c.startswith("param.") and defenders[c].nunique(dropna=True) > 1]
+    if len(swept) == 1 and len(defenders) <= 30:  # a one-axis sweep (UNDO's α): name each point
+        name = swept[0].rsplit(".", 1)[-1]
+        for _, r in defenders[defenders[swept[0]].notna()].iterrows():
+            value = r[swept[0]]
+            ax.annotate(f"{name}={value:.2g}" if isinstance(value, float) else f"{name}={value}",
+                        (r["compute_frac"], r["forget_acc_attacked"]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    for kind, text in (("pure", "pure model (retrained)"), ("suppressed", "suppressed model (before its robustifier)")):
         b = ok[(ok["kind"] == "baseline") & (ok["method"] == kind)]
         marker, color = BASELINE_STYLE[kind]
         if len(b):

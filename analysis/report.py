@@ -122,28 +122,33 @@ def pareto_table(trials: pd.DataFrame, front: pd.Series) -> pd.DataFrame:
     return trials.loc[front, cols + _params(trials[front])].sort_values("forget_acc_attacked")
 
 
-ROBUSTNESS_COLUMNS = [
-    "trial_id", "method", "param.undo.alpha", "retain_acc", "forget_acc", "forget_acc_attacked",
-    "forget_acc_attacked_suppressed", "compute_frac", "distill_steps", "robustness",
-]
-ROBUSTNESS_HEADING = "Robustness vs. compute (UNDO / TAR over the suppressed model)"
+ROBUSTNESS_HEADING = "Robustness vs. compute (robustified models over their suppressed model)"
 ROBUSTNESS_NOTE = ("robustness = (attacked suppressed − attacked) / (attacked suppressed − attacked pure): "
-                   "0 is no better than the suppressed model (UNDO's teacher, TAR's initial safeguard), "
-                   "1 as robust as the pure model.")
+                   "0 is no better than the suppressed model the robustifier started from (UNDO's teacher, "
+                   "TAR's initial safeguard), 1 as robust as the pure model.")
+
+
+def varying_params(df: pd.DataFrame) -> list[str]:
+    """The ``param.*`` columns that take more than one value in ``df`` (a sweep's axes)."""
+    return [c for c in _params(df) if df[c].nunique(dropna=True) > 1]
 
 
 def robustness_table(trials: pd.DataFrame) -> pd.DataFrame | None:
-    """Every model built on a suppressed model (UNDO's students by corruption strength α, TAR
-    models by compute), then the baselines (suppressed, pure, reference); None when the
-    experiment has neither UNDO nor TAR trials."""
+    """Every model a robustifier built on a suppressed model, ordered by the parameters its
+    search varied (e.g. UNDO's corruption strength α) then compute, with each robustifier's
+    steps; then the baselines (suppressed, pure, reference). None when no model was
+    robustified."""
     if "suppressed_key" not in trials or not trials["suppressed_key"].notna().any():
         return None
     ok = trials[trials["status"] == "ok"]
     built = ok[ok["suppressed_key"].notna() & (ok["kind"] == "defender")]
-    sort = [c for c in ("param.undo.alpha", "compute_frac") if c in built]
+    swept = varying_params(built)
     base = ok[ok["kind"] == "baseline"]
-    rows = pd.concat([built.sort_values(sort), base])
-    return rows[[c for c in ROBUSTNESS_COLUMNS if c in rows and rows[c].notna().any()]]
+    rows = pd.concat([built.sort_values([*swept, "compute_frac"]), base])
+    columns = ["trial_id", "method", *swept, "retain_acc", "forget_acc", "forget_acc_attacked",
+               "forget_acc_attacked_suppressed", "compute_frac",
+               *sorted(c for c in rows if c.startswith("steps.")), "robustness"]
+    return rows[[c for c in columns if c in rows and rows[c].notna().any()]]
 
 
 def failed_table(trials: pd.DataFrame) -> pd.DataFrame:

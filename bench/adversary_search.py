@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
 from search.stages import Runner, run_stage  # noqa: E402
-from search.trial import Context, distill_spec, pretrain, suppress, unlearn_spec  # noqa: E402
+from search.trial import Context, common, pretrain, suppress, unlearn_spec  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -54,7 +54,7 @@ def panel(cache: Path, runner: Runner, names: list[str]) -> tuple[dict, float]:
         elif name == "undo":
             cfg = config.load(CONFIGS / "undo_arithmetic.yaml", [f"cache_dir={cache}"])
             teacher = suppress(Context(cfg, "bench", "/tmp/bench-adversary", runner), "maxent", {}, reference)
-            models["undo α0.6"] = run_stage(runner, "distill", distill_spec(cfg, {"alpha": 0.6}), {"teacher": teacher})
+            models["undo α0.6"] = run_stage(runner, "distill", cfg.defender.undo.spec(common(cfg), {"alpha": 0.6}), {"teacher": teacher})
         elif name == "tar":
             cfg = config.load(CONFIGS / "tar_arithmetic.yaml", [f"cache_dir={cache}"])
             safeguard = suppress(Context(cfg, "bench", "/tmp/bench-adversary", runner), "tar", {}, reference)

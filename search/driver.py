@@ -217,7 +217,7 @@ def _fmt(v) -> str:
 def _define_by_run(trial: optuna.Trial, spaces: dict[str, dict], shared: dict | None = None) -> None:
     """One method: its dimensions by name. Several: the method, then its dimensions as
     ``<method>.<name>`` (a conditional space; each method keeps its own ranges). Then the
-    dimensions every method shares (UNDO's ``undo.<name>``)."""
+    dimensions every method shares (a shared stage's ``<scope>.<name>``)."""
     if len(spaces) == 1:
         suggest(trial, next(iter(spaces.values())))
     else:
@@ -320,13 +320,13 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     budget = (f"{cfg.attack.budget_flops:g} of pre-training compute" if cfg.attack.budget_flops
               else f"{cfg.attack.budget} attacks")
     say(f"adversary search ({budget} + {cfg.attack.reseeds} re-runs of the strongest, each) on the baselines and "
-        f"{cfg.search.trials} {'/'.join(cfg.defender.methods)}{' + UNDO' if cfg.defender.undo else ''} trials ...")
+        f"{cfg.search.trials} {cfg.defender.label()} trials ...")
     baselines = {kind: _baseline_task.options(**tasks).remote(ctx, kind, reference, model) for kind, model in models.items()}
-    before = [m for m in cfg.defender.methods if cfg.defender.undo or m == "tar"]
+    before = [m for m in cfg.defender.methods if cfg.defender.robust(m)]
     if before:
-        # The suppressed models (UNDO's teachers: each method at its fixed + default
-        # hyperparameters; TAR's initial safeguard) and their attacks come first, so that the
-        # trials building on them find both in the stage cache.
+        # The suppressed models that robustifiers build on (each method's pipeline's first
+        # step at its fixed + default hyperparameters) and their attacks come first, so that
+        # the trials building on them find both in the stage cache.
         say("unlearning and attacking the suppressed model(s) first ...")
         suppressed = {
             suppressed_id(cfg, m): _baseline_task.options(**tasks).remote(ctx, "suppressed", reference, None, m)

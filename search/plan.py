@@ -21,7 +21,8 @@ from search.config import ExperimentConfig
 from spaces import points
 from spaces.dims import At, Choice, Dim, point_in
 from trainables import compute, settings
-from trainables.defenders import DEFENDERS, STAGE
+from trainables.defenders import ROBUSTIFIERS
+from trainables.stages import MODULES
 from trainables.loop import LoopConfig
 
 MFU = 0.35  # measured 0.34 for 0.95 B bf16 on an H200 (bench/gpu_check.sh); smaller models less
@@ -120,7 +121,7 @@ def _merge(rows: list[Row]) -> list[Row]:
 def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Row]:
     """Every stage the experiment will run (typical points for searched dimensions)."""
     from search.stages import cache_key
-    from search.trial import distill_spec, pretrain_spec, unlearn_spec
+    from search.trial import common as trial_common, pretrain_spec
 
     seq = settings.load(cfg.setting.model_dump())[1].seq_len if cfg.setting.name == "arithmetic" else cfg.setting.seq_len
     out: list[Row] = []
@@ -134,35 +135,25 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
                        cached=_cached(cache_dir, cache_key("pretrain", spec, {}))))
     baselines = 2 if not cfg.model.pretrained or cfg.model.pure_pretrained else 1
     models_attacked = baselines + cfg.search.trials
-    methods = cfg.defender.methods
+    methods, common = cfg.defender.methods, trial_common(cfg)
+    shared = {s: points.unscoped(typical(cfg.defender.shared_space()), s) for s in points.SHARED}
+
+    def row(label: str, runs: int, step) -> Row:
+        trained, forwarded = MODULES[step.stage].step_sequences(step.spec)
+        loop = step.spec.loop
+        return Row(label, runs, loop.steps, trained * seq, n, evaluations(loop), forward_tokens=forwarded * seq)
+
     for method in methods:
-        trials = cfg.search.trials / len(methods)
-        point = typical(cfg.defender.search_space()[method])
-        spec = unlearn_spec(cfg, method, point)
-        loop = spec.loop
-        if STAGE[method] == "tar":
-            safeguard = unlearn_spec(cfg, cfg.defender.tar.safeguard, {}, fixed=cfg.defender.tar.safeguard_params).loop
-            out.append(Row(f"unlearn ({cfg.defender.tar.safeguard}, TAR's safeguard)", 1, safeguard.steps,
-                           2 * safeguard.batch_size * seq, n, evaluations(safeguard)))
-            p = DEFENDERS["tar"].Params(**spec.params)
-            per_step = (p.tasks_per_step * (p.inner_steps * p.adversary_batch_size
-                                            + (p.inner_steps // p.subsample) * loop.batch_size) + loop.batch_size)
-            out.append(Row("tar", math.ceil(trials), loop.steps, per_step * seq, n, evaluations(loop),
-                           forward_tokens=loop.batch_size * seq))
-            models_attacked += 1  # the safeguard is attacked too
-        else:
-            # nothing searched: every trial asks for the same stage, which runs once (the cache);
-            # with UNDO and a searched space, the teacher at the defaults is one run more
-            searched = bool(cfg.defender.search_space()[method])
-            runs = math.ceil(trials) + bool(cfg.defender.undo) if searched else 1
-            # a forget and a retain batch per step, as trainables/unlearn.py counts them
-            out.append(Row(f"unlearn {method}", runs, loop.steps, 2 * loop.batch_size * seq, n,
-                           evaluations(loop)))
-    if cfg.defender.undo:
-        loop = distill_spec(cfg, points.unscoped(typical(cfg.defender.undo.search_space()), points.UNDO)).loop
-        out.append(Row("distill (UNDO; at most, it stops early)", cfg.search.trials, loop.steps,
-                       loop.batch_size * seq, n, evaluations(loop), forward_tokens=loop.batch_size * seq))
-        models_attacked += 1  # UNDO's teacher (the suppressed model) is attacked once per config
+        trials = math.ceil(cfg.search.trials / len(methods))
+        first, *robustifiers = cfg.defender.pipeline(common, method, typical(cfg.defender.search_space()[method]), shared)
+        # a suppressor no searched value reaches runs once (every trial asks for the same
+        # stage: the cache); else once per trial, plus once at the defaults when a
+        # robustifier builds on it (the suppressed baseline)
+        searched = first.spec != cfg.defender.suppressor(common, method, {}).spec
+        out.append(row(f"unlearn {first.spec.method}", trials + cfg.defender.robust(method) if searched else 1, first))
+        for step in robustifiers:  # a distillation may stop early: costed at its budget
+            out.append(row(f"{step.stage} ({ROBUSTIFIERS[step.stage]} on {first.spec.method})", trials, step))
+        models_attacked += cfg.defender.robust(method)  # the suppressed model is attacked too
     for r in _attacks_per_model(cfg, n, seq):
         r.runs *= models_attacked
         out.append(r)

@@ -20,12 +20,34 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from trainables.defenders import ROBUSTIFIERS
+from trainables.stages import STAGES
+
 TRIALS = "trials.parquet"
 ATTACKS = "attacks.parquet"
 CURVES = "curves.parquet"
 PARTS = "parts"
 CONFIG = "config.yaml"  # the resolved experiment config, beside the tables
 RUN = "run.json"  # {"run_status": running | complete | interrupted | failed, "updated_at": ...}
+
+# Compute per stage, one column each (``flops.unlearn``, ``flops.attack``, ...): every registered
+# stage but ``evaluate``, which only scores. A robustifier's step count (a distillation may stop
+# early) is ``steps.<stage>``.
+FLOPS_COLUMNS = [f"flops.{s}" for s in STAGES if s != "evaluate"]
+STEPS_COLUMNS = [f"steps.{s}" for s in ROBUSTIFIERS]
+
+
+def flops_column(stage: str) -> str:
+    """The trials column that holds ``stage``'s compute."""
+    return f"flops.{stage}"
+
+
+def defence_flops(row: dict) -> float:
+    """What a row's model cost beyond the reference's pre-training: every stage's compute but
+    the pre-training's and the attacks'."""
+    skip = {flops_column("pretrain"), flops_column("attack")}
+    return sum(row.get(c) or 0.0 for c in FLOPS_COLUMNS if c not in skip)
+
 
 # Fixed columns and their types; ``param.*`` and ``attack.*`` columns are added as they appear.
 TRIAL_COLUMNS: dict[str, pa.DataType] = {
@@ -43,13 +65,11 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "forget_acc_full": pa.float64(), "forget_acc_sel": pa.float64(),
     "n_retain": pa.int64(), "n_select": pa.int64(), "n_report": pa.int64(),
     "under_attacked": pa.bool_(),
-    "flops_pretrain": pa.float64(), "flops_unlearn": pa.float64(), "flops_distill": pa.float64(),
-    "flops_tar": pa.float64(),
-    "flops_attack": pa.float64(), "compute_frac": pa.float64(), "compute_frac_attack": pa.float64(),
+    **dict.fromkeys(FLOPS_COLUMNS, pa.float64()), "compute_frac": pa.float64(), "compute_frac_attack": pa.float64(),
     "feasible": pa.bool_(), "wall_s": pa.float64(),
-    # UNDO and TAR: the suppressed model (UNDO's teacher, TAR's initial safeguard), the
-    # distillation, and the robustness derived from them
-    "distill_steps": pa.int64(), "retain_acc_suppressed": pa.float64(),
+    # a robustified model: its robustifiers' steps, the suppressed model it was built on (UNDO's
+    # teacher, TAR's initial safeguard), and the robustness derived from them
+    **dict.fromkeys(STEPS_COLUMNS, pa.int64()), "retain_acc_suppressed": pa.float64(),
     "forget_acc_suppressed": pa.float64(), "forget_acc_attacked_suppressed": pa.float64(),
     "robustness": pa.float64(), "suppressed_key": pa.string(),
     "finished_at": pa.float64(),
@@ -183,9 +203,9 @@ def to_table(rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> pa.
 
 
 def add_robustness(trials: list[dict]) -> list[dict]:
-    """Set UNDO's ``robustness = (attacked_suppressed − attacked) / (attacked_suppressed −
+    """Set ``robustness = (attacked_suppressed − attacked) / (attacked_suppressed −
     attacked_pure)`` on every row that has an attacked suppressed score (1: as robust as the
-    pure model, 0: no better than its suppressed teacher), and on the pure and reference rows
+    pure model, 0: no better than the suppressed model its robustifier started from), and on the pure and reference rows
     when the experiment has one suppressed model. Derived when the tables are merged, because
     the pure baseline may finish after the trials. Returns new row dicts."""
     def baseline(method: str) -> list[float]:

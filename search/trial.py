@@ -1,7 +1,8 @@
 """One defender trial, and the baselines, as plain functions over the stage runner.
 
-``defender(ctx, trial_id, params)`` unlearns the reference model with one point of the defender
-space (then, with UNDO, corrupts and distils), scores the released model and attacks it with
+``defender(ctx, trial_id, params)`` runs one point of the defender space through the defender's
+pipeline (the unlearning that makes the suppressed model, then any robustifier on top: the
+config's ``defender.pipeline``), scores the released model and attacks it with
 the adversary search; ``baseline(ctx, kind)`` does the same for the pure, reference and
 suppressed models. Each writes its rows as one part,
 failed or not. The Tune trainable in ``search/driver.py`` only wraps ``defender``.
@@ -23,9 +24,9 @@ from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
 from spaces import points
 from trainables import evaluate as evaluate_stage, heldout, settings, wmdp
-from trainables import pretrain as pretrain_stage, undo as distill_stage, unlearn as unlearn_stage
-from trainables.loop import LoopConfig
-from trainables.defenders import DEFENDERS, STAGE
+from trainables import pretrain as pretrain_stage, unlearn as unlearn_stage
+from trainables.common import Common
+from trainables.defenders import DEFENDERS, REFERENCE, SUPPRESSED
 
 
 @dataclass(frozen=True)
@@ -71,58 +72,26 @@ def pretrain(ctx: Context, kind: str) -> StageRef:
     return dataclasses.replace(ref, path=Path(os.path.expanduser(source)) if wmdp.is_local(source) else source)
 
 
-def split_params(params: dict) -> tuple[dict, dict]:
-    """Searched parameters → (loop settings, method hyperparameters)."""
-    loop_keys = set(LoopConfig.model_fields)
-    return (
-        {k: v for k, v in params.items() if k in loop_keys},
-        {k: v for k, v in params.items() if k not in loop_keys},
-    )
+def common(cfg: ExperimentConfig) -> Common:
+    """What every defence stage's spec takes from the experiment config."""
+    return Common(setting=cfg.setting.model_dump(), load=cfg.model.load_options(), seed=cfg.seed,
+                  forget_fraction=cfg.pretrain.forget_fraction)
 
 
 def decode(cfg: ExperimentConfig, config: dict) -> tuple[str, dict, dict]:
-    """A point of the defender search → (method, its searched parameters, UNDO's searched
-    parameters); the names are ``spaces/points.py``'s."""
-    method, params, shared = points.decode(config, cfg.defender.methods[0])
-    return method, params, shared[points.UNDO]
+    """A point of the defender search → (method, its searched parameters, each shared stage's
+    searched parameters by scope); the names are ``spaces/points.py``'s."""
+    return points.decode(config, cfg.defender.methods[0])
 
 
 def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict | None = None) -> unlearn_stage.Spec:
-    """Spec of the stage that applies defender ``method`` (``unlearn``, or ``tar``): the
+    """Spec of the stage that applies defender ``method`` (``unlearn``, or the method's own stage): the
     method's default loop, overridden by the loop keys the config sets, overridden by fixed
     (default: the config's ``defender.params`` for ``method``) then searched values; the same
     for hyperparameters."""
     fixed = cfg.defender.method_params(method) if fixed is None else fixed
-    loop, hyper = split_params({**fixed, **params})
-    return unlearn_stage.Spec(
-        setting=cfg.setting.model_dump(),
-        method=method,
-        load=cfg.model.load_options(),
-        params=DEFENDERS[method].Params(**hyper).model_dump(),  # canonical: defaults filled in
-        loop=LoopConfig(**{
-            **DEFENDERS[method].DEFAULT_LOOP, **cfg.defender.loop.model_dump(exclude_unset=True), **loop,
-        }),
-        seed=cfg.seed,
-    )
-
-
-def distill_spec(cfg: ExperimentConfig, params: dict) -> distill_stage.Spec:
-    """Spec of UNDO's distillation stage from fixed then searched UNDO parameters."""
-    u = cfg.defender.undo
-    loop, strength = split_params({**u.params, **params})  # (steps, lr), (alpha, beta)
-    fresh = u.init == "fresh"
-    return distill_stage.Spec(
-        setting=cfg.setting.model_dump(),
-        load=cfg.model.load_options(),
-        init=u.init,
-        alpha=None if fresh else strength["alpha"],
-        beta=None if fresh else strength["beta"],
-        temperature=u.temperature,
-        epsilon=u.epsilon,
-        forget_fraction=cfg.pretrain.forget_fraction,  # the reference's pre-training mix
-        loop=LoopConfig(**{**u.loop.model_dump(), **loop}),
-        seed=cfg.seed,
-    )
+    return unlearn_stage.spec_for(common(cfg), DEFENDERS[method], method, {**fixed, **params},
+                                  cfg.defender.loop.model_dump(exclude_unset=True))
 
 
 def _data(cfg: ExperimentConfig):
@@ -136,8 +105,8 @@ def _attack_released(ctx: Context, trial_id: str, released: StageRef, ref_flops:
 
 
 def _attacked_before(ctx: Context, trial_id: str, model: StageRef, ref_flops: float) -> dict:
-    """The worst-case summary of a model this experiment may have attacked already (UNDO's
-    teacher, TAR's safeguard: the driver's ``suppressed`` baseline), else attack it now."""
+    """The worst-case summary of a model this experiment may have attacked already (a
+    robustifier's suppressed model: the driver's ``suppressed`` baseline), else attack it now."""
     found = archive.lookup(ctx.exp_dir, model.key)
     return found["summary"] if found else _attack_released(ctx, trial_id, model, ref_flops).summary()
 
@@ -169,6 +138,7 @@ def _row(ctx: Context, trial_id: str, kind: str, method: str, params: dict) -> d
         "experiment": ctx.experiment, "trial_id": trial_id, "kind": kind,
         "setting": ctx.cfg.setting.name, "method": method, "seed": ctx.cfg.seed,
         **{f"param.{k}": v for k, v in params.items()},
+        **dict.fromkeys(tables.FLOPS_COLUMNS, 0.0),
         "config_hash": config_hash(ctx.cfg, params), "code_version": cache.code_version(),
     }
 
@@ -179,7 +149,7 @@ def _finish(
 ) -> dict:
     """Complete ``row`` from the released model and its attacks; write the trial's part.
 
-    ``row`` already holds the ``flops_*`` of the stages that made the model; ``defence_flops``
+    ``row`` already holds the ``flops.<stage>`` of the stages that made the model; ``defence_flops``
     is what making it cost beyond the reference's pre-training (unlearning and distillation for
     a defender, its own pre-training for the pure model, 0 for the reference).
     """
@@ -193,7 +163,7 @@ def _finish(
         "error": None if ok else "every attack failed; see attacks.parquet",
         **score_columns(ctx.cfg, m, outcome),
         "attacks_run": len(outcome.attacks),
-        "flops_attack": outcome.flops,
+        tables.flops_column("attack"): outcome.flops,
         "compute_frac": defence_flops / ref_flops,
         "compute_frac_attack": outcome.flops / ref_flops,
         "feasible": ok and (ctx.cfg.search.retain_floor is None or m["retain_acc"] >= ctx.cfg.search.retain_floor),
@@ -218,46 +188,47 @@ def _fail(ctx: Context, row: dict, e: BaseException, start: float) -> None:
 
 
 def suppress(ctx: Context, method: str, params: dict, reference: StageRef) -> StageRef:
-    """The suppressed model: ``reference`` unlearned by shallow ``method`` (cached per distinct
-    spec, so every UNDO trial of one unlearning config distils the same teacher); for ``tar``,
-    TAR's initial safeguard (the configured shallow method at its fixed parameters)."""
-    if STAGE[method] == "tar":
-        t = ctx.cfg.defender.tar
-        spec = unlearn_spec(ctx.cfg, t.safeguard, {}, fixed=t.safeguard_params)
-    else:
-        spec = unlearn_spec(ctx.cfg, method, params)
-    return run_stage(ctx.runner, "unlearn", spec, {"model": reference})
+    """The suppressed model: the first step of ``method``'s pipeline at searched ``params``
+    (cached per distinct spec, so every trial of one unlearning config robustifies the same
+    model)."""
+    step = ctx.cfg.defender.suppressor(common(ctx.cfg), method, params)
+    return run_stage(ctx.runner, step.stage, step.spec, {"model": reference})
+
+
+def _flops(row: dict, stage: str, result: dict) -> None:
+    """Charge ``stage``'s compute (``flops.<stage>``) and step count (``steps.<stage>``, when
+    the stage reports one: a distillation may stop early) to ``row``."""
+    row[tables.flops_column(stage)] += result["flops"]
+    if "steps" in result:
+        row[f"steps.{stage}"] = result["steps"]
 
 
 def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> dict:
-    """Unlearn ``reference`` with one point of the defender search (then, with UNDO, corrupt and
-    distil; with TAR, tamper-resistance-train the initial safeguard), and attack the released
-    model. Returns the trial's row.
+    """Run ``config``'s point of the defender search through its pipeline (the unlearning that
+    makes the suppressed model, then each robustifier on top) from ``reference``, and attack
+    the released model. Returns the trial's row.
 
-    With UNDO or TAR the suppressed model (UNDO's teacher, TAR's initial safeguard) is attacked
-    too (the same seeded adversary search, so a cache hit when the driver's ``suppressed``
-    baseline already ran it): its attacked score is the trial's
-    ``forget_acc_attacked_suppressed``, from which the tables derive robustness.
+    With a robustifier the suppressed model is attacked too (the same seeded adversary search,
+    so a cache hit when the driver's ``suppressed`` baseline already ran it): its attacked
+    score is the trial's ``forget_acc_attacked_suppressed``, from which the tables derive
+    robustness.
     """
     start = time.perf_counter()
-    method, params, undo = decode(ctx.cfg, config)
-    row = _row(ctx, trial_id, "defender", method, {**params, **points.scoped(undo, points.UNDO)})
+    method, params, shared = decode(ctx.cfg, config)
+    row = _row(ctx, trial_id, "defender", method,
+               {**params, **{k: v for s, vals in shared.items() for k, v in points.scoped(vals, s).items()}})
     try:
         ref_flops = reference.result["flops"]
+        row[tables.flops_column("pretrain")] = ref_flops
         suppressed = suppress(ctx, method, params, reference)
+        _flops(row, "unlearn", suppressed.result)
         curves = curve_rows(ctx.experiment, trial_id, None, "unlearn", suppressed.result["curve"])
-        row.update({"flops_pretrain": ref_flops, "flops_unlearn": suppressed.result["flops"],
-                    "flops_distill": 0.0, "flops_tar": 0.0})
-        released = suppressed
-        if STAGE[method] == "tar":
-            spec = unlearn_spec(ctx.cfg, method, params)
-            released = run_stage(ctx.runner, "tar", spec, {"model": suppressed, "reference": reference})
-            curves += curve_rows(ctx.experiment, trial_id, None, "tar", released.result["curve"])
-            row["flops_tar"] = released.result["flops"]
-        if ctx.cfg.defender.undo:
-            released = run_stage(ctx.runner, "distill", distill_spec(ctx.cfg, undo), {"teacher": suppressed})
-            curves += curve_rows(ctx.experiment, trial_id, None, "distill", released.result["curve"])
-            row.update({"flops_distill": released.result["flops"], "distill_steps": released.result["steps"]})
+        released, given = suppressed, {REFERENCE: reference, SUPPRESSED: suppressed}
+        for step in ctx.cfg.defender.robustifiers(common(ctx.cfg), method, params, shared):
+            inputs = {role: given[source] for role, source in step.inputs.items()}
+            released = run_stage(ctx.runner, step.stage, step.spec, inputs)
+            curves += curve_rows(ctx.experiment, trial_id, None, step.stage, released.result["curve"])
+            _flops(row, step.stage, released.result)
         if released is not suppressed:
             teacher = _attacked_before(ctx, trial_id, suppressed, ref_flops)
             sm = suppressed.result["metrics"]
@@ -267,8 +238,7 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
             })
         outcome = _attack_released(ctx, trial_id, released, ref_flops)
         row["wall_s"] = time.perf_counter() - start
-        defence = row["flops_unlearn"] + row["flops_distill"] + row["flops_tar"]
-        return _finish(ctx, row, released, outcome, defence, ref_flops, curves)
+        return _finish(ctx, row, released, outcome, tables.defence_flops(row), ref_flops, curves)
     except Exception as e:
         _fail(ctx, row, e, start)
         raise
@@ -282,9 +252,9 @@ def suppressed_id(cfg: ExperimentConfig, method: str) -> str:
 def baseline(
     ctx: Context, kind: str, reference: StageRef, model: StageRef | None = None, method: str | None = None,
 ) -> dict:
-    """Score and attack a baseline: the pure model, the reference model, or (UNDO and TAR
-    experiments) the suppressed model of ``method`` at its fixed and default hyperparameters
-    (for TAR, its initial safeguard)."""
+    """Score and attack a baseline: the pure model, the reference model, or (when a robustifier
+    builds on it) the suppressed model of ``method``: its pipeline's first step at the fixed and
+    default hyperparameters."""
     start = time.perf_counter()
     trial_id = suppressed_id(ctx.cfg, method) if kind == "suppressed" else kind
     row = _row(ctx, trial_id, "baseline", kind, {"teacher": method} if method else {})
@@ -292,19 +262,20 @@ def baseline(
         ref_flops = reference.result["flops"]
         if kind == "suppressed":
             model = model or suppress(ctx, method, {}, reference)
-            flops = {"flops_pretrain": ref_flops, "flops_unlearn": model.result["flops"]}
+            row[tables.flops_column("pretrain")] = ref_flops
             stage = "unlearn"
         else:
             model = model or pretrain(ctx, kind)
-            flops = {"flops_pretrain": model.result["flops"], "flops_unlearn": 0.0}
             stage = "pretrain"
-        row.update({**flops, "flops_distill": 0.0, "flops_tar": 0.0})
+        _flops(row, stage, model.result)
         curves = curve_rows(ctx.experiment, trial_id, None, stage, model.result["curve"])
         outcome = _attack_released(ctx, trial_id, model, ref_flops)
         if kind == "suppressed":
             row["forget_acc_attacked_suppressed"] = outcome.attacked
         row["wall_s"] = time.perf_counter() - start
-        defence = {"pure": flops["flops_pretrain"], "reference": 0.0}.get(kind, flops["flops_unlearn"])
+        # what making the model cost beyond the reference's pre-training: the pure model's own
+        # pre-training, nothing for the reference, the unlearning for a suppressed model
+        defence = {"pure": model.result["flops"], "reference": 0.0}.get(kind, tables.defence_flops(row))
         return _finish(ctx, row, model, outcome, defence, ref_flops, curves)
     except Exception as e:
         _fail(ctx, row, e, start)

@@ -27,5 +27,5 @@ def test_defender_trial_row_is_complete(tiny_cfg, tmp_path):
     searched = [r for r in part["attacks"] if r["attack.source"] == "search"]
     assert row["forget_acc_attacked_sel"] == max(r["forget_acc_sel_max"] for r in searched)
     assert row["attacked_seeds"] == 1 + a.reseeds
-    assert row["compute_frac"] == pytest.approx(row["flops_unlearn"] / reference.result["flops"])
-    assert row["flops_unlearn"] == 6 * reference.result["n_params"] * 5 * 2 * 64 * 11
+    assert row["compute_frac"] == pytest.approx(row["flops.unlearn"] / reference.result["flops"])
+    assert row["flops.unlearn"] == 6 * reference.result["n_params"] * 5 * 2 * 64 * 11

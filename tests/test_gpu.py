@@ -15,7 +15,7 @@ import torch
 from search import config
 from search.adversary import attack_spec
 from search.stages import Runner, run_stage
-from search.trial import Context, defender, distill_spec, pretrain, pretrain_spec, unlearn_spec
+from search.trial import Context, defender, common, pretrain, pretrain_spec, unlearn_spec
 from tests.conftest import TINY
 from trainables import loop, models
 from trainables.methods import METHODS
@@ -72,7 +72,7 @@ def test_every_stage_runs_on_the_gpu(tmp_path):
         assert all(math.isfinite(v) for v in released[method].result["metrics"].values()), method
     tar_spec = unlearn_spec(cfg, "tar", {"steps": 2, "inner_steps": 2, "subsample": 2, "adversary_batch_size": 8})
     tar = _ran_on_gpu(lambda: run_stage(runner, "tar", tar_spec, {"model": released["random_mapping"], "reference": ref}))
-    student = _ran_on_gpu(lambda: run_stage(runner, "distill", distill_spec(cfg, {"alpha": 0.5}),
+    student = _ran_on_gpu(lambda: run_stage(runner, "distill", cfg.defender.undo.spec(common(cfg), {"alpha": 0.5}),
                                              {"teacher": released["graddiff"]}))
     for model, point in ((tar, {"lr": 1e-3, "steps": 5}), (student, {"kind": "lora", "lora_r": 4, "lr": 1e-2, "steps": 5})):
         atk = _ran_on_gpu(lambda: run_stage(runner, "attack", attack_spec(cfg, point, 0), {"model": model}))

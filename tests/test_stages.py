@@ -9,6 +9,7 @@ from search.trial import pretrain_spec, unlearn_spec
 from search.adversary import attack_spec
 from trainables import data as data_mod
 from trainables import models
+from tests.conftest import ROOT
 
 
 def test_pretrain_unlearn_attack_and_cache(tiny_cfg, tmp_path):
@@ -95,3 +96,32 @@ def test_llama_style_model_builds_saves_and_loads_by_path(tmp_path):
     x = torch.randint(0, len(arithmetic.VOCAB), (2, arithmetic.SEQ_LEN))
     assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)
     assert type(load_model(tmp_path / "m")) is type(loaded)
+
+
+def test_a_defender_is_a_pipeline_of_registered_stages():
+    """Shallow: one unlearning step. UNDO: the method's unlearning, then a distillation of that
+    suppressed model. TAR: its safeguard's unlearning (nothing searched reaches it), then TAR
+    on it with the reference beside. Every step is a registered stage with a valid spec."""
+    from search import config
+    from search.trial import common
+    from trainables.defenders import REFERENCE, SUPPRESSED
+    from trainables.stages import SPECS
+
+    def stages(cfg, method, values, shared=None):
+        steps = cfg.defender.pipeline(common(cfg), method, values, shared or {})
+        for s in steps:
+            SPECS[s.stage].model_validate(s.spec.model_dump())
+        return [(s.stage, s.inputs) for s in steps], steps
+
+    shallow = config.load(None, ["defender.method=graddiff"])
+    assert stages(shallow, "graddiff", {"lr": 1e-3})[0] == [("unlearn", {"model": REFERENCE})]
+    assert not shallow.defender.robust("graddiff")
+    undo = config.load(ROOT / "configs" / "undo_arithmetic.yaml")
+    got, steps = stages(undo, "maxent", {}, {"undo": {"alpha": 0.4}})
+    assert got == [("unlearn", {"model": REFERENCE}), ("distill", {"teacher": SUPPRESSED})]
+    assert steps[1].spec.alpha == 0.4 and undo.defender.robust("maxent")
+    tar = config.load(ROOT / "configs" / "tar_arithmetic.yaml")
+    got, steps = stages(tar, "tar", {"inner_steps": 8})
+    assert got == [("unlearn", {"model": REFERENCE}), ("tar", {"model": SUPPRESSED, "reference": REFERENCE})]
+    assert steps[0].spec.method == "random_mapping" and steps[1].spec.params["inner_steps"] == 8
+    assert tar.defender.suppressor(common(tar), "tar", {"inner_steps": 32}).spec == steps[0].spec

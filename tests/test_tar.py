@@ -201,8 +201,8 @@ def test_tar_trial_row_and_safeguard_baseline(tar_cfg, tmp_path):
     assert row["method"] == "tar" and row["param.grad_scale"] == 2.0
     assert row["suppressed_key"] == sup["model_key"]  # the initial safeguard, attacked once (cached)
     assert row["forget_acc_attacked_suppressed"] == sup["forget_acc_attacked"]
-    assert row["flops_tar"] > 0 and row["flops_distill"] == 0
-    assert row["compute_frac"] == pytest.approx((row["flops_unlearn"] + row["flops_tar"]) / reference.result["flops"])
+    assert row["flops.tar"] > 0 and row["flops.distill"] == 0
+    assert row["compute_frac"] == pytest.approx((row["flops.unlearn"] + row["flops.tar"]) / reference.result["flops"])
     curves = tables.read_parts(ctx.exp_dir)["t1"]["curves"]
     assert {c["stage"] for c in curves} >= {"unlearn", "tar", "attack"}
 

@@ -8,7 +8,7 @@ import torch
 
 from search import config, tables
 from search.stages import Runner, run_stage
-from search.trial import Context, baseline, decode, defender, distill_spec, pretrain, suppress
+from search.trial import Context, baseline, decode, defender, common, pretrain, suppress
 from trainables import arithmetic as A
 from trainables import loop, models, undo
 
@@ -118,12 +118,12 @@ def test_distill_stage_stops_early_and_counts_flops(undo_cfg, tmp_path):
     reference = pretrain(ctx, "reference")
     teacher = suppress(ctx, "graddiff", {"lam": 1.0}, reference)
     # α = 0: the student is the teacher, within ε at step 0, so no step is taken
-    same = run_stage(ctx.runner, "distill", distill_spec(undo_cfg, {"alpha": 0.0}), {"teacher": teacher})
+    same = run_stage(ctx.runner, "distill", undo_cfg.defender.undo.spec(common(undo_cfg), {"alpha": 0.0}), {"teacher": teacher})
     assert same.result["steps"] == 0 and same.result["flops"] == 0
     # a tiny teacher scores ~0, so the target is met early; with ε < 0 impossible, it is never
     # met and the student trains to the budget
     cfg = undo_cfg.model_copy(deep=True)
-    spec = distill_spec(cfg, {"alpha": 0.9}).model_copy(update={"epsilon": -1.0})
+    spec = cfg.defender.undo.spec(common(cfg), {"alpha": 0.9}).model_copy(update={"epsilon": -1.0})
     out = run_stage(ctx.runner, "distill", spec, {"teacher": teacher})
     steps, n = out.result["steps"], out.result["n_params"]
     assert steps == 20 and out.result["metrics"]["retain_acc"] == [
@@ -139,14 +139,14 @@ def test_undo_trial_and_suppressed_baseline_rows(undo_cfg, tmp_path):
     sup = baseline(ctx, "suppressed", reference, method="graddiff")
     pure_row = baseline(ctx, "pure", reference, pure)
     point = {"lam": 5.0, "undo.alpha": 0.5}
-    assert decode(undo_cfg, point) == ("graddiff", {"lam": 5.0}, {"alpha": 0.5})
+    assert decode(undo_cfg, point) == ("graddiff", {"lam": 5.0}, {"undo": {"alpha": 0.5}})
     row = defender(ctx, "t1", point, reference)
     # the trial distilled the suppressed baseline's teacher and found its attacks in the cache
     assert row["suppressed_key"] == sup["model_key"]
     assert row["forget_acc_attacked_suppressed"] == sup["forget_acc_attacked"]
-    assert row["distill_steps"] == 20 and row["param.undo.alpha"] == 0.5
-    assert row["flops_distill"] == 8 * reference.result["n_params"] * 20 * 64 * A.SEQ_LEN
-    assert row["compute_frac"] == pytest.approx((row["flops_unlearn"] + row["flops_distill"]) / reference.result["flops"])
+    assert row["steps.distill"] == 20 and row["param.undo.alpha"] == 0.5
+    assert row["flops.distill"] == 8 * reference.result["n_params"] * 20 * 64 * A.SEQ_LEN
+    assert row["compute_frac"] == pytest.approx((row["flops.unlearn"] + row["flops.distill"]) / reference.result["flops"])
     t = tables.write_tables(ctx.exp_dir, tables.read_parts(ctx.exp_dir))["trials.parquet"].to_pylist()
     by_id = {r["trial_id"]: r for r in t}
     s, p, a = sup["forget_acc_attacked"], pure_row["forget_acc_attacked"], row["forget_acc_attacked"]
@@ -204,7 +204,8 @@ def test_undo_dimensions_join_the_outer_search():
     for _ in range(6):
         trial = study.ask()
         _define_by_run(trial, multi.defender.search_space(), multi.defender.shared_space())
-        method, params, undo_point = decode(multi, trial.params)
+        method, params, shared = decode(multi, trial.params)
+        undo_point = shared["undo"]
         assert set(undo_point) == {"alpha", "steps", "lr"} and 0.1 <= undo_point["alpha"] <= 1
         assert "lam" not in params if method == "graddiff" else "lam" in params  # fixed ⇒ not searched
         study.tell(trial, [0.0, 0.0])

@@ -13,7 +13,7 @@ import torch
 from search import config, tables
 from search.adversary import attack_spec
 from search.stages import Runner, run_stage
-from search.trial import Context, distill_spec, pretrain, suppress, unlearn_spec
+from search.trial import Context, common, pretrain, suppress, unlearn_spec
 from tests import wmdp_fixtures as F
 from trainables import models, wmdp
 
@@ -202,9 +202,8 @@ def test_rmu_undo_tar_and_attacks_on_tiny_models(wmdp_paths, tmp_path, arch):
     before, after = models.load_model(reference.path), models.load_model(rmu.path)
     changed = {n for (n, p), q in zip(before.named_parameters(), after.parameters()) if not torch.equal(p, q)}
     assert changed and all(("down_proj" in n or "c_proj" in n) and "mlp" in n for n in changed)
-    distilled = run_stage(ctx.runner, "distill", distill_spec(
-        cfg.model_copy(update={"defender": cfg.defender.model_copy(update={"undo": config.UndoConfig(loop={"steps": 2, "batch_size": 4, "eval_every": 1})})}),
-        {"alpha": 0.5, "beta": 0.1}), {"teacher": rmu})
+    undo = config.UndoConfig(loop={"steps": 2, "batch_size": 4, "eval_every": 1})
+    distilled = run_stage(ctx.runner, "distill", undo.spec(common(cfg), {"alpha": 0.5, "beta": 0.1}), {"teacher": rmu})
     assert 0 <= distilled.result["metrics"]["retain_acc"] <= 1
     tar_spec = unlearn_spec(cfg, "tar", {"inner_steps": 2, "subsample": 1, "adversary_batch_size": 2, "steps": 1}, fixed={})
     tar = run_stage(ctx.runner, "tar", tar_spec, {"model": rmu, "reference": reference})

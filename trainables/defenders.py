@@ -3,11 +3,18 @@
 
 Each module gives ``REFERENCE``, ``DEFAULT_LOOP`` (its loop on arithmetic) and ``Params`` (its
 hyperparameters and their defaults); ``STAGE`` names the stage that makes the released model.
+
+A defender is a pipeline of stages (``DefenderConfig.pipeline``): the unlearning that makes the
+*suppressed* model from the reference, then the robustifiers on top of it (TAR's training when
+the method is TAR, UNDO's distillation when ``undo`` is set). ``search/`` runs whatever steps
+the pipeline lists, so it names neither UNDO nor TAR; ``ROBUSTIFIERS`` says how each
+robustifier stage is named in logs and plots.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
@@ -15,7 +22,8 @@ from pydantic import field_validator, model_validator
 
 from spaces import DEFENDER_SPACES, SUPERSEDED, points
 from spaces.dims import Choice, Dim, check_space, searched, with_bounds
-from trainables import tar
+from trainables import tar, unlearn
+from trainables.common import Common
 from trainables.loop import LoopConfig, check_params
 from trainables.methods import METHODS
 from trainables.strict import Strict
@@ -25,6 +33,20 @@ from trainables.undo import UndoConfig
 DEFENDERS: dict[str, ModuleType] = {**METHODS, "tar": tar}
 STAGE: dict[str, str] = {**dict.fromkeys(METHODS, "unlearn"), "tar": "tar"}
 MethodName = Literal[tuple(DEFENDERS)]  # type: ignore[valid-type]
+# Stages that robustify a suppressed model, and how logs and plots name them.
+ROBUSTIFIERS: dict[str, str] = {"tar": "TAR", "distill": "UNDO"}
+REFERENCE, SUPPRESSED = "reference", "suppressed"  # where a pipeline step's input comes from
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage of a defender's pipeline: a registered stage (``trainables/stages.py``), its
+    spec, and where each of its inputs comes from (``REFERENCE`` or ``SUPPRESSED``: the
+    pipeline's first output)."""
+
+    stage: str
+    spec: Strict
+    inputs: dict[str, str]
 
 
 class DefenderConfig(Strict):
@@ -109,6 +131,45 @@ class DefenderConfig(Strict):
             where = "params" if "subsample" in fixed else "space"
             raise ValueError(f"{where}.subsample: can reach {sub[1]} while inner_steps can be {inner[0]}; "
                              "TAR needs subsample <= inner_steps everywhere in the searched box")
+
+    def suppressor(self, common: Common, method: str, values: dict[str, Any]) -> Step:
+        """The pipeline's first step: the unlearning that makes ``method``'s suppressed model
+        from the reference, at fixed then searched ``values``; for TAR, its initial safeguard
+        (the configured shallow method at its fixed parameters, nothing searched)."""
+        if STAGE[method] == "unlearn":
+            name, fixed = method, {**self.method_params(method), **values}
+        else:
+            name, fixed = self.tar.safeguard, self.tar.safeguard_params
+        spec = unlearn.spec_for(common, DEFENDERS[name], name, fixed, self.loop.model_dump(exclude_unset=True))
+        return Step("unlearn", spec, {"model": REFERENCE})
+
+    def robustifiers(self, common: Common, method: str, values: dict[str, Any],
+                     shared: dict[str, dict[str, Any]]) -> list[Step]:
+        """The steps after the suppressor, in order: the method's own stage when it is not a
+        shallow unlearning (TAR, at ``values``), then UNDO's distillation (at ``shared``'s
+        ``undo`` values) when configured."""
+        steps = []
+        if STAGE[method] != "unlearn":
+            spec = unlearn.spec_for(common, DEFENDERS[method], method, {**self.method_params(method), **values},
+                                    self.loop.model_dump(exclude_unset=True))
+            steps.append(Step(STAGE[method], spec, {"model": SUPPRESSED, "reference": REFERENCE}))
+        if self.undo:
+            steps.append(Step("distill", self.undo.spec(common, shared.get(points.UNDO, {})), {"teacher": SUPPRESSED}))
+        return steps
+
+    def pipeline(self, common: Common, method: str, values: dict[str, Any],
+                 shared: dict[str, dict[str, Any]]) -> list[Step]:
+        """Every step that makes ``method``'s released model from the reference."""
+        return [self.suppressor(common, method, values), *self.robustifiers(common, method, values, shared)]
+
+    def robust(self, method: str) -> bool:
+        """Whether ``method``'s pipeline robustifies its suppressed model (which is then a
+        baseline of its own: attacked once, before the trials that build on it)."""
+        return STAGE[method] != "unlearn" or self.undo is not None
+
+    def label(self) -> str:
+        """The defender in a log line: its methods, then the robustifier every method gets."""
+        return "/".join(self.methods) + (f" + {ROBUSTIFIERS['distill']}" if self.undo else "")
 
     def method_params(self, method: str) -> dict[str, Any]:
         """The fixed values that apply to ``method`` (hyperparameters and loop keys)."""

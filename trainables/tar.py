@@ -213,6 +213,14 @@ def outer_loss_fn(
     return loss_fn
 
 
+def step_sequences(spec: Spec) -> tuple[int, int]:
+    """(sequences trained, sequences only forwarded) per outer step, as ``run`` charges compute:
+    every task's adversary steps and L_TR batches, the retain batch; the frozen reference's
+    forward on the retain batch."""
+    p, batch = Params(**spec.params), spec.loop.batch_size
+    return p.tasks_per_step * (p.inner_steps * p.adversary_batch_size + len(tr_steps(p)) * batch) + batch, batch
+
+
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     """TAR-train ``inputs['model']`` (the initial safeguard) and save the tamper-resistant model."""
     spec = Spec.model_validate(spec)
@@ -235,11 +243,12 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     torch.manual_seed(spec.seed)
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), params=trained)
     models.save_model(model, out_dir)
-    per_step = p.tasks_per_step * (p.inner_steps * p.adversary_batch_size + len(tr_steps(p)) * cfg.batch_size)
-    tokens = cfg.steps * (per_step + cfg.batch_size) * d.seq_len
+    trained, forwarded = step_sequences(spec)
+    tokens = cfg.steps * trained * d.seq_len
     result = compute.training_result(model, loop.last_eval(curve), curve + tr_curve, tokens, wall)
-    ref_tokens = cfg.steps * cfg.batch_size * d.seq_len
+    ref_tokens = cfg.steps * forwarded * d.seq_len
     result["flops"] += compute.forward_flops(sum(q.numel() for q in reference.parameters()), ref_tokens)
+    result["steps"] = cfg.steps
     return result
 
 

@@ -28,6 +28,7 @@ from spaces import points
 from spaces.dims import Choice, Dim, check_fixed, check_space, searched, with_bounds
 from spaces.undo import SPACE as UNDO_SPACE
 from trainables import compute, data, loop, models, settings
+from trainables.common import Common, split_params
 from trainables.loop import LoopConfig
 from trainables.strict import Strict
 
@@ -128,6 +129,12 @@ class Spec(Strict):
     seed: int
 
 
+def step_sequences(spec: Spec) -> tuple[int, int]:
+    """(sequences trained, sequences only forwarded) per step, as ``run`` charges compute: the
+    student's batch, and the frozen teacher's forward on it."""
+    return spec.loop.batch_size, spec.loop.batch_size
+
+
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     """Corrupt (or freshly initialise) a student and distil ``inputs['teacher']`` into it on the
     pre-training mix, until the student's retain score is within ``epsilon`` of the teacher's
@@ -158,10 +165,10 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     curve, wall = loop.train(net, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), stop_fn=close_enough)
     models.save_model(net, out_dir)
     steps = max(s for s, _, _ in curve)
-    tokens = steps * cfg.batch_size * d.seq_len
-    result = compute.training_result(net, loop.last_eval(curve), curve, tokens, wall)
+    trained, forwarded = step_sequences(spec)
+    result = compute.training_result(net, loop.last_eval(curve), curve, steps * trained * d.seq_len, wall)
     teacher_n = sum(p.numel() for p in teacher.parameters())
-    result["flops"] += compute.forward_flops(teacher_n, tokens)  # the teacher's forward passes
+    result["flops"] += compute.forward_flops(teacher_n, steps * forwarded * d.seq_len)
     result["steps"] = steps
     result["teacher_retain_acc"] = target
     return result
@@ -218,6 +225,18 @@ class UndoConfig(Strict):
                     _in_unit(v, f"space.{name}")
         loop.check_loop_keys(self.params, self.loop.model_dump(), "params")
         return self
+
+    def spec(self, common: Common, values: dict[str, Any]) -> Spec:
+        """The distillation's spec at searched ``values`` (over the fixed ``params``)."""
+        loop_keys, strength = split_params({**self.params, **values})  # (steps, lr), (alpha, beta)
+        fresh = self.init == "fresh"
+        return Spec(
+            setting=common.setting, load=common.load, init=self.init,
+            alpha=None if fresh else strength["alpha"], beta=None if fresh else strength["beta"],
+            temperature=self.temperature, epsilon=self.epsilon,
+            forget_fraction=common.forget_fraction,  # the reference's pre-training mix
+            loop=LoopConfig(**{**self.loop.model_dump(), **loop_keys}), seed=common.seed,
+        )
 
     def search_space(self) -> dict[str, Dim]:
         """The searched UNDO dimensions, as ``undo.<name>``."""

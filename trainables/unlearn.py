@@ -11,6 +11,7 @@ from trainables import compute, data, loop, models, settings
 from trainables.loop import LoopConfig
 from trainables.methods import METHODS
 from trainables.strict import Strict
+from trainables.common import Common, split_params
 
 
 class Spec(Strict):
@@ -24,6 +25,26 @@ class Spec(Strict):
     params: dict[str, Any]
     loop: LoopConfig
     seed: int
+
+
+def spec_for(common: Common, module: Any, method: str, values: dict, loop_overrides: dict) -> Spec:
+    """Spec applying ``method`` (``module`` its defender module: ``Params``, ``DEFAULT_LOOP``)
+    with ``values`` (its hyperparameters and loop keys, fixed then searched): the method's
+    default loop, overridden by ``loop_overrides`` (the config's ``defender.loop``), then by the
+    loop keys in ``values``; hyperparameters canonical (defaults filled in)."""
+    loop_keys, hyper = split_params(values)
+    return Spec(
+        setting=common.setting, method=method, load=common.load,
+        params=module.Params(**hyper).model_dump(),
+        loop=LoopConfig(**{**module.DEFAULT_LOOP, **loop_overrides, **loop_keys}),
+        seed=common.seed,
+    )
+
+
+def step_sequences(spec: Spec) -> tuple[int, int]:
+    """(sequences trained, sequences only forwarded) per step, as ``run`` charges compute: a
+    forget and a retain batch."""
+    return 2 * spec.loop.batch_size, 0
 
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
@@ -51,5 +72,5 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d),
                              params=method.trainable(model, params))
     models.save_model(model, out_dir)
-    tokens = cfg.steps * 2 * cfg.batch_size * d.seq_len  # a forget and a retain batch per step
+    tokens = cfg.steps * step_sequences(spec)[0] * d.seq_len
     return compute.training_result(model, loop.last_eval(curve), curve, tokens, wall)
