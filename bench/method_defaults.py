@@ -3,6 +3,10 @@ search: retain accuracy, forget accuracy on V before the attack and after the st
 found. In-process (no Ray); the reference comes from the stage cache.
 
     python bench/method_defaults.py [--config configs/quick.yaml] [--set attack.budget=8] [--methods lat,repnoise]
+    python bench/method_defaults.py --methods lat --safeguard rmu     # LAT on top of RMU (a pipeline)
+
+With ``--safeguard`` each method runs on the safeguard's output (``defender.safeguard``, the
+defender's pipeline), and the safeguard itself is a row.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
 from search.stages import Runner, run_stage  # noqa: E402
-from search.trial import Context, baseline, pretrain, unlearn_spec  # noqa: E402
+from search.trial import Context, baseline, common, pretrain  # noqa: E402
 from trainables.methods import METHODS  # noqa: E402
 
 
@@ -27,8 +31,9 @@ def main() -> None:
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--methods", help="comma-separated subset of the registry (default: every method)")
+    p.add_argument("--safeguard", help="a shallow method at its defaults the methods run on top of")
     args = p.parse_args()
-    cfg = config.load(args.config, args.set)
+    cfg = config.load(args.config, [*args.set, *([f"defender.safeguard={{method: {args.safeguard}}}"] if args.safeguard else [])])
     from search.driver import quiet
 
     quiet()
@@ -40,11 +45,18 @@ def main() -> None:
     for kind in ("reference", "pure"):
         row = baseline(ctx, kind, reference, reference if kind == "reference" else None)
         print(f"{kind:<11} {row['retain_acc']:7.3f} {row['forget_acc']:9.3f} {row['forget_acc_attacked']:11.3f}")
-    for method in args.methods.split(",") if args.methods else METHODS:
-        released = run_stage(runner, "unlearn", unlearn_spec(cfg, method, {}), {"model": reference})
-        out = adversary_search(runner, cfg, released, method, "method-defaults", n_t, ref_flops=reference.result["flops"])
-        m = released.result["metrics"]
-        print(f"{method:<11} {m['retain_acc']:7.3f} {m['forget_acc_rep']:9.3f} {out.attacked:11.3f}", flush=True)
+    given = {"reference": reference}
+    for i, method in enumerate(args.methods.split(",") if args.methods else METHODS):
+        rows = []
+        steps = cfg.defender.pipeline(common(cfg), method, {}, {})  # the method, or safeguard then method
+        for j, step in enumerate(steps):
+            released = run_stage(runner, step.stage, step.spec, {role: given[src] for role, src in step.inputs.items()})
+            given.update({"suppressed": released} if j == 0 else {})
+            rows.append((step.spec.method if j == 0 else f"+ {method}", released))
+        for name, released in rows[1 if i and args.safeguard else 0:]:  # the safeguard's row once
+            out = adversary_search(runner, cfg, released, name, "method-defaults", n_t, ref_flops=reference.result["flops"])
+            m = released.result["metrics"]
+            print(f"{name:<11} {m['retain_acc']:7.3f} {m['forget_acc_rep']:9.3f} {out.attacked:11.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,10 @@ from trainables.models import ModelConfig
 from trainables.pretrain import PretrainConfig
 from trainables.settings import SETTINGS
 from trainables.strict import Strict, format_error
-from trainables.tar import TarConfig
 from trainables.undo import UndoConfig
 
 __all__ = ["AttackConfig", "ConfigError", "DefenderConfig", "ExperimentConfig", "PretrainConfig", "ScalingConfig",
-           "SearchConfig", "TarConfig", "TrackingConfig", "UndoConfig", "load"]
+           "SearchConfig", "TrackingConfig", "UndoConfig", "load"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 URI_SCHEMES = ("file", "s3", "gs", "gcs")

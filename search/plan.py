@@ -21,7 +21,6 @@ from search.config import ExperimentConfig
 from spaces import points
 from spaces.dims import At, Choice, Dim, point_in
 from trainables import compute, settings
-from trainables.defenders import ROBUSTIFIERS
 from trainables.stages import MODULES
 from trainables.loop import LoopConfig
 
@@ -152,7 +151,7 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
         searched = first.spec != cfg.defender.suppressor(common, method, {}).spec
         out.append(row(f"unlearn {first.spec.method}", trials + cfg.defender.robust(method) if searched else 1, first))
         for step in robustifiers:  # a distillation may stop early: costed at its budget
-            out.append(row(f"{step.stage} ({ROBUSTIFIERS[step.stage]} on {first.spec.method})", trials, step))
+            out.append(row(f"{step.name} (on {first.spec.method})", trials, step))
         models_attacked += cfg.defender.robust(method)  # the suppressed model is attacked too
     for r in _attacks_per_model(cfg, n, seq):
         r.runs *= models_attacked

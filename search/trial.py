@@ -227,7 +227,7 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
         for step in ctx.cfg.defender.robustifiers(common(ctx.cfg), method, params, shared):
             inputs = {role: given[source] for role, source in step.inputs.items()}
             released = run_stage(ctx.runner, step.stage, step.spec, inputs)
-            curves += curve_rows(ctx.experiment, trial_id, None, step.stage, released.result["curve"])
+            curves += curve_rows(ctx.experiment, trial_id, None, step.name, released.result["curve"])
             _flops(row, step.stage, released.result)
         if released is not suppressed:
             teacher = _attacked_before(ctx, trial_id, suppressed, ref_flops)

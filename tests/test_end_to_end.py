@@ -174,7 +174,7 @@ def test_tar_search_over_the_inner_loop_adversary(tmp_path):
     searched dimensions, the safeguard is a baseline every trial shares."""
     out = _run(tmp_path, "--config", str(ROOT / "configs" / "tar_arithmetic.yaml"),
                "--set", "search.trials=2", "--set", "defender.params={lr: 3.0e-4, steps: 3}",
-               "--set", "defender.space.inner_steps=[4, 8]", "--set", "defender.tar.safeguard_params.steps=5",
+               "--set", "defender.space.inner_steps=[4, 8]", "--set", "defender.safeguard.params.steps=5",
                "--set", "defender.params.adversary_batch_size=8")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     exp = tmp_path / "results" / "e2e"

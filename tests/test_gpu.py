@@ -61,8 +61,7 @@ def test_float32_training_on_the_gpu_follows_the_cpu(tmp_path, monkeypatch):
 
 def test_every_stage_runs_on_the_gpu(tmp_path):
     cfg = _cfg(tmp_path, "defender.params.steps=3", "defender.undo.params.beta=0.1",
-               "defender.undo.params.steps=5", "defender.undo.loop.eval_every=5",
-               "defender.tar.safeguard_params.steps=3")
+               "defender.undo.params.steps=5", "defender.undo.loop.eval_every=5")
     runner = Runner(tmp_path / "cache", "local")
     ref = _ran_on_gpu(lambda: run_stage(runner, "pretrain", pretrain_spec(cfg, "reference")))
     released = {}

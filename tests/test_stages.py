@@ -1,11 +1,12 @@
 """Stage functions on a tiny budget, in-process (no Ray), and the stage cache."""
 
+import pytest
 import torch
 
 import json
 
 from search.stages import Runner, cache_key, canonical, run_stage
-from search.trial import pretrain_spec, unlearn_spec
+from search.trial import common, pretrain_spec, unlearn_spec
 from search.adversary import attack_spec
 from trainables import data as data_mod
 from trainables import models
@@ -125,3 +126,29 @@ def test_a_defender_is_a_pipeline_of_registered_stages():
     assert got == [("unlearn", {"model": REFERENCE}), ("tar", {"model": SUPPRESSED, "reference": REFERENCE})]
     assert steps[0].spec.method == "random_mapping" and steps[1].spec.params["inner_steps"] == 8
     assert tar.defender.suppressor(common(tar), "tar", {"inner_steps": 32}).spec == steps[0].spec
+
+
+def test_a_method_on_a_safeguard_is_a_trial_over_its_suppressed_baseline(tmp_path):
+    """LAT on a GradDiff safeguard through the trial: the safeguard is the suppressed baseline
+    (attacked once), LAT trains on it, both unlearnings are charged to flops.unlearn, and the
+    curves keep the two apart."""
+    from search import config, tables
+    from search.trial import Context, baseline, defender, pretrain
+    from tests.conftest import TINY
+
+    cfg = config.load(None, [*TINY, f"cache_dir={tmp_path / 'cache'}", f"storage={tmp_path / 'results'}",
+                             "defender.method=lat", "defender.safeguard={method: graddiff, params: {steps: 5}}",
+                             "defender.params={steps: 3, pgd_steps: 1}"])
+    ctx = Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
+    reference = pretrain(ctx, "reference")
+    sup = baseline(ctx, "suppressed", reference, method="lat")
+    row = defender(ctx, "t1", {"epsilon": 2.0}, reference)
+    assert row["status"] == "ok" and row["param.epsilon"] == 2.0
+    assert row["suppressed_key"] == sup["model_key"] != row["model_key"]
+    assert row["forget_acc_attacked_suppressed"] == sup["forget_acc_attacked"]
+    lat = cfg.defender.robustifiers(common(cfg), "lat", {"epsilon": 2.0}, {})[0]
+    assert lat.name == "unlearn.lat" and lat.spec.loop.steps == 3
+    assert row["flops.unlearn"] == sup["flops.unlearn"] + 6 * reference.result["n_params"] * 3 * 2 * 64 * 11
+    assert row["compute_frac"] == pytest.approx(row["flops.unlearn"] / reference.result["flops"])
+    curves = tables.read_parts(ctx.exp_dir)["t1"]["curves"]
+    assert {c["stage"] for c in curves} >= {"unlearn", "unlearn.lat", "attack"}

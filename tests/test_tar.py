@@ -170,7 +170,7 @@ def tar_cfg(tmp_path):
 
     return config.load(None, [
         *TINY, f"cache_dir={tmp_path / 'cache'}", f"storage={tmp_path / 'results'}",
-        "defender.method=tar", "defender.tar.safeguard_params.steps=5",
+        "defender.method=tar", "defender.safeguard={method: random_mapping, params: {steps: 5}}",
         "defender.params.steps=3", "defender.params.inner_steps=4", "defender.params.subsample=2",
         "defender.params.adversary_batch_size=8",
     ])
@@ -213,8 +213,9 @@ def test_tar_dimensions_are_searched_and_bad_tar_configs_name_the_field(tar_cfg)
                          "grad_scale", "lam", "tasks_per_step", "lr", "steps"}
     assert not {"steps", "inner_steps", "subsample"} & set(tar_cfg.defender.search_space()["tar"])  # fixed
     for override, field in [
-        ("defender.tar.safeguard=tar", "tar.safeguard"),
-        ("defender.tar.safeguard_params.c=-1", "safeguard_params"),
+        ("defender.safeguard.method=tar", "safeguard.method"),
+        ("defender.safeguard={method: random_mapping, params: {c: -1}}", "safeguard.params"),
+        ("defender.tar.safeguard=rmu", "defender.tar"),
         ("defender.params.retain_forget=2", "params.retain_forget"),
         ("defender.params.subsample=32", "params.subsample"),
         ("defender.space.inner_steps=[64, 4]", "space.inner_steps"),

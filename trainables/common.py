@@ -7,6 +7,8 @@ from typing import Any
 
 from trainables.loop import LoopConfig
 
+REFERENCE, SUPPRESSED = "reference", "suppressed"  # where a defender pipeline step's input comes from
+
 
 @dataclass(frozen=True)
 class Common:

@@ -5,10 +5,13 @@ Each module gives ``REFERENCE``, ``DEFAULT_LOOP`` (its loop on arithmetic) and `
 hyperparameters and their defaults); ``STAGE`` names the stage that makes the released model.
 
 A defender is a pipeline of stages (``DefenderConfig.pipeline``): the unlearning that makes the
-*suppressed* model from the reference, then the robustifiers on top of it (TAR's training when
-the method is TAR, UNDO's distillation when ``undo`` is set). ``search/`` runs whatever steps
-the pipeline lists, so it names neither UNDO nor TAR; ``ROBUSTIFIERS`` says how each
-robustifier stage is named in logs and plots.
+*suppressed* model from the reference, then the robustifiers on top of it. With a
+``safeguard`` (required by TAR, optional for any method: LAT on top of RMU, as Sheshadri et al.
+run it) the suppressed model is the safeguard's output and the method's own stage trains on
+it; with ``undo`` UNDO's distillation follows. ``search/`` runs whatever steps the pipeline
+lists, so it names neither UNDO nor TAR; ``ROBUSTIFIERS`` says how each robustifier stage is
+named in logs and plots. A method module may give ``INPUTS`` (its stage's inputs on top of a
+safeguard; default: the model) and ``DEFAULT_SAFEGUARD`` (it always runs on one).
 """
 
 from __future__ import annotations
@@ -23,11 +26,10 @@ from pydantic import field_validator, model_validator
 from spaces import DEFENDER_SPACES, SUPERSEDED, points
 from spaces.dims import Choice, Dim, check_space, searched, with_bounds
 from trainables import tar, unlearn
-from trainables.common import Common
+from trainables.common import REFERENCE, SUPPRESSED, Common
 from trainables.loop import LoopConfig, check_params
 from trainables.methods import METHODS
 from trainables.strict import Strict
-from trainables.tar import TarConfig
 from trainables.undo import UndoConfig
 
 DEFENDERS: dict[str, ModuleType] = {**METHODS, "tar": tar}
@@ -35,26 +37,46 @@ STAGE: dict[str, str] = {**dict.fromkeys(METHODS, "unlearn"), "tar": "tar"}
 MethodName = Literal[tuple(DEFENDERS)]  # type: ignore[valid-type]
 # Stages that robustify a suppressed model, and how logs and plots name them.
 ROBUSTIFIERS: dict[str, str] = {"tar": "TAR", "distill": "UNDO"}
-REFERENCE, SUPPRESSED = "reference", "suppressed"  # where a pipeline step's input comes from
+ShallowName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
 class Step:
     """One stage of a defender's pipeline: a registered stage (``trainables/stages.py``), its
-    spec, and where each of its inputs comes from (``REFERENCE`` or ``SUPPRESSED``: the
-    pipeline's first output)."""
+    spec, where each of its inputs comes from (``REFERENCE`` or ``SUPPRESSED``: the pipeline's
+    first output), and its name in the curves table (the stage's, unless an earlier step ran
+    the same stage)."""
 
     stage: str
     spec: Strict
     inputs: dict[str, str]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.stage)
+
+
+class SafeguardConfig(Strict):
+    """The model a method trains on instead of the reference: a shallow method at fixed
+    hyperparameters (its ``Params`` and loop keys such as ``lr`` and ``steps``; the rest are its
+    defaults). TAR's initial safeguard; any method's (e.g. LAT on an RMU model)."""
+
+    method: ShallowName
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> "SafeguardConfig":
+        check_params(METHODS[self.method].Params, self.params, {}, "params")
+        return self
 
 
 class DefenderConfig(Strict):
     """The defender searched by the outer study: one method or several (the search then picks
     the method too), loop settings that override the methods' defaults, fixed hyperparameters
-    and narrower/wider bounds for the dimensions of ``spaces/<method>.py``, and optionally UNDO
-    (corrupt + distil) after the method. ``method: tar`` trains TAR on top of the initial
-    safeguard that ``tar`` names.
+    and narrower/wider bounds for the dimensions of ``spaces/<method>.py``, optionally a
+    ``safeguard`` every method trains on (TAR always has one: random mapping unless named), and
+    optionally UNDO (corrupt + distil) after the method.
 
     Keys of ``params`` and ``space`` are a name (for every selected method) or
     ``method.name`` (for one of them), e.g. ``lam`` or ``rmu.c``. A dimension given a value in
@@ -66,7 +88,14 @@ class DefenderConfig(Strict):
     params: dict[str, Any] = {}
     space: dict[str, Any] = {}
     undo: UndoConfig | None = None
-    tar: TarConfig = TarConfig()
+    safeguard: SafeguardConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "tar" in v:
+            raise ValueError("tar: TAR's safeguard moved to defender.safeguard: {method: ..., params: {...}}")
+        return v
 
     @field_validator("params", "space", mode="before")
     @classmethod
@@ -90,8 +119,9 @@ class DefenderConfig(Strict):
     def _check(self) -> "DefenderConfig":
         if not self.methods:
             raise ValueError("method: name at least one method")
-        if "tar" in self.methods and self.undo is not None:
-            raise ValueError("undo: UNDO after TAR is not supported; search one robustness method at a time")
+        if self.undo is not None and any(self.safeguard_for(m) for m in self.methods):
+            raise ValueError("undo: UNDO after a method on a safeguard (TAR, or defender.safeguard) is not "
+                             "supported; search one robustness method at a time")
         for field, table in (("params", self.params), ("space", self.space)):
             for key in table:
                 scope, _ = points.split(key)
@@ -132,27 +162,35 @@ class DefenderConfig(Strict):
             raise ValueError(f"{where}.subsample: can reach {sub[1]} while inner_steps can be {inner[0]}; "
                              "TAR needs subsample <= inner_steps everywhere in the searched box")
 
+    def safeguard_for(self, method: str) -> SafeguardConfig | None:
+        """The safeguard ``method`` trains on: the configured one, else the method's default
+        (TAR's random mapping), else None (it unlearns the reference)."""
+        default = getattr(DEFENDERS[method], "DEFAULT_SAFEGUARD", None)
+        return self.safeguard or (SafeguardConfig(method=default) if default else None)
+
+    def _spec(self, common: Common, method: str, values: dict[str, Any]) -> unlearn.Spec:
+        return unlearn.spec_for(common, DEFENDERS[method], method, values, self.loop.model_dump(exclude_unset=True))
+
     def suppressor(self, common: Common, method: str, values: dict[str, Any]) -> Step:
         """The pipeline's first step: the unlearning that makes ``method``'s suppressed model
-        from the reference, at fixed then searched ``values``; for TAR, its initial safeguard
-        (the configured shallow method at its fixed parameters, nothing searched)."""
-        if STAGE[method] == "unlearn":
-            name, fixed = method, {**self.method_params(method), **values}
-        else:
-            name, fixed = self.tar.safeguard, self.tar.safeguard_params
-        spec = unlearn.spec_for(common, DEFENDERS[name], name, fixed, self.loop.model_dump(exclude_unset=True))
-        return Step("unlearn", spec, {"model": REFERENCE})
+        from the reference, at fixed then searched ``values``; on a safeguard, the safeguard
+        (its method at its fixed parameters, nothing searched)."""
+        guard = self.safeguard_for(method)
+        if guard is None:
+            return Step("unlearn", self._spec(common, method, {**self.method_params(method), **values}), {"model": REFERENCE})
+        return Step("unlearn", self._spec(common, guard.method, guard.params), {"model": REFERENCE})
 
     def robustifiers(self, common: Common, method: str, values: dict[str, Any],
                      shared: dict[str, dict[str, Any]]) -> list[Step]:
-        """The steps after the suppressor, in order: the method's own stage when it is not a
-        shallow unlearning (TAR, at ``values``), then UNDO's distillation (at ``shared``'s
+        """The steps after the suppressor, in order: on a safeguard, the method's own stage
+        (TAR's, or the unlearning) at ``values``; then UNDO's distillation (at ``shared``'s
         ``undo`` values) when configured."""
         steps = []
-        if STAGE[method] != "unlearn":
-            spec = unlearn.spec_for(common, DEFENDERS[method], method, {**self.method_params(method), **values},
-                                    self.loop.model_dump(exclude_unset=True))
-            steps.append(Step(STAGE[method], spec, {"model": SUPPRESSED, "reference": REFERENCE}))
+        if self.safeguard_for(method) is not None:
+            spec = self._spec(common, method, {**self.method_params(method), **values})
+            stage = STAGE[method]  # a shallow method on a safeguard unlearns a second time: named apart
+            steps.append(Step(stage, spec, getattr(DEFENDERS[method], "INPUTS", {"model": SUPPRESSED}),
+                              name=f"{stage}.{method}" if stage == "unlearn" else stage))
         if self.undo:
             steps.append(Step("distill", self.undo.spec(common, shared.get(points.UNDO, {})), {"teacher": SUPPRESSED}))
         return steps
@@ -165,7 +203,7 @@ class DefenderConfig(Strict):
     def robust(self, method: str) -> bool:
         """Whether ``method``'s pipeline robustifies its suppressed model (which is then a
         baseline of its own: attacked once, before the trials that build on it)."""
-        return STAGE[method] != "unlearn" or self.undo is not None
+        return self.safeguard_for(method) is not None or self.undo is not None
 
     def label(self) -> str:
         """The defender in a log line: its methods, then the robustifier every method gets."""

@@ -40,18 +40,21 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Literal
+from typing import Callable
 
 import torch
 from pydantic import Field, model_validator
 
 from trainables import compute, data, loop, models, settings
-from trainables.loop import check_params
-from trainables.methods import METHODS
+from trainables import common
 from trainables.strict import Strict
 from trainables.unlearn import Spec  # TAR's stage spec is the unlearning stage's (method: tar)
 
 REFERENCE = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), arXiv 2408.00761"
+# TAR trains on top of a safeguard (``defender.safeguard``; the authors' random mapping unless
+# the config names another), the frozen reference beside it for the retain term.
+DEFAULT_SAFEGUARD = "random_mapping"
+INPUTS = {"model": common.SUPPRESSED, "reference": common.REFERENCE}
 # The outer loop on arithmetic (TAR on Llama-3-8B: lr 2e-5, 750 steps, 32 warmup steps).
 DEFAULT_LOOP = {"lr": 3e-4, "steps": 100, "schedule": "warmup_constant", "warmup_steps": 10}
 TASK_KINDS = ("forget", "retain_forget")
@@ -250,21 +253,3 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     result["flops"] += compute.forward_flops(sum(q.numel() for q in reference.parameters()), ref_tokens)
     result["steps"] = cfg.steps
     return result
-
-
-ShallowName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
-
-
-class TarConfig(Strict):
-    """TAR's initial safeguard (``trainables/tar.py``): a shallow method — TAR's random mapping
-    by default — at fixed hyperparameters (its ``Params`` and loop keys such as ``lr`` and
-    ``steps``; the rest are its defaults). TAR's own hyperparameters and outer loop are searched
-    like any method's, through ``defender.params`` / ``defender.space`` (``spaces/tar.py``)."""
-
-    safeguard: ShallowName = "random_mapping"
-    safeguard_params: dict[str, Any] = {}
-
-    @model_validator(mode="after")
-    def _check(self) -> "TarConfig":
-        check_params(METHODS[self.safeguard].Params, self.safeguard_params, {}, "safeguard_params")
-        return self

@@ -16,8 +16,9 @@ Reference: Sheshadri et al. 2024, "Latent Adversarial Training Improves Robustne
 Persistent Harmful Behaviors in LLMs" (targeted LAT), code ``aengusl/latent-adversarial-training``
 (WMDP unlearning: ε 2–6 in the residual stream of Llama-3-8B layers 8 / 16 / 24, 16 PGD steps,
 the log(1 − p) away loss with a retain SFT loss). Here: one layer, the arithmetic defaults
-below calibrated for 0.4 M-parameter models. Built as a shallow method (it unlearns from the
-reference), not as a robustifier stage on top of another safeguard.
+below calibrated for 0.4 M-parameter models. It unlearns the reference, or, with
+``defender.safeguard`` (e.g. ``{method: rmu}``), trains on another safeguard's output as the
+paper's RMU + LAT does (the defender's pipeline; no stage of its own).
 """
 
 from __future__ import annotations
