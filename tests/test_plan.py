@@ -79,3 +79,13 @@ def test_a_real_model_plan_gives_gpu_hours_from_its_size(wmdp_paths, tmp_path):
     assert rows["attack (undo_relearn)"].runs == 3 * (1 + cfg.search.trials)  # no pure model given
     assert rows["attack (undo_relearn)"].steps == 500 and rows["attack (undo_relearn)"].evals == 6
     assert "GPU time: about" in out and "evaluate reference" in out and "evaluate pure" not in out
+
+
+def test_a_method_on_a_safeguard_plans_the_safeguard_once_and_the_method_per_trial(tmp_path):
+    cfg = _cfg(tmp_path, "defender.method=lat", "defender.safeguard={method: rmu, params: {steps: 7}}")
+    rows = {r.stage: r for r in plan.rows(cfg, plan.n_params(cfg), cfg.cache_dir)}
+    assert rows["unlearn rmu"].runs == 1 and rows["unlearn rmu"].steps == 7  # nothing searched reaches it
+    assert rows["unlearn.lat (on rmu)"].runs == cfg.search.trials
+    models = 2 + cfg.search.trials + 1  # the baselines, each defender, and the safeguard
+    prior = rows["attack (searched, prior point)"]
+    assert prior.runs == models * cfg.attack.prior
