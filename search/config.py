@@ -23,7 +23,7 @@ from search.tracking import TrackingConfig
 from spaces import points
 from spaces.dims import MAX_COUNT, Choice, grid_size
 from trainables import arithmetic, wmdp
-from trainables.defenders import DefenderConfig
+from trainables.defenders import DEFENDERS, DefenderConfig
 from trainables.models import ModelConfig
 from trainables.pretrain import PretrainConfig
 from trainables.settings import SETTINGS
@@ -120,10 +120,11 @@ class ExperimentConfig(Strict):
             self.setting.tokenizer = m.pretrained
         if self.search.sampler == "grid":
             self._check_grid()
-        if self.scaling.strategy == "fsdp" and "tar" in self.defender.methods:
-            raise ValueError("scaling.strategy: fsdp is not supported with defender.method tar "
-                             "(its inner-loop snapshot and first-order gradient assume full "
-                             "parameters); use ddp")
+        for m in self.defender.methods:
+            why = getattr(DEFENDERS[m], "NOT_WITH_STRATEGY", {}).get(self.scaling.strategy)
+            if why:
+                raise ValueError(f"scaling.strategy: {self.scaling.strategy} is not supported with "
+                                 f"defender.method {m} ({why})")
         return self
 
     @property

@@ -221,11 +221,11 @@ def text(cfg: ExperimentConfig) -> str:
         eval_tokens = (len(d.retain_eval) + len(d.forget_V)) * d.seq_len
     size = unknown or f"model {n / 1e6:.2f} M parameters"
     lines = [f"plan: {cfg.experiment} — {cfg.setting.name}, {cfg.search.trials} defender trials "
-             f"({', '.join(cfg.defender.methods)}{' + UNDO' if cfg.defender.undo else ''}), {size}"]
+             f"({cfg.defender.label()}), {size}"]
     for m, space in cfg.defender.search_space().items():
         lines.append(f"defender space {m}: {describe(space)}")
-    if cfg.defender.undo:
-        lines.append(f"UNDO space: {describe(cfg.defender.undo.search_space())}")
+    if cfg.defender.shared_space():
+        lines.append(f"shared space (every method): {describe(cfg.defender.shared_space())}")
     lines.append(f"attack space: {describe(cfg.attack.search_space())}"
                  + (f" (fixed: {', '.join(f'{k}={v}' for k, v in cfg.attack.params.items())})" if cfg.attack.params else ""))
     lines += ["", "| stage | runs | steps each | tokens per step | evaluations each | cached | FLOPs |",

@@ -212,6 +212,8 @@ def test_tar_dimensions_are_searched_and_bad_tar_configs_name_the_field(tar_cfg)
     assert set(dims) == {"inner_steps", "adversary_lr", "adversary_lr_spread", "retain_forget", "subsample",
                          "grad_scale", "lam", "tasks_per_step", "lr", "steps"}
     assert not {"steps", "inner_steps", "subsample"} & set(tar_cfg.defender.search_space()["tar"])  # fixed
+    with pytest.raises(config.ConfigError, match="scaling.strategy: fsdp is not supported with defender.method tar"):
+        config.load(None, ["defender.method=tar", "scaling.strategy=fsdp", "scaling.num_workers=2"])
     for override, field in [
         ("defender.safeguard.method=tar", "safeguard.method"),
         ("defender.safeguard={method: random_mapping, params: {c: -1}}", "safeguard.params"),

@@ -11,7 +11,8 @@ run it) the suppressed model is the safeguard's output and the method's own stag
 it; with ``undo`` UNDO's distillation follows. ``search/`` runs whatever steps the pipeline
 lists, so it names neither UNDO nor TAR; ``ROBUSTIFIERS`` says how each robustifier stage is
 named in logs and plots. A method module may give ``INPUTS`` (its stage's inputs on top of a
-safeguard; default: the model) and ``DEFAULT_SAFEGUARD`` (it always runs on one).
+safeguard; default: the model), ``DEFAULT_SAFEGUARD`` (it always runs on one) and
+``NOT_WITH_STRATEGY`` (parallel strategies it refuses, and why).
 """
 
 from __future__ import annotations

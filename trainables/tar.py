@@ -55,6 +55,8 @@ REFERENCE = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight L
 # the config names another), the frozen reference beside it for the retain term.
 DEFAULT_SAFEGUARD = "random_mapping"
 INPUTS = {"model": common.SUPPRESSED, "reference": common.REFERENCE}
+# Parallel strategies TAR cannot run under, and why (checked when the config loads).
+NOT_WITH_STRATEGY = {"fsdp": "its inner-loop snapshot and first-order gradient assume full parameters; use ddp"}
 # The outer loop on arithmetic (TAR on Llama-3-8B: lr 2e-5, 750 steps, 32 warmup steps).
 DEFAULT_LOOP = {"lr": 3e-4, "steps": 100, "schedule": "warmup_constant", "warmup_steps": 10}
 TASK_KINDS = ("forget", "retain_forget")
