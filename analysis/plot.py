@@ -59,22 +59,16 @@ def _baselines(ax, trials: pd.DataFrame, x: str) -> None:
             _errorbars(ax, b[x], b["retain_acc"], xerr=_interval(b, x), color=color)
 
 
-# Stages every model has (or that are not part of making it); any other stage with compute
-# is a robustifier the model went through (``flops.distill``, ``flops.tar``).
-_NOT_ROBUSTIFIERS = {"pretrain", "unlearn", "attack"}
-
-
 def _label(row_or_df) -> pd.Series:
     """Legend group of each defender: its method, then each robustifier stage that made it
-    (``+ distill``) unless the method is that stage (TAR), prefixed by its experiment when
-    several."""
+    (its ``steps.<stage>`` is set: ``+ distill``, even when the distillation stopped at once)
+    unless the method is that stage (TAR), prefixed by its experiment when several."""
     df = row_or_df
     label = df["method"].astype(str)
-    for col in sorted(c for c in df if c.startswith("flops.")):
-        stage = col.removeprefix("flops.")
-        if stage not in _NOT_ROBUSTIFIERS:
-            went = (df[col].fillna(0) > 0) & (df["method"] != stage)
-            label = label + went.map({True: f" + {stage}", False: ""})
+    for col in sorted(c for c in df if c.startswith("steps.")):
+        stage = col.removeprefix("steps.")
+        went = df[col].notna() & (df["method"] != stage)
+        label = label + went.map({True: f" + {stage}", False: ""})
     if df["experiment"].nunique() > 1:
         return df["experiment"].astype(str) + " / " + label
     return label

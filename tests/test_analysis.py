@@ -171,9 +171,10 @@ def test_strongest_attack_table_shows_the_chosen_attack_with_seeds_and_interval(
 
 
 def test_robustified_models_are_labelled_and_tabled_from_their_stage_columns():
-    """Labels and the robustness table come from the generic ``flops.<stage>`` / ``steps.<stage>``
-    and ``param.*`` columns: a distilled model is '<method> + distill', TAR is its own method,
-    a shallow model its method; the table's rows follow the swept parameter (UNDO's α)."""
+    """Labels and the robustness table come from the generic ``steps.<stage>`` and ``param.*``
+    columns: a distilled model is '<method> + distill' (also when the distillation stopped at
+    step 0), TAR is its own method, a shallow model its method; the table's rows follow the
+    swept parameter (UNDO's α)."""
     import pandas as pd
 
     from analysis.plot import _label
@@ -183,12 +184,12 @@ def test_robustified_models_are_labelled_and_tabled_from_their_stage_columns():
         return {"experiment": "e", "trial_id": tid, "kind": kind, "method": method, "status": "ok",
                 "retain_acc": 0.9, "forget_acc": 0.1, "forget_acc_attacked": 0.5, "compute_frac": 0.1,
                 "flops.unlearn": 1.0, "flops.distill": 0.0, "flops.tar": 0.0, "suppressed_key": None,
-                "param.undo.alpha": None, "steps.distill": None, **kw}
+                "param.undo.alpha": None, "steps.distill": None, "steps.tar": None, **kw}
 
     trials = pd.DataFrame([
         row("t1", "defender", "maxent", **{"flops.distill": 5.0, "suppressed_key": "k", "param.undo.alpha": 0.9, "steps.distill": 40}),
-        row("t0", "defender", "maxent", **{"flops.distill": 3.0, "suppressed_key": "k", "param.undo.alpha": 0.3, "steps.distill": 20}),
-        row("t2", "defender", "tar", **{"flops.tar": 7.0, "suppressed_key": "s"}),
+        row("t0", "defender", "maxent", **{"flops.distill": 0.0, "suppressed_key": "k", "param.undo.alpha": 0.3, "steps.distill": 0}),
+        row("t2", "defender", "tar", **{"flops.tar": 7.0, "suppressed_key": "s", "steps.tar": 100}),
         row("t3", "defender", "graddiff"),
         row("pure", "baseline", "pure", **{"flops.unlearn": 0.0}),
     ])
