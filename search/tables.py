@@ -20,9 +20,6 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from trainables.defenders import ROBUSTIFIERS
-from trainables.stages import STAGES
-
 TRIALS = "trials.parquet"
 ATTACKS = "attacks.parquet"
 CURVES = "curves.parquet"
@@ -30,23 +27,11 @@ PARTS = "parts"
 CONFIG = "config.yaml"  # the resolved experiment config, beside the tables
 RUN = "run.json"  # {"run_status": running | complete | interrupted | failed, "updated_at": ...}
 
-# Compute per stage, one column each (``flops.unlearn``, ``flops.attack``, ...): every registered
-# stage but ``evaluate``, which only scores. A robustifier's step count (a distillation may stop
-# early) is ``steps.<stage>``.
-FLOPS_COLUMNS = [f"flops.{s}" for s in STAGES if s != "evaluate"]
-STEPS_COLUMNS = [f"steps.{s}" for s in ROBUSTIFIERS]
-
-
-def flops_column(stage: str) -> str:
-    """The trials column that holds ``stage``'s compute."""
-    return f"flops.{stage}"
-
-
-def defence_flops(row: dict) -> float:
-    """What a row's model cost beyond the reference's pre-training: every stage's compute but
-    the pre-training's and the attacks'."""
-    skip = {flops_column("pretrain"), flops_column("attack")}
-    return sum(row.get(c) or 0.0 for c in FLOPS_COLUMNS if c not in skip)
+# Per-stage columns, typed by prefix (the stages are the trial's registry, not this module's:
+# reading the tables needs no torch): compute ``flops.<stage>`` (``flops.unlearn``,
+# ``flops.attack``, ...), and a robustifier's step count ``steps.<stage>`` (a distillation may
+# stop early).
+PREFIX_TYPES: dict[str, pa.DataType] = {"flops.": pa.float64(), "steps.": pa.int64()}
 
 
 # Fixed columns and their types; ``param.*`` and ``attack.*`` columns are added as they appear.
@@ -65,11 +50,11 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "forget_acc_full": pa.float64(), "forget_acc_sel": pa.float64(),
     "n_retain": pa.int64(), "n_select": pa.int64(), "n_report": pa.int64(),
     "under_attacked": pa.bool_(),
-    **dict.fromkeys(FLOPS_COLUMNS, pa.float64()), "compute_frac": pa.float64(), "compute_frac_attack": pa.float64(),
+    "compute_frac": pa.float64(), "compute_frac_attack": pa.float64(),
     "feasible": pa.bool_(), "wall_s": pa.float64(),
-    # a robustified model: its robustifiers' steps, the suppressed model it was built on (UNDO's
-    # teacher, TAR's initial safeguard), and the robustness derived from them
-    **dict.fromkeys(STEPS_COLUMNS, pa.int64()), "retain_acc_suppressed": pa.float64(),
+    # a robustified model: the suppressed model it was built on (UNDO's teacher, TAR's initial
+    # safeguard), and the robustness derived from them
+    "retain_acc_suppressed": pa.float64(),
     "forget_acc_suppressed": pa.float64(), "forget_acc_attacked_suppressed": pa.float64(),
     "robustness": pa.float64(), "suppressed_key": pa.string(),
     "finished_at": pa.float64(),
@@ -188,12 +173,13 @@ def _read_json(fs: pafs.FileSystem, path: str) -> Any:
 
 def to_table(rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> pa.Table:
     """Rows → a table with the fixed columns first (typed, nulls allowed), then any extra
-    columns (``param.*``, ``attack.*``) in sorted order with inferred types."""
+    columns (``flops.*``, ``steps.*`` typed by their prefix; ``param.*``, ``attack.*`` with
+    inferred types) in sorted order."""
     extra = sorted({k for r in rows for k in r} - set(columns))
     arrays, fields = [], []
     for name in [*columns, *extra]:
         values = [r.get(name) for r in rows]
-        typ = columns.get(name)
+        typ = columns.get(name) or next((t for p, t in PREFIX_TYPES.items() if name.startswith(p)), None)
         arr = pa.array(values, type=typ) if typ is not None else pa.array(values)
         if typ is None and pa.types.is_null(arr.type):
             arr = arr.cast(pa.string())

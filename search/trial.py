@@ -26,7 +26,24 @@ from spaces import points
 from trainables import evaluate as evaluate_stage, heldout, settings, wmdp
 from trainables import pretrain as pretrain_stage, unlearn as unlearn_stage
 from trainables.common import Common
-from trainables.defenders import DEFENDERS, REFERENCE, SUPPRESSED
+from trainables.defenders import REFERENCE, SUPPRESSED
+from trainables.stages import STAGES
+
+# Compute per stage, one trials column each: every registered stage but ``evaluate``, which
+# only scores.
+FLOPS_COLUMNS = [f"flops.{s}" for s in STAGES if s != "evaluate"]
+
+
+def flops_column(stage: str) -> str:
+    """The trials column that holds ``stage``'s compute."""
+    return f"flops.{stage}"
+
+
+def defence_flops(row: dict) -> float:
+    """What a row's model cost beyond the reference's pre-training: every stage's compute but
+    the pre-training's and the attacks'."""
+    skip = {flops_column("pretrain"), flops_column("attack")}
+    return sum(row.get(c) or 0.0 for c in FLOPS_COLUMNS if c not in skip)
 
 
 @dataclass(frozen=True)
@@ -90,8 +107,7 @@ def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict |
     (default: the config's ``defender.params`` for ``method``) then searched values; the same
     for hyperparameters."""
     fixed = cfg.defender.method_params(method) if fixed is None else fixed
-    return unlearn_stage.spec_for(common(cfg), DEFENDERS[method], method, {**fixed, **params},
-                                  cfg.defender.loop.model_dump(exclude_unset=True))
+    return cfg.defender.method_spec(common(cfg), method, {**fixed, **params})
 
 
 def _data(cfg: ExperimentConfig):
@@ -138,7 +154,7 @@ def _row(ctx: Context, trial_id: str, kind: str, method: str, params: dict) -> d
         "experiment": ctx.experiment, "trial_id": trial_id, "kind": kind,
         "setting": ctx.cfg.setting.name, "method": method, "seed": ctx.cfg.seed,
         **{f"param.{k}": v for k, v in params.items()},
-        **dict.fromkeys(tables.FLOPS_COLUMNS, 0.0),
+        **dict.fromkeys(FLOPS_COLUMNS, 0.0),
         "config_hash": config_hash(ctx.cfg, params), "code_version": cache.code_version(),
     }
 
@@ -163,7 +179,7 @@ def _finish(
         "error": None if ok else "every attack failed; see attacks.parquet",
         **score_columns(ctx.cfg, m, outcome),
         "attacks_run": len(outcome.attacks),
-        tables.flops_column("attack"): outcome.flops,
+        flops_column("attack"): outcome.flops,
         "compute_frac": defence_flops / ref_flops,
         "compute_frac_attack": outcome.flops / ref_flops,
         "feasible": ok and (ctx.cfg.search.retain_floor is None or m["retain_acc"] >= ctx.cfg.search.retain_floor),
@@ -198,7 +214,7 @@ def suppress(ctx: Context, method: str, params: dict, reference: StageRef) -> St
 def _flops(row: dict, stage: str, result: dict) -> None:
     """Charge ``stage``'s compute (``flops.<stage>``) and step count (``steps.<stage>``, when
     the stage reports one: a distillation may stop early) to ``row``."""
-    row[tables.flops_column(stage)] += result["flops"]
+    row[flops_column(stage)] += result["flops"]
     if "steps" in result:
         row[f"steps.{stage}"] = result["steps"]
 
@@ -219,7 +235,7 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
                {**params, **{k: v for s, vals in shared.items() for k, v in points.scoped(vals, s).items()}})
     try:
         ref_flops = reference.result["flops"]
-        row[tables.flops_column("pretrain")] = ref_flops
+        row[flops_column("pretrain")] = ref_flops
         suppressed = suppress(ctx, method, params, reference)
         _flops(row, "unlearn", suppressed.result)
         curves = curve_rows(ctx.experiment, trial_id, None, "unlearn", suppressed.result["curve"])
@@ -238,7 +254,7 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
             })
         outcome = _attack_released(ctx, trial_id, released, ref_flops)
         row["wall_s"] = time.perf_counter() - start
-        return _finish(ctx, row, released, outcome, tables.defence_flops(row), ref_flops, curves)
+        return _finish(ctx, row, released, outcome, defence_flops(row), ref_flops, curves)
     except Exception as e:
         _fail(ctx, row, e, start)
         raise
@@ -262,7 +278,7 @@ def baseline(
         ref_flops = reference.result["flops"]
         if kind == "suppressed":
             model = model or suppress(ctx, method, {}, reference)
-            row[tables.flops_column("pretrain")] = ref_flops
+            row[flops_column("pretrain")] = ref_flops
             stage = "unlearn"
         else:
             model = model or pretrain(ctx, kind)
@@ -275,7 +291,7 @@ def baseline(
         row["wall_s"] = time.perf_counter() - start
         # what making the model cost beyond the reference's pre-training: the pure model's own
         # pre-training, nothing for the reference, the unlearning for a suppressed model
-        defence = {"pure": model.result["flops"], "reference": 0.0}.get(kind, tables.defence_flops(row))
+        defence = {"pure": model.result["flops"], "reference": 0.0}.get(kind, defence_flops(row))
         return _finish(ctx, row, model, outcome, defence, ref_flops, curves)
     except Exception as e:
         _fail(ctx, row, e, start)

@@ -169,7 +169,9 @@ class DefenderConfig(Strict):
         default = getattr(DEFENDERS[method], "DEFAULT_SAFEGUARD", None)
         return self.safeguard or (SafeguardConfig(method=default) if default else None)
 
-    def _spec(self, common: Common, method: str, values: dict[str, Any]) -> unlearn.Spec:
+    def method_spec(self, common: Common, method: str, values: dict[str, Any]) -> unlearn.Spec:
+        """Spec of ``method``'s own stage at ``values`` (its hyperparameters and loop keys),
+        over its default loop and the config's ``loop``."""
         return unlearn.spec_for(common, DEFENDERS[method], method, values, self.loop.model_dump(exclude_unset=True))
 
     def suppressor(self, common: Common, method: str, values: dict[str, Any]) -> Step:
@@ -177,9 +179,8 @@ class DefenderConfig(Strict):
         from the reference, at fixed then searched ``values``; on a safeguard, the safeguard
         (its method at its fixed parameters, nothing searched)."""
         guard = self.safeguard_for(method)
-        if guard is None:
-            return Step("unlearn", self._spec(common, method, {**self.method_params(method), **values}), {"model": REFERENCE})
-        return Step("unlearn", self._spec(common, guard.method, guard.params), {"model": REFERENCE})
+        name, values = (method, {**self.method_params(method), **values}) if guard is None else (guard.method, guard.params)
+        return Step("unlearn", self.method_spec(common, name, values), {"model": REFERENCE})
 
     def robustifiers(self, common: Common, method: str, values: dict[str, Any],
                      shared: dict[str, dict[str, Any]]) -> list[Step]:
@@ -188,7 +189,7 @@ class DefenderConfig(Strict):
         ``undo`` values) when configured."""
         steps = []
         if self.safeguard_for(method) is not None:
-            spec = self._spec(common, method, {**self.method_params(method), **values})
+            spec = self.method_spec(common, method, {**self.method_params(method), **values})
             stage = STAGE[method]  # a shallow method on a safeguard unlearns a second time: named apart
             steps.append(Step(stage, spec, getattr(DEFENDERS[method], "INPUTS", {"model": SUPPRESSED}),
                               name=f"{stage}.{method}" if stage == "unlearn" else stage))
