@@ -209,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     from search import tables
 
     exp_dir = tables.join(storage, name)
+    if args.resume and tables.run_status(exp_dir) == "complete":
+        # Every trial has its row and the studies are settled: nothing for Ray to do.
+        status, text, code = outcome(exp_dir, cfg.search.trials, name)
+        print(summarize(exp_dir), flush=True)
+        say(f"nothing to resume, the run was complete; {text}")
+        return code
     try:
         run_experiment(cfg, name, storage, resume=args.resume)
     except ConfigError as e:  # found once connected to the cluster (its GPUs), before any work
