@@ -20,8 +20,61 @@ def _run(tmp_path, *extra, env=None):
                           env=None if env is None else {**os.environ, **env})
 
 
-def test_search_writes_all_tables_and_resumes(tmp_path):
-    out = _run(tmp_path, "--set", "tracking.backend=mlflow")
+TOKEN = "wandb-secret-0123456789abcdef0123456789abcdef"
+
+# The searches of the tests below that depend on nothing else: (arguments, environment).
+SEARCHES = {
+    "test_search_writes_all_tables_and_resumes": (["--set", "tracking.backend=mlflow"], {}),
+    "test_several_methods_in_one_search_and_one_plot": (
+        ["--set", "defender.method=[graddiff,maxent,npo,rmu]", "--set", "search.trials=4",
+         "--set", "search.sampler=random", "--set", "attack.budget=1", "--set", "search.retain_floor=0.5",
+         "--set", "tracking.backend=wandb"], {"WANDB_API_KEY": TOKEN}),
+    "test_undo_alpha_sweep_through_the_driver": (
+        ["--config", str(ROOT / "configs" / "undo_arithmetic.yaml"),
+         "--set", "defender.undo.space.alpha={values: [0.3, 0.9]}", "--set", "search.trials=2",
+         "--set", "defender.undo.params.steps=10", "--set", "defender.undo.loop.eval_every=5",
+         "--set", "defender.params.steps=5"], {}),
+    "test_tar_search_over_the_inner_loop_adversary": (
+        ["--config", str(ROOT / "configs" / "tar_arithmetic.yaml"), "--set", "search.trials=2",
+         "--set", "defender.params={lr: 3.0e-4, steps: 3}", "--set", "defender.space.inner_steps=[4, 8]",
+         "--set", "defender.safeguard.params.steps=5", "--set", "defender.params.adversary_batch_size=8"], {}),
+}
+
+
+@pytest.fixture(scope="module")
+def searches(request, tmp_path_factory):
+    """The selected tests' searches, all started when the module starts, each its own
+    ``python search/run.py`` with its own Ray instance as on a laptop. Most of a tiny search is
+    process start-ups and imports that leave a core idle; side by side they overlap (on 2 cores
+    the four take ~1 minute less than one after another). ``searches(name)`` waits for the
+    test's own search and returns its folder and its finished process (stdout, stderr, code)."""
+    selected = {item.originalname for item in request.session.items if item.module is request.module}
+    logs = tmp_path_factory.mktemp("logs")
+    started = {}
+    for test, (extra, env) in SEARCHES.items():
+        if test in selected:
+            folder = tmp_path_factory.mktemp(test.removeprefix("test_")[:24])
+            out, err = open(logs / f"{test}.out", "w+"), open(logs / f"{test}.err", "w+")  # a pipe could fill up
+            proc = subprocess.Popen(tiny_search(folder, "e2e", *extra), cwd=folder, stdout=out, stderr=err,
+                                    text=True, env={**os.environ, **env})
+            started[test] = (folder, proc, out, err)
+
+    def finished(test: str) -> tuple:
+        folder, proc, out, err = started[test]
+        proc.wait(timeout=900)
+        out.seek(0), err.seek(0)
+        return folder, subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+
+    yield finished
+    for _, proc, out, err in started.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close(), err.close()
+
+
+def test_search_writes_all_tables_and_resumes(searches):
+    tmp_path, out = searches("test_search_writes_all_tables_and_resumes")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Pareto set" in out.stdout
     exp = tmp_path / "results" / "e2e"
@@ -57,6 +110,7 @@ def test_search_writes_all_tables_and_resumes(tmp_path):
 
     again = _run(tmp_path, "--set", "tracking.backend=mlflow", "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "nothing to resume, the run was complete" in again.stdout and "Pareto set" in again.stdout
     resumed = pd.read_parquet(exp / tables.TRIALS)
     assert sorted(resumed["trial_id"]) == sorted(trials["trial_id"])  # nothing run or counted twice
     _mlflow_holds_each_trial_and_its_attacks(exp, resumed, pd.read_parquet(exp / tables.ATTACKS))
@@ -124,12 +178,10 @@ def _studies_match_the_tables(exp, trials, attacks) -> None:
         assert sorted(t.value for t in study.trials) == pytest.approx(sorted(searched["forget_acc_sel_max"]))
 
 
-def test_several_methods_in_one_search_and_one_plot(tmp_path):
+def test_several_methods_in_one_search_and_one_plot(searches):
     """Also W&B tracking, offline, with a token in the environment that nothing may write."""
-    token = "wandb-secret-0123456789abcdef0123456789abcdef"
-    out = _run(tmp_path, "--set", "defender.method=[graddiff,maxent,npo,rmu]", "--set", "search.trials=4",
-               "--set", "search.sampler=random", "--set", "attack.budget=1", "--set", "search.retain_floor=0.5",
-               "--set", "tracking.backend=wandb", env={"WANDB_API_KEY": token})
+    token = TOKEN
+    tmp_path, out = searches("test_several_methods_in_one_search_and_one_plot")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     exp = tmp_path / "results" / "e2e"
     trials = pd.read_parquet(exp / tables.TRIALS)
@@ -145,13 +197,10 @@ def test_several_methods_in_one_search_and_one_plot(tmp_path):
     assert (tmp_path / "results" / "e2e" / "pareto.png").exists()
 
 
-def test_undo_alpha_sweep_through_the_driver(tmp_path):
+def test_undo_alpha_sweep_through_the_driver(searches):
     """UNDO from config through the grid sweep: one row per α, a suppressed baseline whose
     attacks the trials reuse, robustness in the table and in the report."""
-    sweep = "defender.undo.space.alpha={values: [0.3, 0.9]}"
-    out = _run(tmp_path, "--config", str(ROOT / "configs" / "undo_arithmetic.yaml"), "--set", sweep,
-               "--set", "search.trials=2", "--set", "defender.undo.params.steps=10",
-               "--set", "defender.undo.loop.eval_every=5", "--set", "defender.params.steps=5")
+    tmp_path, out = searches("test_undo_alpha_sweep_through_the_driver")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     exp = tmp_path / "results" / "e2e"
     trials = pd.read_parquet(exp / tables.TRIALS)
@@ -169,13 +218,10 @@ def test_undo_alpha_sweep_through_the_driver(tmp_path):
     assert (tmp_path / "fig" / "compute.png").exists()
 
 
-def test_tar_search_over_the_inner_loop_adversary(tmp_path):
+def test_tar_search_over_the_inner_loop_adversary(searches):
     """TAR from config through the Optuna outer search: the inner-loop adversary's settings are
     searched dimensions, the safeguard is a baseline every trial shares."""
-    out = _run(tmp_path, "--config", str(ROOT / "configs" / "tar_arithmetic.yaml"),
-               "--set", "search.trials=2", "--set", "defender.params={lr: 3.0e-4, steps: 3}",
-               "--set", "defender.space.inner_steps=[4, 8]", "--set", "defender.safeguard.params.steps=5",
-               "--set", "defender.params.adversary_batch_size=8")
+    tmp_path, out = searches("test_tar_search_over_the_inner_loop_adversary")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     exp = tmp_path / "results" / "e2e"
     trials = pd.read_parquet(exp / tables.TRIALS)
