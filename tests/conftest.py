@@ -43,6 +43,19 @@ def forget_cluster(address: str) -> None:
         current.unlink()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _calibrated_models(request, tmp_path_factory):
+    """When this session runs tests/test_method_defaults.py, its models train in the background
+    from the start (tests/calibrated.py)."""
+    from tests import calibrated
+
+    if any(getattr(getattr(item, "module", None), "__name__", "") == "tests.test_method_defaults"
+           for item in request.session.items):
+        calibrated.start(tmp_path_factory.mktemp("calibrated"))
+    yield
+    calibrated.stop()
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     from search import config

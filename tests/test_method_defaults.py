@@ -1,6 +1,8 @@
 """Each method at its defaults, on the calibrated arithmetic reference model (configs/quick.yaml,
 seed 0): forget accuracy on V ≤ 0.10 with retain accuracy ≥ 0.80 (LAT also on an RMU
-safeguard); TAR at its defaults makes its random-mapping safeguard harder to relearn. Slow: it pre-trains the reference.
+safeguard); TAR at its defaults makes its random-mapping safeguard harder to relearn. Slow: it
+trains the reference and every model (in the background from the session's start when it can:
+tests/calibrated.py).
 
 Trained models differ across CPUs and thread counts (float reduction order), so every bound is
 set from the spread measured at seed 0 with 1 and 2 torch threads on two CPU models (and seed 1
@@ -9,27 +11,25 @@ for context), with a margin; the figures are in the comments and in the README."
 import pytest
 
 from search import config
-from search.stages import Runner, run_stage
-from search.adversary import attack_spec
-from search.trial import common, pretrain_spec, unlearn_spec
+from search.trial import unlearn_spec
+from tests import calibrated
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    cfg = config.load()
-    runner = Runner(tmp_path_factory.mktemp("cache"), executor="local")
-    ref = run_stage(runner, "pretrain", pretrain_spec(cfg, "reference"))
+    # The models were trained ahead in the background (tests/calibrated.py) when this session
+    # started one; else they are trained here, as the tests ask for them.
+    run = calibrated.runner(calibrated.wait() or tmp_path_factory.mktemp("cache"))
+    ref = calibrated.reference(run)
     assert ref.result["metrics"]["retain_acc"] >= 0.9 and ref.result["metrics"]["forget_acc"] >= 0.9
-    return cfg, runner, ref
+    return run, ref
 
 
-@pytest.mark.parametrize("method", ["graddiff", "maxent", "npo", "rmu", "random_mapping", "repnoise", "lat"])
+@pytest.mark.parametrize("method", [m for m in calibrated.METHODS if m != "gradascent"])
 def test_default_unlearns_and_keeps_retain(reference, method):
-    cfg, runner, ref = reference
-    out = run_stage(runner, "unlearn", unlearn_spec(cfg, method, {}), {"model": ref})
-    m = out.result["metrics"]
+    m = calibrated.unlearned(*reference, method).result["metrics"]
     assert m["forget_acc"] <= 0.10 and m["retain_acc"] >= 0.80, m
 
 
@@ -38,9 +38,8 @@ def test_gradascent_default_unlearns_part_of_the_facts(reference):
     # trainables/methods/gradascent.py). Its default is the gentle end; it must still unlearn.
     # Measured V drop 0.43 / 0.48 (seed 0, 2 / 1 threads), 0.89 (seed 1). Its retain accuracy is
     # not controlled: 0.77 / 0.94 / 0.33 in the same runs, so it is not asserted.
-    cfg, runner, ref = reference
-    out = run_stage(runner, "unlearn", unlearn_spec(cfg, "gradascent", {}), {"model": ref})
-    m = out.result["metrics"]
+    run, ref = reference
+    m = calibrated.unlearned(run, ref, "gradascent").result["metrics"]
     assert m["forget_acc"] <= ref.result["metrics"]["forget_acc"] - 0.3, m
 
 
@@ -51,13 +50,8 @@ def test_tar_resists_an_attack_of_its_training_adversarys_kind(reference):
     # 0.19–0.31); longer attacks recover more from both (see README), so the margin is asserted
     # for this kind only, at 0.10. TAR's retain accuracy: 0.86 / 0.69 (seed 0, 1 / 2 threads),
     # 0.77 (seed 1).
-    cfg, runner, ref = reference
-    safeguard = run_stage(runner, "unlearn", unlearn_spec(cfg, "random_mapping", {}), {"model": ref})
-    tarred = run_stage(runner, "tar", unlearn_spec(cfg, "tar", {}), {"model": safeguard, "reference": ref})
+    tarred, attacked = calibrated.tar_attacked(*reference)
     assert tarred.result["metrics"]["retain_acc"] >= 0.60
-    spec = attack_spec(cfg, {"lr": 1e-3, "steps": 20, "eval_every": 10}, seed=1)
-    attacked = {name: run_stage(runner, "attack", spec, {"model": m}).result["metrics"]["forget_acc_max"]
-                for name, m in (("safeguard", safeguard), ("tar", tarred))}
     assert attacked["tar"] <= attacked["safeguard"] - 0.10, attacked
 
 
@@ -65,10 +59,7 @@ def test_lat_on_an_rmu_safeguard_keeps_it_unlearned_and_retains(reference):
     # LAT at its defaults on top of RMU at its defaults (the defender's pipeline with
     # defender.safeguard, as the paper's RMU + LAT): V 0.000 with retain 0.947-0.995 (seeds 0
     # and 1, 1 and 2 threads); the RMU safeguard alone: V 0.005-0.068, retain 0.91.
-    cfg, runner, ref = reference
-    on_rmu = config.load(None, ["defender.method=lat", "defender.safeguard={method: rmu}"])
-    safeguard, lat = on_rmu.defender.pipeline(common(on_rmu), "lat", {}, {})
-    assert safeguard.spec == unlearn_spec(cfg, "rmu", {})  # the RMU model of the test above (cached)
-    guarded = run_stage(runner, safeguard.stage, safeguard.spec, {"model": ref})
-    m = run_stage(runner, lat.stage, lat.spec, {"model": guarded}).result["metrics"]
+    (safeguard, _), lat = calibrated.lat_on_rmu(*reference)
+    assert safeguard.spec == unlearn_spec(config.load(), "rmu", {})  # the RMU model of the test above (cached)
+    m = lat.result["metrics"]
     assert m["forget_acc"] <= 0.10 and m["retain_acc"] >= 0.80, m
