@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -56,7 +57,7 @@ def searches(request, tmp_path_factory):
             folder = tmp_path_factory.mktemp(test.removeprefix("test_")[:24])
             out, err = open(logs / f"{test}.out", "w+"), open(logs / f"{test}.err", "w+")  # a pipe could fill up
             proc = subprocess.Popen(tiny_search(folder, "e2e", *extra), cwd=folder, stdout=out, stderr=err,
-                                    text=True, env={**os.environ, **env})
+                                    text=True, env={**os.environ, **env}, start_new_session=True)
             started[test] = (folder, proc, out, err)
 
     def finished(test: str) -> tuple:
@@ -67,8 +68,8 @@ def searches(request, tmp_path_factory):
 
     yield finished
     for _, proc, out, err in started.values():
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a test failed before waiting: end the driver and its Ray instance
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         out.close(), err.close()
 
@@ -244,8 +245,6 @@ def test_ctrl_c_then_a_killed_driver_then_resume_lands_every_trial_once(tmp_path
     NaN trial (a learning rate that blows the weights up) a failed row with its error, the
     others ok, the run marked complete."""
     import json
-    import os
-    import signal
     import time
 
     grid = ["--set", "search.sampler=grid", "--set", "search.trials=4", "--set", "search.max_concurrent=1",
