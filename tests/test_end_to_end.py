@@ -48,7 +48,8 @@ def searches(request, tmp_path_factory):
     ``python search/run.py`` with its own Ray instance as on a laptop. Most of a tiny search is
     process start-ups and imports that leave a core idle; side by side they overlap (on 2 cores
     the four take ~1 minute less than one after another). ``searches(name)`` waits for the
-    test's own search and returns its folder and its finished process (stdout, stderr, code)."""
+    search of test ``name`` and returns its folder and its finished process (stdout, stderr,
+    code)."""
     selected = {item.originalname for item in request.session.items if item.module is request.module}
     logs = tmp_path_factory.mktemp("logs")
     started = {}
@@ -74,8 +75,14 @@ def searches(request, tmp_path_factory):
         out.close(), err.close()
 
 
-def test_search_writes_all_tables_and_resumes(searches):
-    tmp_path, out = searches("test_search_writes_all_tables_and_resumes")
+@pytest.fixture
+def search(searches, request):
+    """This test's search from ``searches``, finished: (its folder, its process)."""
+    return searches(request.node.originalname)
+
+
+def test_search_writes_all_tables_and_resumes(search):
+    tmp_path, out = search
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Pareto set" in out.stdout
     exp = tmp_path / "results" / "e2e"
@@ -179,10 +186,10 @@ def _studies_match_the_tables(exp, trials, attacks) -> None:
         assert sorted(t.value for t in study.trials) == pytest.approx(sorted(searched["forget_acc_sel_max"]))
 
 
-def test_several_methods_in_one_search_and_one_plot(searches):
+def test_several_methods_in_one_search_and_one_plot(search):
     """Also W&B tracking, offline, with a token in the environment that nothing may write."""
     token = TOKEN
-    tmp_path, out = searches("test_several_methods_in_one_search_and_one_plot")
+    tmp_path, out = search
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     exp = tmp_path / "results" / "e2e"
     trials = pd.read_parquet(exp / tables.TRIALS)
@@ -198,10 +205,10 @@ def test_several_methods_in_one_search_and_one_plot(searches):
     assert (tmp_path / "results" / "e2e" / "pareto.png").exists()
 
 
-def test_undo_alpha_sweep_through_the_driver(searches):
+def test_undo_alpha_sweep_through_the_driver(search):
     """UNDO from config through the grid sweep: one row per α, a suppressed baseline whose
     attacks the trials reuse, robustness in the table and in the report."""
-    tmp_path, out = searches("test_undo_alpha_sweep_through_the_driver")
+    tmp_path, out = search
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     exp = tmp_path / "results" / "e2e"
     trials = pd.read_parquet(exp / tables.TRIALS)
@@ -219,10 +226,10 @@ def test_undo_alpha_sweep_through_the_driver(searches):
     assert (tmp_path / "fig" / "compute.png").exists()
 
 
-def test_tar_search_over_the_inner_loop_adversary(searches):
+def test_tar_search_over_the_inner_loop_adversary(search):
     """TAR from config through the Optuna outer search: the inner-loop adversary's settings are
     searched dimensions, the safeguard is a baseline every trial shares."""
-    tmp_path, out = searches("test_tar_search_over_the_inner_loop_adversary")
+    tmp_path, out = search
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     exp = tmp_path / "results" / "e2e"
     trials = pd.read_parquet(exp / tables.TRIALS)
