@@ -64,6 +64,16 @@ def test_cli_exits_2_with_one_message_before_ray(tmp_path):
     assert "Ray" not in out.stdout + out.stderr and list(tmp_path.iterdir()) == []
 
 
+def test_validating_a_config_imports_neither_transformers_nor_peft():
+    """--help, --check and every exit 2 validate the config only: transformers' model classes
+    and peft (about 3 s of imports) load where a model is built or wrapped, not before."""
+    code = ("import sys; import search.run; "
+            "print(sorted(m for m in ('transformers', 'peft', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--config", "missing.yaml"], "no such file"),
     (["--set", "defender.loop.lr=-1"], "defender.loop.lr"),

@@ -7,8 +7,6 @@ from __future__ import annotations
 import math
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers.pytorch_utils import Conv1D
 
 from trainables.models import BUILD_LOCK
 
@@ -19,6 +17,10 @@ _ATTN_PARTS = ("attn", "attention")
 def target_modules(model: torch.nn.Module, targets: str) -> list[str]:
     """Names of the linear layers inside attention blocks (``attn``), MLP blocks (``mlp``) or
     both (``all``); never the embeddings or the output head."""
+    # peft and transformers are imported where used: seconds that config validation (which
+    # reaches this module through the attack stage) does not need.
+    from transformers.pytorch_utils import Conv1D
+
     if targets not in TARGETS:
         raise ValueError(f"lora targets must be one of {TARGETS}, got {targets!r}")
     names = []
@@ -40,6 +42,9 @@ def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float, targe
     """``model`` wrapped with LoRA adapters of rank ``r`` (scale alpha / r); only the adapters
     train, every base weight is frozen. The A matrices are drawn from their own generator
     (peft's Kaiming-uniform init, B = 0), so concurrent attacks in one process stay seeded."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
     names = target_modules(model, targets)
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
                      fan_in_fan_out=any(isinstance(model.get_submodule(n), Conv1D) for n in names))

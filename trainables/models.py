@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from trainables.loop import sharded, world
 from trainables.strict import Strict
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,6 +51,10 @@ class ModelConfig(Strict):
 
 def _fresh_config(cfg: ModelConfig, vocab_size: int, max_len: int):
     """A transformers config for a small model of the requested architecture."""
+    # transformers' model classes are imported where used: they cost seconds, and the command
+    # line validates configs (this module's ModelConfig) without building a model.
+    from transformers import AutoConfig
+
     if cfg.d_model % cfg.n_head:
         raise ValueError("model.d_model must be divisible by model.n_head")
     common = dict(vocab_size=vocab_size, bos_token_id=None, eos_token_id=None, pad_token_id=None)
@@ -69,6 +75,8 @@ def _fresh_config(cfg: ModelConfig, vocab_size: int, max_len: int):
 def build_model(cfg: ModelConfig, vocab_size: int, max_len: int) -> PreTrainedModel:
     """A model from ``cfg``: loaded from ``cfg.pretrained`` if set, else freshly initialised
     (seeded by ``cfg.init_seed``), in ``cfg.dtype``."""
+    from transformers import AutoModelForCausalLM
+
     if cfg.pretrained:
         return load_model(cfg.pretrained, **cfg.load_options())
     with torch.random.fork_rng(devices=[]):
@@ -93,6 +101,8 @@ def load_model(path_or_id: str | Path, trust_remote_code: bool = False, dtype: s
                gradient_checkpointing: bool = False) -> PreTrainedModel:
     """Load a causal LM by hub id or local path, safetensors only, in ``dtype`` ("auto": the
     checkpoint's own). Hub access tokens come from the environment (``HF_TOKEN``)."""
+    from transformers import AutoModelForCausalLM
+
     with BUILD_LOCK:
         model = AutoModelForCausalLM.from_pretrained(
             str(path_or_id), use_safetensors=True, trust_remote_code=trust_remote_code,
