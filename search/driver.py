@@ -319,7 +319,8 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         say(f"{kind} model: retain {m['retain_acc']:.3f}  forget (V_rep) {m['forget_acc_rep']:.3f}  ({how})")
     budget = (f"{cfg.attack.budget_flops:g} of pre-training compute" if cfg.attack.budget_flops
               else f"{cfg.attack.budget} attacks")
-    say(f"adversary search ({budget} + {cfg.attack.reseeds} re-runs of the strongest, each) on the baselines and "
+    reruns = f"{cfg.attack.reseeds} re-run{'s' if cfg.attack.reseeds != 1 else ''}"
+    say(f"adversary search ({budget} + {reruns} of the strongest, each) on the baselines and "
         f"{cfg.search.trials} {cfg.defender.label()} trials ...")
     baselines = {kind: _baseline_task.options(**tasks).remote(ctx, kind, reference, model) for kind, model in models.items()}
     before = [m for m in cfg.defender.methods if cfg.defender.robust(m)]
