@@ -67,7 +67,9 @@ def test_fsdp_matches_ddp_for_full_subset_and_stage_outputs(tiny_cfg, tmp_path):
 def test_fsdp_lora_attack_and_the_strategy_through_ray_train(tiny_cfg, tmp_path):
     ray = pytest.importorskip("ray")
     spec = attack_spec(tiny_cfg, {"kind": "lora", "lora_r": 2, "lr": 1e-2, "steps": 4, "batch_size": 8}, 0)
-    base = run_stage(Runner(tmp_path / "cache", "local"), "pretrain", pretrain_spec(tiny_cfg, "pure").model_copy(update={"loop": {"steps": 5}}))
+    pure = pretrain_spec(tiny_cfg, "pure")
+    pure = pure.model_copy(update={"loop": pure.loop.model_copy(update={"steps": 5})})
+    base = run_stage(Runner(tmp_path / "cache", "local"), "pretrain", pure)
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
              runtime_env={"env_vars": {"PYTHONPATH": str(__import__("tests.conftest").conftest.ROOT)}})
     try:
