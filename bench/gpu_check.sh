@@ -4,7 +4,8 @@
 #      a bf16 stage sharded by FSDP on a one-rank NCCL group, a defender trial end to end);
 #   2. bench/gpu_throughput.py for a 0.5B and a 1B Llama-style model in bf16 (plain loop,
 #      stage loop, stage loop with FSDP);
-#   3. one summary table (tests; tokens/s, MFU, stage loop / plain loop).
+#   3. bench/attack_population.py: P LoRA attacks over one shared 1B base vs. one by one;
+#   4. one summary table (tests; tokens/s, MFU, stage loop / plain loop; population speed-ups).
 #
 #   bash bench/gpu_check.sh [OUTPUT_DIR]      # PYTHON=... to pick the interpreter
 #
@@ -35,6 +36,10 @@ for size in 0.5b 1b; do
     --json "$out/throughput_$size.json" 2>&1 | tee "$out/throughput_$size.log" || status=1
 done
 
+echo "== 3. LoRA attack populations"
+timeout 150 "$PY" bench/attack_population.py --kind lora --model 1b --P 4 8 16 --batch 8 --seq 256 \
+  --steps 10 --json "$out/population_1b.json" 2>&1 | tee "$out/population_1b.log" || status=1
+
 echo "== summary"
 "$PY" - "$out" <<'EOF' || status=1
 import json, sys, xml.etree.ElementTree as ET
@@ -59,5 +64,14 @@ for size in ("0.5b", "1b"):
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "–"
         print(f"| {r['params'] / 1e9:.2f} B {r['dtype']} {r['step']}: {r['path']} | {r['device']} | "
               f"{r['tokens_s']:,.0f} | {mfu} | {r['ratio']:.3f} |")
+f = out / "population_1b.json"
+if not f.exists():
+    print("| LoRA populations 1b | did not finish | | | |")
+else:
+    got = json.loads(f.read_text())
+    for r in got["rows"]:
+        print(f"| LoRA population P = {r['P']}, batch {r['batch']} × {r['seq']} | {r['device']} | "
+              f"{r['population_ms']:.1f} vs {r['one_by_one_ms']:.1f} ms / attack-step | | {r['speedup']:.2f}× |")
+    print(f"| LoRA population = one by one | rel. loss diff {got['lora_check_rel_diff']:.1e} | | | |")
 EOF
 exit $status
