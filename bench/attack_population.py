@@ -89,16 +89,18 @@ def stacked_adamw(params: list[torch.Tensor], lrs: torch.Tensor, state: dict) ->
             p.grad = None
 
 
-def full_sequential(model: torch.nn.Module, batches: torch.Tensor, steps: int, loss) -> float:
-    """Seconds per member-step: each member's full fine-tuning step on its own, one after another."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+def one_by_one(model: torch.nn.Module, batches: torch.Tensor, steps: int, loss) -> float:
+    """Seconds per member-step: each member's step (AdamW, clipping) on its own, one after
+    another, over ``model``'s trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
     P, dev = batches.shape[0], batches.device
     start = clock(dev)
     for _ in range(steps):
         for i in range(P):
             opt.zero_grad(set_to_none=True)
             loss(model(input_ids=batches[i]).logits, batches[i]).mean().backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
     return (clock(dev) - start) / (steps * P)
 
@@ -170,19 +172,9 @@ def lora_population_steps(model: torch.nn.Module, batches: torch.Tensor, steps: 
 
 
 def lora_sequential(base: torch.nn.Module, batches: torch.Tensor, steps: int, loss) -> float:
-    """Seconds per member-step: the project's LoRA attack step (peft adapters, AdamW, clipping)
-    for each member, one after another."""
-    model = add_lora(copy.deepcopy(base), LORA_R, LORA_ALPHA, 0.0, "all")
-    opt = torch.optim.AdamW(adapters(model), lr=1e-3)
-    P, dev = batches.shape[0], batches.device
-    start = clock(dev)
-    for _ in range(steps):
-        for i in range(P):
-            opt.zero_grad(set_to_none=True)
-            loss(model(input_ids=batches[i]).logits, batches[i]).mean().backward()
-            torch.nn.utils.clip_grad_norm_(adapters(model), 1.0)
-            opt.step()
-    return (clock(dev) - start) / (steps * P)
+    """Seconds per member-step: the project's LoRA attack step (peft adapters) for each member
+    on its own."""
+    return one_by_one(add_lora(copy.deepcopy(base), LORA_R, LORA_ALPHA, 0.0, "all"), batches, steps, loss)
 
 
 def lora_population(base: torch.nn.Module, batches: torch.Tensor, steps: int, loss) -> float:
@@ -263,7 +255,7 @@ def main() -> int:
         for kind in args.kind:
             if kind == "full" and name not in ARITHMETIC:
                 continue  # P full copies of a 1B model with their AdamW states: not a population
-            one, many = (full_sequential, full_population) if kind == "full" else (lora_sequential, lora_population)
+            one, many = (one_by_one, full_population) if kind == "full" else (lora_sequential, lora_population)
             for P in args.P:
                 batches = draw(P)
                 target = base if kind == "lora" else copy.deepcopy(base)
