@@ -42,9 +42,9 @@ def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float, targe
     """``model`` wrapped with LoRA adapters of rank ``r`` (scale alpha / r); only the adapters
     train, every base weight is frozen. The A matrices are drawn from their own generator
     (peft's Kaiming-uniform init, B = 0), so concurrent attacks in one process stay seeded."""
-    from peft import LoraConfig, get_peft_model
-    from transformers.pytorch_utils import Conv1D
-
+    with BUILD_LOCK:  # a first import too takes turns: transformers' lazy modules are not thread-safe
+        from peft import LoraConfig, get_peft_model
+        from transformers.pytorch_utils import Conv1D
     names = target_modules(model, targets)
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
                      fan_in_fan_out=any(isinstance(model.get_submodule(n), Conv1D) for n in names))

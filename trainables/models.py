@@ -101,9 +101,9 @@ def load_model(path_or_id: str | Path, trust_remote_code: bool = False, dtype: s
                gradient_checkpointing: bool = False) -> PreTrainedModel:
     """Load a causal LM by hub id or local path, safetensors only, in ``dtype`` ("auto": the
     checkpoint's own). Hub access tokens come from the environment (``HF_TOKEN``)."""
-    from transformers import AutoModelForCausalLM
+    with BUILD_LOCK:  # the first import included (transformers' lazy modules are not thread-safe)
+        from transformers import AutoModelForCausalLM
 
-    with BUILD_LOCK:
         model = AutoModelForCausalLM.from_pretrained(
             str(path_or_id), use_safetensors=True, trust_remote_code=trust_remote_code,
             dtype=DTYPES.get(dtype, dtype),
