@@ -17,8 +17,8 @@ _ATTN_PARTS = ("attn", "attention")
 def target_modules(model: torch.nn.Module, targets: str) -> list[str]:
     """Names of the linear layers inside attention blocks (``attn``), MLP blocks (``mlp``) or
     both (``all``); never the embeddings or the output head."""
-    # peft and transformers are imported where used: seconds that config validation (which
-    # reaches this module through the attack stage) does not need.
+    # transformers and peft are imported where used, as in models.auto_classes: config
+    # validation reaches this module (through the attack stage) and needs neither.
     from transformers.pytorch_utils import Conv1D
 
     if targets not in TARGETS:

@@ -51,10 +51,7 @@ class ModelConfig(Strict):
 
 def _fresh_config(cfg: ModelConfig, vocab_size: int, max_len: int):
     """A transformers config for a small model of the requested architecture."""
-    # transformers' model classes are imported where used: they cost seconds, and the command
-    # line validates configs (this module's ModelConfig) without building a model.
-    from transformers import AutoConfig
-
+    AutoConfig, _ = auto_classes()
     if cfg.d_model % cfg.n_head:
         raise ValueError("model.d_model must be divisible by model.n_head")
     common = dict(vocab_size=vocab_size, bos_token_id=None, eos_token_id=None, pad_token_id=None)
@@ -75,10 +72,9 @@ def _fresh_config(cfg: ModelConfig, vocab_size: int, max_len: int):
 def build_model(cfg: ModelConfig, vocab_size: int, max_len: int) -> PreTrainedModel:
     """A model from ``cfg``: loaded from ``cfg.pretrained`` if set, else freshly initialised
     (seeded by ``cfg.init_seed``), in ``cfg.dtype``."""
-    from transformers import AutoModelForCausalLM
-
     if cfg.pretrained:
         return load_model(cfg.pretrained, **cfg.load_options())
+    _, AutoModelForCausalLM = auto_classes()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         model = AutoModelForCausalLM.from_config(_fresh_config(cfg, vocab_size, max_len))
@@ -97,13 +93,21 @@ def _runtime(model: PreTrainedModel, gradient_checkpointing: bool) -> PreTrained
 BUILD_LOCK = threading.RLock()
 
 
+def auto_classes() -> tuple[type, type]:
+    """transformers' ``AutoConfig`` and ``AutoModelForCausalLM``, imported on first use: seconds
+    that validating a config (this module's ModelConfig) does not need. The import takes turns
+    with building (BUILD_LOCK): transformers' lazy modules are not thread-safe."""
+    with BUILD_LOCK:
+        from transformers import AutoConfig, AutoModelForCausalLM
+    return AutoConfig, AutoModelForCausalLM
+
+
 def load_model(path_or_id: str | Path, trust_remote_code: bool = False, dtype: str = "auto",
                gradient_checkpointing: bool = False) -> PreTrainedModel:
     """Load a causal LM by hub id or local path, safetensors only, in ``dtype`` ("auto": the
     checkpoint's own). Hub access tokens come from the environment (``HF_TOKEN``)."""
-    with BUILD_LOCK:  # the first import included (transformers' lazy modules are not thread-safe)
-        from transformers import AutoModelForCausalLM
-
+    _, AutoModelForCausalLM = auto_classes()
+    with BUILD_LOCK:
         model = AutoModelForCausalLM.from_pretrained(
             str(path_or_id), use_safetensors=True, trust_remote_code=trust_remote_code,
             dtype=DTYPES.get(dtype, dtype),
