@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plot
+from analysis import interactive, plot
 from analysis.hypervolume import hypervolume_progress
 from analysis.pareto import pareto_mask
 
@@ -118,7 +118,8 @@ def _params(df: pd.DataFrame) -> list[str]:
 
 def pareto_table(trials: pd.DataFrame, front: pd.Series) -> pd.DataFrame:
     cols = ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked",
-            *[c for c in ("forget_acc_attacked_lo", "forget_acc_attacked_hi") if c in trials], "compute_frac"]
+            *[c for c in ("forget_acc_attacked_lo", "forget_acc_attacked_hi", "verified", "forget_acc_attacked_search")
+              if c in trials], "compute_frac"]
     return trials.loc[front, cols + _params(trials[front])].sort_values("forget_acc_attacked")
 
 
@@ -202,6 +203,16 @@ class _Doc:
         self.md += ["```yaml", text.rstrip(), "```", ""]
         self.html.append(f"<pre>{html.escape(text)}</pre>")
 
+    def folded(self, summary: str, text: str) -> None:
+        """``text`` as a code block, folded away in HTML (``<details>``)."""
+        self.md += [f"<details><summary>{summary}</summary>", "", "```yaml", text.rstrip(), "```", "", "</details>", ""]
+        self.html.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
+
+    def figure(self, svg: str, png: Path, alt: str) -> None:
+        """An inline SVG in HTML (interactive), its PNG in Markdown."""
+        self.md += [f"![{alt}]({png.name})", ""]
+        self.html.append(f"<figure>{svg}<figcaption>{html.escape(alt)}</figcaption></figure>")
+
     def image(self, path: Path, alt: str) -> None:
         self.md += [f"![{alt}]({path.name})", ""]
         self.html.append(f'<img src="{html.escape(path.name)}" alt="{html.escape(alt)}" style="max-width:100%">')
@@ -215,6 +226,9 @@ class _Doc:
 
 
 def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, retain_floor, trial: str | None) -> None:
+    """One experiment, in the order a reader wants it: the verified front (interactive plot and
+    table), what verification changed, the baselines, the strongest attack per front model;
+    then the rest, and the configuration folded away at the end."""
     t = exp.trials
     front = front_mask(t, retain_floor)
     defenders = t[t["kind"] == "defender"]
@@ -226,32 +240,47 @@ def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, reta
              f"({int((defenders['status'] == 'ok').sum())} ok), {len(exp.attacks)} attack runs, "
              f"final hypervolume {hv[-1] if len(hv) else 0:.4f}"
              + (f", retain floor {retain_floor}" if retain_floor is not None else "") + ".")
-    if exp.config:
-        doc.heading("Configuration", 3)
-        doc.code(exp.config)
-    doc.heading("Pareto set (maximise retain_acc, minimise forget_acc_attacked)", 3)
+    doc.heading(f"{'Verified front' if 'verified' in t else 'Pareto set'} (maximise retain_acc, minimise "
+                "forget_acc_attacked)", 3)
+    png = plot.tradeoff_plot(t, front, out / f"{prefix}pareto.png")[0]
+    doc.figure(interactive.front_svg(t, front, exp.attacks), png,
+               "retain vs. attacked forget: hover a point for its trial, scores and strongest attack")
     doc.table(pareto_table(t, front))
+    if "verified" in t:
+        doc.heading("Verification", 3)
+        doc.text(verification_text(t, exp.attacks, retain_floor))
+        doc.table(verification_table(t, front))
     doc.heading("Baselines", 3)
-    doc.table(t.loc[t["kind"] == "baseline", ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked", "compute_frac"]])
+    doc.table(t.loc[t["kind"] == "baseline", ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked",
+                                              *[c for c in ("forget_acc_attacked_lo", "forget_acc_attacked_hi") if c in t],
+                                              "compute_frac"]])
+    doc.heading("Strongest attack per front model", 3)
+    doc.text("Chosen on V_sel (attack and checkpoint), reported on V_rep as the mean over the chosen "
+             "attack's seeds (attacked_seeds, spread forget_acc_attacked_sd) with a 95 % Wilson interval; "
+             "forget_acc_attacked_sel is the optimistic figure it was chosen by; attack.role says whether the "
+             "search or the verification attacker found it.")
+    strongest = strongest_attacks(t, exp.attacks)
+    on_front = set(t.loc[front, "trial_id"])
+    if not strongest.empty:
+        doc.table(strongest[strongest["trial_id"].isin(on_front)])
+    else:
+        doc.table(strongest)
     robust = robustness_table(t)
     if robust is not None:
         doc.heading(ROBUSTNESS_HEADING, 3)
         doc.text(ROBUSTNESS_NOTE)
         doc.table(robust)
-    doc.heading("Strongest attack per model", 3)
-    doc.text("Chosen on V_sel (attack and checkpoint), reported on V_rep as the mean over the chosen "
-             "attack's seeds (attacked_seeds, spread forget_acc_attacked_sd) with a 95 % Wilson interval; "
-             "forget_acc_attacked_sel is the optimistic figure it was chosen by.")
-    doc.table(strongest_attacks(t, exp.attacks))
     flagged = under_attacked(t)
     if len(flagged):
         doc.heading("Possibly under-attacked models", 3)
         doc.text(UNDER_NOTE)
         doc.table(flagged)
+    if not strongest.empty:
+        doc.heading("Strongest attack per model", 3)
+        doc.table(strongest)
     doc.heading("Failed trials", 3)
     doc.table(failed_table(t))
-    figs = [(plot.tradeoff_plot(t, front, out / f"{prefix}pareto.png")[0], "retain vs. attacked forget")]
-    figs.append((plot.compute_plot(t, out / f"{prefix}compute.png")[0], "attacked forget vs. compute"))
+    figs = [(plot.compute_plot(t, out / f"{prefix}compute.png")[0], "attacked forget vs. compute")]
     if len(exp.attacks):
         figs.append((plot.attack_progress_plot(exp.attacks, out / f"{prefix}attack_progress.png")[0],
                      "worst case vs. attack compute"))
@@ -262,6 +291,47 @@ def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, reta
     doc.heading("Figures", 3)
     for path, alt in figs:
         doc.image(path, alt)
+    if exp.config:
+        doc.heading("Configuration", 3)
+        doc.folded("config.yaml (the resolved experiment config)", exp.config)
+
+
+def verification_text(trials: pd.DataFrame, attacks: pd.DataFrame, retain_floor: float | None = None) -> str:
+    """What verification did: models verified, front models that fell and by how much, cost."""
+    from search import verify
+
+    s = verify.summary(_records(trials, retain_floor))
+    fell = trials.set_index("trial_id").loc[s["fell"]] if s["fell"] else trials.iloc[:0]
+    how = "; ".join(f"{tid} {r['forget_acc_attacked_search']:.3f} → {r['forget_acc_attacked']:.3f}"
+                    for tid, r in fell.iterrows())
+    cost = trials["verify_flops"].fillna(0).sum() if "verify_flops" in trials else 0.0
+    total = trials["flops.attack"].fillna(0).sum() if "flops.attack" in trials else 0.0
+    share = f"{cost / (total - cost):.0%}" if total > cost else "–"
+    rise = (f"; the verified models' worst case rose by {s['rise_mean']:+.3f} on average (most {s['rise_max']:+.3f})"
+            if s["verified"] else "")
+    return (f"{s['verified']} models verified by the stronger, independent attacker{rise}. "
+            f"{len(s['fell'])} of {s['search_front']} search-time front models fell off the front"
+            + (f" ({how})" if how else "") + f"; {len(s['entered'])} entered in their place, each verified. "
+            f"Verification cost {cost:.3g} FLOPs, {share} on top of the search's attacks.")
+
+
+def verification_table(trials: pd.DataFrame, front: pd.Series) -> pd.DataFrame:
+    """Every verified model: its search-time and verified worst cases, the reported one, and
+    whether it is on the front."""
+    v = trials[trials["verified"].fillna(False).astype(bool)]
+    cols = ["trial_id", "method", "retain_acc", "forget_acc_attacked_search", "forget_acc_attacked_verified",
+            "forget_acc_attacked_verified_lo", "forget_acc_attacked_verified_hi", "forget_acc_attacked",
+            "attacked_by", "verified_in", "verify_flops"]
+    return v[[c for c in cols if c in v]].assign(on_front=front[v.index].to_numpy()).sort_values("forget_acc_attacked")
+
+
+def _records(trials: pd.DataFrame, retain_floor: float | None) -> list[dict]:
+    """Trials rows as dicts for ``search.verify`` (NaN as None), below the floor infeasible."""
+    rows = trials.astype(object).where(trials.notna(), None).to_dict("records")
+    if retain_floor is not None:
+        rows = [{**r, "feasible": r.get("feasible") is not False and (r.get("retain_acc") or 0) >= retain_floor}
+                for r in rows]
+    return rows
 
 
 def _most_robust(trials: pd.DataFrame, front: pd.Series) -> str | None:
@@ -292,10 +362,11 @@ def write_report(results: list[str], out_dir: str | Path, retain_floor: float | 
         doc.table(pd.DataFrame(rows))
         both = pd.concat([e.trials for e in exps], ignore_index=True)
         doc.image(plot.tradeoff_plot(both, front_mask(both, retain_floor), out / "pareto_all.png")[0], "all experiments")
-    doc.image(plot.hypervolume_plot({e.name: progress(e.trials) for e in exps}, out / "hypervolume.png")[0],
-              "hypervolume vs. trial")
     for i, e in enumerate(exps):
         _experiment_section(doc, e, out, f"{i + 1}-" if len(exps) > 1 else "", retain_floor, trial)
+    doc.heading("Search progress")
+    doc.image(plot.hypervolume_plot({e.name: progress(e.trials) for e in exps}, out / "hypervolume.png")[0],
+              "hypervolume vs. trial")
     return doc.write(out)
 
 

@@ -208,6 +208,7 @@ def adversary_search(
     seed: int | None = None,
     ref_flops: float | None = None,
     exp_dir: str | None = None,
+    role: Literal["search", "verify"] = "search",
 ) -> AttackOutcome:
     """Run the configured batteries, then the adversary search against ``released`` (at most
     ``attack.budget`` attacks and, with ``attack.budget_flops``, until that fraction of
@@ -215,20 +216,23 @@ def adversary_search(
 
     ``seed`` defaults to one derived from the experiment's seed and the model. ``exp_dir``
     names the experiment whose archive seeds the search and receives this model's strongest
-    attacks (None: no archive).
+    attacks (None: no archive). ``role`` ``verify`` is the verification attacker
+    (``search/verify.py``): its attack ids carry ``-v``, its rows ``attack.role: verify``, its
+    study and archive entry are its own, so the search-time ones stay as they were.
     """
     a = cfg.attack
     if a.budget_flops is not None and not ref_flops:
         raise ValueError("attack.budget_flops needs the reference's pre-training FLOPs (ref_flops)")
     out = AttackOutcome()
     seed = seed_of(cfg.seed, released.key) if seed is None else seed
+    tag = trial_id if role == "search" else f"{trial_id}-v"  # prefix of the attack ids
     points: dict[str, dict] = {}  # attack id → its point of the attack space, to re-run it
     lock = threading.Lock()  # concurrent attacks append rows and add up FLOPs
 
     def run_attack(attack_id: str, params: dict, attack_seed: int, source: str, extra: dict | None = None) -> dict:
         spec = attack_spec(cfg, params, attack_seed).model_copy(update=extra or {})
         row = {
-            "experiment": experiment, "trial_id": trial_id, "attack_id": attack_id,
+            "experiment": experiment, "trial_id": trial_id, "attack_id": attack_id, "attack.role": role,
             **attack_columns(spec, n_examples, source),
         }
         try:
@@ -254,18 +258,18 @@ def adversary_search(
     for name in a.batteries:
         for i, params in enumerate(BATTERIES[name](a.battery_steps, cfg.setting.name)):
             try:
-                run_attack(f"{trial_id}-{name}{i}", params, seed_of(seed, name, i), name)
+                run_attack(f"{tag}-{name}{i}", params, seed_of(seed, name, i), name)
             except Exception:
                 pass  # recorded as a failed attack row; the battery goes on
     if a.budget:
         limit = a.budget_flops * ref_flops if a.budget_flops is not None else None
-        out.study = _search(cfg, seed, trial_id, released, exp_dir, run_attack, lambda: out.search_flops, limit)
+        out.study = _search(cfg, seed, tag, released, exp_dir, run_attack, lambda: out.search_flops, limit, role)
     _choose_and_reseed(cfg, out, seed, points, run_attack)
     if exp_dir is not None:
         pre = released.result["metrics"].get("forget_acc_sel", 0.0)
         ranked = sorted((r for r in out.attacks if r["attack_id"] in points and r["attack.source"] != "reseed"),
                         key=lambda r: -r["forget_acc_sel_max"])[: max(1, a.archive)]
-        archive.write(exp_dir, released.key, {
+        archive.write(exp_dir, released.key, role, {
             "trial_id": trial_id, "summary": out.summary(),
             "attacks": [{"params": {**a.params, **points[r["attack_id"]]}, "score": r["forget_acc_sel_max"],
                          "gain": r["forget_acc_sel_max"] - pre} for r in ranked],
@@ -274,7 +278,7 @@ def adversary_search(
 
 
 def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef, exp_dir: str | None,
-            run_attack, spent, limit: float | None) -> optuna.Study:
+            run_attack, spent, limit: float | None, role: str = "search") -> optuna.Study:
     """The seeded TPE study: informed points first, then TPE, until the run count or the FLOPs
     budget ``limit`` is used up. Each attack gets the budget left as its cap (the stage cuts it
     to the steps that fit); the search ends with the first attack so cut that is not pruned. With
@@ -290,7 +294,7 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=a.prune_startup, n_warmup_steps=a.prune_warmup)
               if a.pruner == "median" else optuna.pruners.NopPruner())
-    study = studies.fresh(studies.attack_study(trial_id, released.key), studies.storage(exp_dir),
+    study = studies.fresh(studies.attack_study(trial_id, released.key, role), studies.storage(exp_dir),
                           direction="maximize", sampler=sampler, pruner=pruner)
     space, lora_space = a.search_space(), a.lora_space()
     for point in informed_start(cfg, exp_dir, released.key):

@@ -20,13 +20,16 @@ from search import tables
 FOLDER = "archive"
 
 
-def write(exp_dir: str, model_key: str, entry: dict) -> None:
+def write(exp_dir: str, model_key: str, role: str, entry: dict) -> None:
     """Store one attacked model's entry: {"model_key", "trial_id", "gain"-ranked "attacks":
-    [{"params", "score", "gain"}], "summary": the worst-case figures}."""
+    [{"params", "score", "gain"}], "summary": the worst-case figures}. A verification
+    attacker's (``role`` verify) goes beside the search's, as ``verify-<model key>.json``: its
+    attacks join the archive, and :func:`lookup` keeps answering with the search's summary."""
     fs, base = tables.resolve(exp_dir)
     fs.create_dir(tables.join(base, FOLDER), recursive=True)
-    data = json.dumps({**entry, "model_key": model_key}, default=float).encode()
-    tables._write_atomic(fs, tables.join(base, FOLDER, f"{model_key}.json"), lambda out: out.write(data))
+    data = json.dumps({**entry, "model_key": model_key, "role": role}, default=float).encode()
+    name = model_key if role == "search" else f"{role}-{model_key}"
+    tables._write_atomic(fs, tables.join(base, FOLDER, f"{name}.json"), lambda out: out.write(data))
 
 
 def entries(exp_dir: str) -> list[dict]:

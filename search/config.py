@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from search.adversary import AttackConfig
 from search.stages import ScalingConfig
 from search.tracking import TrackingConfig
+from search.verify import VerifyConfig, attacker
 from spaces import points
 from spaces.dims import MAX_COUNT, Choice, grid_size
 from trainables import arithmetic, wmdp
@@ -31,7 +32,7 @@ from trainables.strict import Strict, format_error
 from trainables.undo import UndoConfig
 
 __all__ = ["AttackConfig", "ConfigError", "DefenderConfig", "ExperimentConfig", "PretrainConfig", "ScalingConfig",
-           "SearchConfig", "TrackingConfig", "UndoConfig", "load"]
+           "SearchConfig", "TrackingConfig", "UndoConfig", "VerifyConfig", "load"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 URI_SCHEMES = ("file", "s3", "gs", "gcs")
@@ -68,6 +69,7 @@ class ExperimentConfig(Strict):
     pretrain: PretrainConfig = PretrainConfig()
     defender: DefenderConfig = DefenderConfig()
     attack: AttackConfig = AttackConfig()
+    verify: VerifyConfig = VerifyConfig()
     search: SearchConfig = SearchConfig()
     scaling: ScalingConfig = ScalingConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -120,6 +122,8 @@ class ExperimentConfig(Strict):
             self.setting.tokenizer = m.pretrained
         if self.search.sampler == "grid":
             self._check_grid()
+        if self.verify.enabled:
+            attacker(self, 1.0, 1.0)  # its params, space and batteries, named verify.<field>
         for m in self.defender.methods:
             why = getattr(DEFENDERS[m], "NOT_WITH_STRATEGY", {}).get(self.scaling.strategy)
             if why:

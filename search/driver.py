@@ -22,10 +22,10 @@ import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search import progress, studies, tables, tracking
+from search import progress, studies, tables, tracking, verify
 from search.config import ConfigError, ExperimentConfig
 from search.stages import Runner, StageRef
-from search.trial import Context, baseline, defender, pretrain, suppressed_id
+from search.trial import Context, baseline, defender, pretrain, suppressed_id, verify_trial
 from spaces import points
 from spaces.dims import suggest
 
@@ -121,6 +121,29 @@ def _pretrain_task(ctx: Context, kind: str) -> StageRef:
 
 
 @ray.remote(num_cpus=1)
+def _verify_task(ctx: Context, trial_id: str, ref_flops: float) -> dict:
+    _in_ray_worker()
+    return verify_trial(ctx, trial_id, ref_flops)
+
+
+def _verify_front(ctx: Context, ref_flops: float, tasks: dict) -> None:
+    """Verify the front until every model on it is verified (``search/verify.py``), the
+    models of a round at once; a verification that fails leaves its row marked, unverified."""
+    def verify_many(trial_ids: list[str]) -> list[dict]:
+        running = {t: _verify_task.options(**tasks).remote(ctx, t, ref_flops) for t in trial_ids}
+        rows = []
+        for trial_id, task in running.items():
+            try:
+                rows.append(ray.get(task))
+            except ray.exceptions.RayTaskError as e:
+                say(f"verification of {trial_id} FAILED: {e.cause!r} (its search-time score stands, unverified)")
+                rows.append(verify.mark_failed(ctx.exp_dir, trial_id, str(e.cause)))
+        return rows
+
+    verify.sweep(ctx.exp_dir, verify_many, say)
+
+
+@ray.remote(num_cpus=1)
 def _baseline_task(ctx: Context, kind: str, reference: StageRef, model: StageRef | None, method: str | None = None) -> dict:
     _in_ray_worker()
     return baseline(ctx, kind, reference, model, method)
@@ -132,7 +155,8 @@ def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
     trial_id = tune.get_context().get_trial_id()
     row = defender(ctx, trial_id, dict(config), reference)
     metrics = {k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac", "feasible",
-                                   "forget_acc_attacked_lo", "forget_acc_attacked_hi", "forget_acc_attacked_sel")}
+                                   "forget_acc_attacked_lo", "forget_acc_attacked_hi", "forget_acc_attacked_sel",
+                                   "verified", "forget_acc_attacked_search")}
     metrics["attacked"] = row["forget_acc_attacked"]  # the true value, for the progress line
     if not row["feasible"]:  # below the retain floor: the worst attacked score, to the search
         metrics["forget_acc_attacked"] = 1.0
@@ -176,8 +200,9 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result
+        verified = f"  verified (search-time {r['forget_acc_attacked_search']:.3f})" if r.get("verified") else ""
         self._line(trial, f"retain {r['retain_acc']:.3f}  forget {r['forget_acc']:.3f}  "
-                          f"{attacked_text(r, r['attacked'])}" + ("" if r["feasible"] else "  (below retain floor)"))
+                          f"{attacked_text(r, r['attacked'])}{verified}" + ("" if r["feasible"] else "  (below retain floor)"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # A trial that raised has written its own failed row; one whose process died has not.
@@ -343,6 +368,9 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         _tuner(ctx, reference, resume, concurrency).fit()
     finally:
         progress.current = None
+    if cfg.verify.enabled:
+        say("verifying the front: every model on it attacked again by the verification attacker ...")
+        _verify_front(ctx, reference.result["flops"], tasks)
     if not cfg.scaling.use_gpu:
         _report(baselines)
     tables.write_tables(exp_dir, tables.read_parts(exp_dir))

@@ -15,6 +15,7 @@ import optuna
 JOURNAL = "studies.journal"
 DEFENDER = "defender"
 ATTACK_PREFIX = "attack:"
+VERIFY_PREFIX = "verify:"  # a verification attacker's study (search/verify.py)
 
 
 def storage(exp_dir: str | None) -> optuna.storages.BaseStorage | None:
@@ -30,10 +31,12 @@ def storage(exp_dir: str | None) -> optuna.storages.BaseStorage | None:
     return JournalStorage(JournalFileBackend(f"{exp_dir}/{JOURNAL}"))
 
 
-def attack_study(trial_id: str, model_key: str) -> str:
+def attack_study(trial_id: str, model_key: str, role: str = "search") -> str:
     """The adversary study's name: the trial that attacked the model, and the model (one trial
-    attacks two models with UNDO or TAR: its released model and the suppressed one)."""
-    return f"{ATTACK_PREFIX}{trial_id}:{model_key[:12]}"
+    attacks two models with UNDO or TAR: its released model and the suppressed one); a
+    verification attacker's under its own prefix."""
+    prefix = VERIFY_PREFIX if role == "verify" else ATTACK_PREFIX
+    return f"{prefix}{trial_id}:{model_key[:12]}"
 
 
 def fresh(name: str, store: optuna.storages.BaseStorage | None, **kwargs) -> optuna.Study:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search import archive, cache, tables
+from search import archive, cache, tables, verify
 from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
@@ -187,6 +187,7 @@ def _finish(
         # the adversary study in the experiment's studies.journal (search/studies.py)
         "attack_study": outcome.study.study_name if outcome.study is not None else None,
     })
+    row.update(verify.unverified_columns(row))
     tables.write_part(ctx.exp_dir, row["trial_id"], {
         "trials": [row], "attacks": outcome.attacks, "curves": curves + outcome.curves,
     })
@@ -254,10 +255,18 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
             })
         outcome = _attack_released(ctx, trial_id, released, ref_flops)
         row["wall_s"] = time.perf_counter() - start
-        return _finish(ctx, row, released, outcome, defence_flops(row), ref_flops, curves)
+        row = _finish(ctx, row, released, outcome, defence_flops(row), ref_flops, curves)
     except Exception as e:
         _fail(ctx, row, e, start)
         raise
+    # near the front: attacked again by the verification attacker before the sampler sees it
+    # (its part is written, so a failure here leaves the search-time row for the sweep)
+    return verify.in_trial(ctx, row, released, ref_flops, len(_data(ctx.cfg).forget_T))
+
+
+def verify_trial(ctx: Context, trial_id: str, ref_flops: float) -> dict:
+    """Verify a finished trial's model (``search/verify.py``); its part is rewritten."""
+    return verify.verify_trial(ctx, trial_id, ref_flops, len(_data(ctx.cfg).forget_T))
 
 
 def suppressed_id(cfg: ExperimentConfig, method: str) -> str:

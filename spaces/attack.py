@@ -28,13 +28,15 @@ LORA_DEFAULTS = {"lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "lora_tar
 
 # The informed start of every adversary search, tried first (after the experiment's archive of
 # attacks that were strongest against earlier models): the region the relearning literature
-# finds strongest — full fine-tuning with AdamW on forget data at a constant learning rate for
-# as long as the space allows, at the middle, upper and lower part of the rate range (UNDO's
-# relearning sweep peaks at its highest rates; Deeb & Roger 2024 and Che et al. 2025 find full
-# fine-tuning the strongest tamperer; TAR's red team finds constant-rate AdamW the hardest for
-# TAR to resist). A constant-rate attack's trajectory contains every shorter one, so these
-# dominate a fixed-length sweep at the same rates. Numeric values are quantiles of the
-# configured range (spaces.dims.At), so the prior follows a setting's bounds.
-_FULL_ADAMW = {"kind": "full", "optimizer": "adamw", "schedule": "constant", "data": "forget",
+# finds strongest — full fine-tuning with AdamW at a constant learning rate for as long as the
+# space allows (Deeb & Roger 2024 and Che et al. 2025 find full fine-tuning the strongest
+# tamperer; TAR's red team finds constant-rate AdamW the hardest for TAR to resist; a
+# constant-rate attack's trajectory contains every shorter one, so these dominate a fixed-length
+# sweep at the same rates) — on both data modes found strongest: the 50/50 forget/retain mix
+# (UNDO's relearning protocol; the strongest attack of a brute-force grid for 5 of 8 quick-config
+# models) and forget data alone (the other 3), alternating, at the middle, upper and lower part
+# of the rate range (UNDO's sweep peaks at its highest rates). Numeric values are quantiles of
+# the configured range (spaces.dims.At), so the prior follows a setting's bounds.
+_FULL_ADAMW = {"kind": "full", "optimizer": "adamw", "schedule": "constant",
                "steps": At(1.0), "batch_size": At(2 / 3), "n_examples": At(1.0)}
-PRIOR = [{**_FULL_ADAMW, "lr": At(q)} for q in (0.5, 0.75, 0.25)]
+PRIOR = [{**_FULL_ADAMW, "data": data, "lr": At(q)} for q in (0.5, 0.75, 0.25) for data in ("mix", "forget")]

@@ -9,8 +9,9 @@ from trainables import heldout
 
 
 def make_experiment(exp_dir: str, n_trials: int, attacks_per_trial: int, seed: int = 0,
-                    name: str = "synthetic", failed: int = 1) -> None:
-    """Write parts and tables of a fake experiment: defenders, two baselines, attacks, curves."""
+                    name: str = "synthetic", failed: int = 1, verified: bool = False) -> None:
+    """Write parts and tables of a fake experiment: defenders, two baselines, attacks, curves;
+    with ``verified``, every second defender verified (its search-time score lower)."""
     rng = np.random.default_rng(seed)
     parts = {}
     ids = [f"t{i:05d}" for i in range(n_trials)] + ["pure", "reference"]
@@ -49,7 +50,13 @@ def make_experiment(exp_dir: str, n_trials: int, attacks_per_trial: int, seed: i
             "attacks_run": attacks_per_trial, "compute_frac": float(10 ** rng.uniform(-2, 0)) if tid != "reference" else 0.0,
             "finished_at": float(i), "param.lr": float(10 ** rng.uniform(-4, -2)),
         }], "attacks": attacks, "curves": curves}
-    for tid, rows in parts.items():
+    for i, (tid, rows) in enumerate(parts.items()):
+        row = rows["trials"][0]
+        if verified and row["kind"] == "defender" and row["status"] == "ok":
+            search = row["forget_acc_attacked"] * (1 - float(rng.random()) * 0.5 * (i % 2))
+            row.update({"verified": bool(i % 2), "attacked_by": "verify" if i % 2 else "search",
+                        "forget_acc_attacked_search": search, "verify_flops": 1e9 if i % 2 else 0.0,
+                        "forget_acc_attacked_verified": row["forget_acc_attacked"] if i % 2 else None})
         tables.write_part(exp_dir, tid, rows)
     tables.write_tables(exp_dir, tables.read_parts(exp_dir))
     tables.write_text(exp_dir, tables.CONFIG, f"experiment: {name}\nseed: {seed}\n")

@@ -1,5 +1,6 @@
 """Hypervolume against hand-computed cases and Monte Carlo; ranks; plots and the report."""
 
+import shutil
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 
 from analysis.hypervolume import hypervolume, hypervolume_progress
 from analysis.pareto import pareto_mask, pareto_ranks
-from analysis.report import write_report
+from analysis.report import front_mask, load_trials, write_report
 from tests.conftest import ROOT
 from tests.synthetic import make_experiment
 
@@ -93,7 +94,8 @@ def test_report_and_plots_from_one_to_many_trials(tmp_path, n_trials):
         for ext in ("png", "svg"):
             size = (tmp_path / "out" / f"{name}.{ext}").stat().st_size
             assert 5_000 < size < 20_000_000, (name, ext, size)
-    assert "<table" in page.read_text() and 'src="pareto.png"' in page.read_text()
+    assert "<table" in page.read_text() and '<svg id="front"' in page.read_text() and "](pareto.png)" in text
+    assert page.read_text().count('class="point') == n_trials - (1 if n_trials > 1 else 0) + 2  # ok defenders, baselines
     if n_trials > 1:
         assert "RuntimeError: boom" in text  # failed trial listed with its error
 
@@ -198,3 +200,61 @@ def test_robustified_models_are_labelled_and_tabled_from_their_stage_columns():
     assert table["trial_id"].tolist() == ["t0", "t1", "t2", "pure"]  # by α, then compute
     assert {"param.undo.alpha", "steps.distill"} <= set(table.columns)
     assert robustness_table(trials[trials["suppressed_key"].isna()]) is None
+
+
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless browser installed (apt-get install chromium)")
+def test_report_front_is_interactive_in_a_browser(tmp_path):
+    """report.html opened by a real browser: the front is an SVG whose points carry their
+    trial's parameters, scores and strongest attack as the hover text, before the configuration."""
+    from html.parser import HTMLParser
+
+    exp = str(tmp_path / "exp")
+    make_experiment(exp, 12, attacks_per_trial=3, failed=0, verified=True)
+    _, page = write_report([exp], tmp_path / "r")
+    dom = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+
+    class Points(HTMLParser):  # the DOM as the browser built it: circles inside svg#front, their titles
+        def __init__(self):
+            super().__init__()
+            self.in_svg, self.points, self.current, self.order = False, [], None, []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            self.order.append(a.get("id") or tag)
+            if tag == "svg" and a.get("id") == "front":
+                self.in_svg = True
+            elif self.in_svg and "point" in (a.get("class") or "").split():
+                self.current = {**a, "title": ""}
+                self.points.append(self.current)
+
+        def handle_endtag(self, tag):
+            if tag == "svg":
+                self.in_svg = False
+
+        def handle_data(self, data):
+            if self.current is not None and self.in_svg:
+                self.current["title"] += data
+
+    p = Points()
+    p.feed(dom)
+    trials = load_trials(exp)
+    front = front_mask(trials)
+    assert p.points, dom[:2000]
+    on_front = {pt["data-trial"] for pt in p.points if pt.get("data-front") == "1"}
+    assert on_front == set(trials.loc[front, "trial_id"])
+    for pt in p.points:
+        if pt.get("data-front") == "1":
+            row = trials.set_index("trial_id").loc[pt["data-trial"]]
+            assert f"trial {pt['data-trial']}" in pt["title"] and "lr = " in pt["title"]
+            assert f"attacked forget (worst case, V_rep) {row['forget_acc_attacked']:.3f} [" in pt["title"]
+            assert f"strongest attack {row['best_attack_id']}" in pt["title"]
+            assert ("verified: search-time" in pt["title"]) == bool(row["verified"])
+    assert p.order.index("front") < p.order.index("details")  # the front first, the configuration folded last
+    shot = tmp_path / "shot.png"
+    subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,900", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000

@@ -1,0 +1,269 @@
+"""Verification: every model on the reported front has survived a stronger, independent attacker.
+
+The defender search minimises the attacked score, so it favours the models whose few search-time
+attacks happened to miss — the winner's curse, one level up from choosing an attack. A model
+whose search-time worst case would put it on the front, or within ``verify.margin`` of it, is
+attacked again by a *verification attacker* before its score is reported:
+
+* seeds of its own (derived from the model and ``verify``, not the search's);
+* the whole attack space, data modes included, unless ``verify.params`` fixes dimensions
+  (``verify.space`` sets bounds; default the search's ``attack.space``);
+* the prior in full (every data mode × rate of ``spaces/attack.py``), then the experiment's
+  archive and TPE, under ``verify.budget_multiple`` × the compute the search spent on that model
+  (its searched and battery attacks; a FLOPs budget, so the last attack is cut to fit);
+* the configured batteries (``verify.batteries``, default ``attack.batteries``) and
+  ``verify.reseeds`` re-runs of its strongest attack.
+
+Each attacker chooses its (attack, checkpoint) on V_sel and reports it on V_rep; the model's
+reported worst case is the stronger of the two V_rep figures. That last choice reads V_rep, and
+leans toward the attacker — a defence is never reported safer for having been verified.
+
+In a trial, verification runs before the trial reports to the outer sampler, so the sampler
+learns from verified scores near the front — once the sampler learns from scores at all
+(``verify.startup``, default the outer sampler's random start-up: TPE's first 10 trials,
+NSGA-II's first generation; a random or grid search learns nothing, and the first trials are
+always on the front of what has finished). After the search, :func:`sweep`
+verifies every unverified model on the front, recomputes the front (a model that fell leaves it,
+the ones that enter in its place are verified in turn) and repeats until the front is verified.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import Field, ValidationError
+
+from search import cache, tables
+from search.adversary import AttackConfig, AttackOutcome, adversary_search, error_text, seed_of
+from search.stages import StageRef
+from spaces import ATTACK_PRIOR, BATTERIES
+from spaces.dims import MAX_COUNT
+from trainables import heldout
+from trainables.strict import Strict
+
+if TYPE_CHECKING:
+    from search.config import ExperimentConfig
+    from search.trial import Context
+
+# The columns a verification rewrites when it finds a stronger attack than the search did.
+SCORE_COLUMNS = ("forget_acc_attacked", "forget_acc_attacked_lo", "forget_acc_attacked_hi",
+                 "forget_acc_attacked_sel", "forget_acc_attacked_sd", "attacked_seeds",
+                 "best_attack_id", "best_attack_step")
+
+
+class VerifyConfig(Strict):
+    """The verification attacker (``search/verify.py``)."""
+
+    enabled: bool = True
+    # verify a model whose search-time worst case is within this much attacked forget accuracy
+    # of the front (0: only the front itself); in trials only, the sweep verifies the front
+    margin: float = Field(0.05, ge=0, le=1)
+    # the verification's searched compute per model: this × what the search spent on that model
+    budget_multiple: float = Field(2.0, ge=1, le=1000)
+    reseeds: int = Field(3, ge=0, le=100)
+    prior: int | None = Field(None, ge=0, le=len(ATTACK_PRIOR))  # None: every prior point
+    params: dict[str, Any] = {}  # fixed attack dimensions; none: the full space
+    space: dict[str, Any] | None = None  # bounds; None: attack.space
+    batteries: list[str] | None = None  # None: attack.batteries
+    battery_steps: int | None = Field(None, ge=1, le=MAX_COUNT)
+    # defender trials finished before a trial verifies itself (the sweep verifies the rest);
+    # None: once the outer sampler learns from scores (SAMPLER_STARTUP)
+    startup: int | None = Field(None, ge=0)
+
+
+# Trials after which each outer sampler (search/driver.py SAMPLERS, at Optuna's defaults) starts
+# to learn from the scores it is told; None: never (random draws, a grid).
+SAMPLER_STARTUP: dict[str, int | None] = {"tpe": 10, "nsga2": 50, "random": None, "grid": None}
+
+
+def startup(cfg: ExperimentConfig) -> int | None:
+    """Finished defender trials before a trial verifies itself (None: never in a trial)."""
+    return SAMPLER_STARTUP[cfg.search.sampler] if cfg.verify.startup is None else cfg.verify.startup
+
+
+def attacker(cfg: ExperimentConfig, base_flops: float, ref_flops: float) -> AttackConfig:
+    """The verification attacker's ``AttackConfig`` for a model the search spent ``base_flops``
+    on (searched and battery attacks, not re-runs). Raises ValueError naming the ``verify.``
+    field on a bad value."""
+    a, v = cfg.attack, cfg.verify
+    for name in v.batteries or []:
+        if name not in BATTERIES:
+            raise ValueError(f"verify.batteries: unknown battery {name!r} (one of {sorted(BATTERIES)})")
+    raw = a.model_dump()
+    raw.update(
+        params=dict(v.params), space=dict(a.space if v.space is None else v.space), reseeds=v.reseeds,
+        prior=len(ATTACK_PRIOR) if v.prior is None else v.prior,
+        batteries=list(a.batteries if v.batteries is None else v.batteries),
+        battery_steps=a.battery_steps if v.battery_steps is None else v.battery_steps,
+    )
+    if base_flops > 0:  # a FLOPs budget: the run count is what fits
+        raw.update(budget=None, budget_flops=v.budget_multiple * base_flops / ref_flops)
+    else:  # nothing measured (a search whose every attack failed): a multiple of its run count
+        raw.update(budget=max(1, math.ceil(v.budget_multiple * (a.budget or 1))), budget_flops=None)
+    try:
+        return AttackConfig(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"verify.{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}") from None
+
+
+def near_front(row: dict, others: list[dict], margin: float) -> bool:
+    """True when no other model dominates ``row`` with ``margin`` taken off its attacked score:
+    at least as high a retain accuracy and an attacked score at least ``margin`` lower, one of
+    them strictly. With margin 0 that is ``row`` being on the front of ``row`` + ``others``."""
+    r, a = row["retain_acc"], row["forget_acc_attacked"] - margin
+    return not any(o["retain_acc"] >= r and o["forget_acc_attacked"] <= a
+                   and (o["retain_acc"] > r or o["forget_acc_attacked"] < a) for o in others)
+
+
+def candidates(rows: list[dict]) -> list[dict]:
+    """The rows that may stand on the front: ok, feasible defender trials (as the report's)."""
+    return [r for r in rows if r.get("kind") == "defender" and r.get("status") == "ok"
+            and r.get("feasible", True) is not False and r.get("forget_acc_attacked") == r.get("forget_acc_attacked")]
+
+
+def front(rows: list[dict]) -> list[dict]:
+    """The front of ``rows``' candidates (retain ↑, attacked forget ↓)."""
+    pool = candidates(rows)
+    return [r for r in pool if near_front(r, [o for o in pool if o is not r], 0.0)]
+
+
+def unverified_columns(row: dict) -> dict:
+    """The verification columns of a row no verification attacker has seen yet."""
+    return {"forget_acc_attacked_search": row.get("forget_acc_attacked"),
+            "forget_acc_attacked_search_lo": row.get("forget_acc_attacked_lo"),
+            "forget_acc_attacked_search_hi": row.get("forget_acc_attacked_hi"),
+            "verified": False, "attacked_by": "search", "verify_flops": 0.0}
+
+
+def _search_flops(attacks: list[dict]) -> float:
+    """What the search spent on a model before its re-runs: searched and battery attacks."""
+    return sum(r.get("flops") or 0.0 for r in attacks
+               if r.get("attack.role", "search") == "search" and r.get("attack.source") != "reseed")
+
+
+def apply(row: dict, part: dict, outcome: AttackOutcome, ref_flops: float, where: str = "sweep") -> dict:
+    """``row`` (a trial's row, its part's ``trials[0]``) with the verification ``outcome``
+    folded in: the verified figure and its interval, the stronger worst case of both attackers
+    reported, the verification's FLOPs added to ``flops.attack``; its attack and curve rows
+    appended to ``part``. ``where``: ``trial`` (before the outer sampler saw the trial) or
+    ``sweep`` (after the search). Returns the new row (``part`` is changed in place)."""
+    row = dict(row)
+    n = row["n_report"]
+    lo, hi = heldout.wilson(outcome.attacked, n)
+    row.update({
+        "verified": outcome.attacked == outcome.attacked,  # at least one verification attack ran
+        "forget_acc_attacked_verified": outcome.attacked,
+        "forget_acc_attacked_verified_lo": lo, "forget_acc_attacked_verified_hi": hi,
+        "verify_flops": outcome.flops, "verify_attacks_run": len(outcome.attacks),
+        "verify_study": outcome.study.study_name if outcome.study is not None else None,
+        "verified_in": where,
+    })
+    if outcome.attacked > row["forget_acc_attacked"]:  # False for NaN: a failed verification changes nothing
+        row.update({
+            "forget_acc_attacked": outcome.attacked, "forget_acc_attacked_lo": lo, "forget_acc_attacked_hi": hi,
+            "forget_acc_attacked_sel": outcome.attacked_sel, "forget_acc_attacked_sd": outcome.attacked_sd,
+            "attacked_seeds": len(outcome.attacked_seeds), "best_attack_id": outcome.best_attack_id,
+            "best_attack_step": outcome.best_step, "attacked_by": "verify",
+        })
+    row["flops.attack"] = (row.get("flops.attack") or 0.0) + outcome.flops
+    row["compute_frac_attack"] = row["flops.attack"] / ref_flops
+    row["attacks_run"] = (row.get("attacks_run") or 0) + len(outcome.attacks)
+    seq0 = len(part.get("attacks", []))
+    for a in outcome.attacks:
+        if a.get("flops") is not None:
+            a["compute_frac"] = a["flops"] / ref_flops
+    part["attacks"] = [*part.get("attacks", []), *({**a, "seq": seq0 + a["seq"]} for a in outcome.attacks)]
+    part["curves"] = [*part.get("curves", []), *outcome.curves]
+    part["trials"] = [row]
+    return row
+
+
+def verify_trial(ctx: Context, trial_id: str, ref_flops: float, n_examples: int | None,
+                 released: StageRef | None = None, where: str = "sweep") -> dict:
+    """Attack trial ``trial_id``'s released model with the verification attacker and rewrite its
+    part with the outcome folded in (:func:`apply`). ``released`` defaults to the cache entry of
+    the row's ``model_key``. Returns the new row."""
+    part = tables.read_part(ctx.exp_dir, trial_id)
+    row = part["trials"][0]
+    if released is None:
+        found = cache.lookup(ctx.runner.cache_dir, row["model_key"])
+        if found is None:
+            raise RuntimeError(f"trial {trial_id}: its model {row['model_key']} is no longer in the stage cache")
+        released = StageRef(row["model_key"], cache.entry(ctx.runner.cache_dir, row["model_key"]), found, cached=True)
+    start = time.perf_counter()
+    cfg = ctx.cfg.model_copy(update={"attack": attacker(ctx.cfg, _search_flops(part.get("attacks", [])), ref_flops)})
+    outcome = adversary_search(ctx.runner, cfg, released, trial_id, ctx.experiment, n_examples,
+                               seed=seed_of(ctx.cfg.seed, "verify", released.key), ref_flops=ref_flops,
+                               exp_dir=ctx.exp_dir, role="verify")
+    row = apply(row, part, outcome, ref_flops, where)
+    row["wall_s"] = (row.get("wall_s") or 0.0) + time.perf_counter() - start
+    tables.write_part(ctx.exp_dir, trial_id, part)
+    return row
+
+
+def in_trial(ctx: Context, row: dict, released: StageRef, ref_flops: float, n_examples: int | None) -> dict:
+    """Verify a just-finished trial (its part written) when its search-time worst case is within
+    ``verify.margin`` of the front of the trials finished so far; return its row as reported."""
+    v, first = ctx.cfg.verify, startup(ctx.cfg)
+    if not v.enabled or first is None or not candidates([row]):
+        return row
+    others = [p["trials"][0] for tid, p in tables.read_parts(ctx.exp_dir).items()
+              if tid != row["trial_id"] and p.get("trials")]
+    others = candidates(others)
+    if len(others) < first or not near_front(row, others, v.margin):
+        return row
+    try:
+        return verify_trial(ctx, row["trial_id"], ref_flops, n_examples, released, "trial")
+    except Exception as e:  # the search-time row stands, marked; the trial still reports
+        return mark_failed(ctx.exp_dir, row["trial_id"], error_text(e))
+
+
+def mark_failed(exp_dir: str, trial_id: str, error: str) -> dict:
+    """Record on a trial's row that its verification failed (``verify_error``): it stays
+    unverified, and the sweep does not try it again."""
+    part = tables.read_part(exp_dir, trial_id)
+    row = {**part["trials"][0], "verify_error": error}
+    tables.write_part(exp_dir, trial_id, {**part, "trials": [row]})
+    return row
+
+
+def sweep(exp_dir: str, verify_many: Callable[[list[str]], list[dict]], say: Callable[[str], None] = print,
+          max_rounds: int = MAX_COUNT) -> list[dict]:
+    """Verify every unverified model on the front of the experiment's finished trials, recompute
+    the front, and repeat until every model on it is verified. ``verify_many(trial_ids)`` runs
+    :func:`verify_trial` on each (in parallel where it can) and returns the new rows. Returns
+    those rows, in the order verified."""
+    done: list[dict] = []
+    for _ in range(max_rounds):
+        rows = [p["trials"][0] for p in tables.read_parts(exp_dir).values() if p.get("trials")]
+        todo = [r["trial_id"] for r in front(rows) if not r.get("verified") and not r.get("verify_error")]
+        if not todo:
+            break
+        new = [r for r in verify_many(todo) if r.get("verified")]
+        after = {r["trial_id"] for r in front([*(r for r in rows if r["trial_id"] not in todo), *new])}
+        for r in new:
+            fell = r["trial_id"] not in after
+            say(f"verified {r['trial_id']}: attacked {r['forget_acc_attacked_search']:.3f} at search time, "
+                f"{r['forget_acc_attacked_verified']:.3f} by the verification attacker"
+                + (" — left the front" if fell else " — stays on the front"))
+        done += new
+    return done
+
+
+def summary(rows: list[dict]) -> dict:
+    """What verification did to an experiment's front: the models verified, how many of the
+    search-time front's models fell off it, and by how much the verified ones rose."""
+    verified = [r for r in candidates(rows) if r.get("verified")]
+    search_time = [{**r, "forget_acc_attacked": r.get("forget_acc_attacked_search", r["forget_acc_attacked"])}
+                   for r in candidates(rows)]
+    before = {r["trial_id"] for r in front(search_time)}
+    after = {r["trial_id"] for r in front(rows)}
+    rise = [r["forget_acc_attacked"] - r["forget_acc_attacked_search"] for r in verified]
+    return {"verified": len(verified), "search_front": len(before), "front": len(after),
+            "fell": sorted(before - after), "entered": sorted(after - before),
+            "rise_mean": sum(rise) / len(rise) if rise else math.nan, "rise_max": max(rise, default=math.nan)}
+
