@@ -381,6 +381,8 @@ def summary_text(trials: pd.DataFrame, front: pd.Series) -> str:
         cols = ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked",
                 *[c for c in ("forget_acc_attacked_lo", "forget_acc_attacked_hi") if c in base]]
         lines += ["", "Baselines:", show(base[cols])]
+    if "verified" in trials:
+        lines += ["", "Verification: " + verification_text(trials, pd.DataFrame())]
     robust = robustness_table(trials)
     if robust is not None:
         lines += ["", ROBUSTNESS_HEADING + ":", show(robust)]

@@ -17,7 +17,7 @@ Prints, per front model: the reported worst case and its 95 % interval, the grid
 experiment spent attacking that model (``flops.attack``: search, re-runs and verification).
 ``--out FILE`` writes the rows as JSON (commit it under ``bench/results/``).
 
-    python bench/front_check.py RESULTS_DIR [RESULTS_DIR ...] [--reseeds 2] [--steps N] [--out FILE]
+    python bench/front_check.py RESULTS_DIR [RESULTS_DIR ...] [--reseeds 2] [--steps N] [--lowest K] [--out FILE]
 """
 
 from __future__ import annotations
@@ -58,10 +58,13 @@ def half_width(value: float, n: int) -> float:
     return (hi - lo) / 2
 
 
-def check(results: str, reseeds: int, steps: int | None) -> list[dict]:
-    """One row per front model of the experiment at ``results``."""
+def check(results: str, reseeds: int, steps: int | None, lowest: int | None = None) -> list[dict]:
+    """One row per front model of the experiment at ``results`` (with ``lowest``, only that
+    many of them: those reported safest, the front's headline)."""
     trials = load_trials(results)
-    front = trials[front_mask(trials)]
+    front = trials[front_mask(trials)].sort_values("forget_acc_attacked")
+    if lowest:
+        front = front.head(lowest)
     overrides = ["attack.budget=0", "attack.batteries=[brute_force]", f"attack.reseeds={reseeds}", "attack.archive=0"]
     if steps:
         overrides.append(f"attack.battery_steps={steps}")
@@ -111,13 +114,15 @@ def main() -> None:
     ap.add_argument("results", nargs="+", help="experiment results folders")
     ap.add_argument("--reseeds", type=int, default=2, help="re-runs of the grid's strongest attack (default 2)")
     ap.add_argument("--steps", type=int, help="the grid's attack length (default: the battery's, 400 on arithmetic)")
+    ap.add_argument("--lowest", type=int, help="check only this many front models per experiment, the lowest "
+                                               "reported attacked score first (default: all)")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
     start = time.perf_counter()
     print("| experiment | trial | retain | reported [95 %] | brute-force grid ± half-width | gap | holds | "
           "grid FLOPs / experiment's |")
     print("|---|---|---|---|---|---|---|---|")
-    rows = [r for results in args.results for r in check(results, args.reseeds, args.steps)]
+    rows = [r for results in args.results for r in check(results, args.reseeds, args.steps, args.lowest)]
     held = sum(r["holds"] for r in rows)
     print(f"\nholds (reported ≥ grid − half-width) for {held} of {len(rows)} front models; "
           f"total {time.perf_counter() - start:.0f} s")
