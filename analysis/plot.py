@@ -74,6 +74,21 @@ def _label(row_or_df) -> pd.Series:
     return label
 
 
+def _search_time(ax, ok: pd.DataFrame, size: float) -> None:
+    """Each verified model's search-time worst case, faint, joined to its reported one by a
+    dotted line (a verification that found a stronger attack moved it right)."""
+    if "forget_acc_attacked_search" not in ok or "verified" not in ok:
+        return
+    moved = ok[ok["verified"].fillna(False).astype(bool) & (ok["forget_acc_attacked_search"] != ok["forget_acc_attacked"])]
+    if moved.empty:
+        return
+    segs = np.stack([moved[["forget_acc_attacked_search", "retain_acc"]].to_numpy(dtype=float),
+                     moved[["forget_acc_attacked", "retain_acc"]].to_numpy(dtype=float)], axis=1)
+    ax.add_collection(LineCollection(segs, colors="0.5", alpha=0.5, lw=0.8, linestyles="dotted"))
+    ax.scatter(moved["forget_acc_attacked_search"], moved["retain_acc"], s=size, facecolors="none",
+               edgecolors="0.5", alpha=0.4, label="search-time worst case of a verified model (faint)")
+
+
 def tradeoff_plot(trials: pd.DataFrame, front: pd.Series, path: Path) -> list[Path]:
     """Retain vs. attacked forget accuracy, coloured by method. Each defender's pre-attack point
     (hollow) is joined to its post-attack point (filled); the front (``front``, a boolean mask
@@ -97,6 +112,7 @@ def tradeoff_plot(trials: pd.DataFrame, front: pd.Series, path: Path) -> list[Pa
         if not many:
             _errorbars(ax, group["forget_acc_attacked"], group["retain_acc"],
                        xerr=_interval(group, "forget_acc_attacked"), yerr=_interval(group, "retain_acc"), color=color)
+    _search_time(ax, ok, size)
     best = trials[front.reindex(trials.index, fill_value=False)].sort_values("forget_acc_attacked")
     if len(best):
         ax.step(best["forget_acc_attacked"], best["retain_acc"], where="post", color="k", lw=1.2,
