@@ -58,6 +58,22 @@ def half_width(value: float, n: int) -> float:
     return (hi - lo) / 2
 
 
+def experiment_summary(results: str) -> dict:
+    """The experiment's attack compute and what verification did (zeros before verification)."""
+    from analysis.report import _records
+    from search import verify
+
+    trials = load_trials(results)
+    total = float(trials["flops.attack"].fillna(0).sum())
+    spent = float(trials["verify_flops"].fillna(0).sum()) if "verify_flops" in trials else 0.0
+    out = {"results": results, "attack_flops": total, "verify_flops": spent,
+           "verify_share_of_search": spent / (total - spent) if total > spent else None,
+           "front": sorted(trials.loc[front_mask(trials), "trial_id"])}
+    if "verified" in trials:
+        out["verification"] = verify.summary(_records(trials, None))
+    return out
+
+
 def check(results: str, reseeds: int, steps: int | None, lowest: int | None = None) -> list[dict]:
     """One row per front model of the experiment at ``results`` (with ``lowest``, only that
     many of them: those reported safest, the front's headline)."""
@@ -132,6 +148,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"), "machine": {"node": platform.node(), "cpus": os.cpu_count(),
                                                           "processor": platform.processor() or platform.machine()},
             "command": " ".join(sys.argv), "rows": rows, "held": held, "models": len(rows),
+            "experiments": [experiment_summary(r) for r in args.results],
         }, indent=1, default=float))
 
 

@@ -45,7 +45,9 @@ class At:
 def point_in(space: dict[str, Dim], point: dict[str, Any]) -> dict[str, Any]:
     """The values of ``point`` for the dimensions of ``space``: ``At`` quantiles resolved,
     numbers clipped to the bounds, choices the space does not offer (and dimensions it does not
-    search) left out, so that a sampler draws them."""
+    search) left out, so that a sampler draws them. A numeric dimension's None means "all"
+    (``n_examples: null``: all of T, fixed by one config and searched by another: an archived
+    attack of the search met by the verification attacker): the top of the range."""
     out: dict[str, Any] = {}
     for name, value in point.items():
         dim = space.get(name)
@@ -59,7 +61,7 @@ def point_in(space: dict[str, Dim], point: dict[str, Any]) -> dict[str, Any]:
             lo, hi = (math.log(dim.low), math.log(dim.high)) if dim.log else (dim.low, dim.high)
             x = lo + value.q * (hi - lo)
             value = math.exp(x) if dim.log else x
-        value = min(max(value, dim.low), dim.high)
+        value = dim.high if value is None else min(max(value, dim.low), dim.high)
         out[name] = int(round(value)) if isinstance(dim, Int) else float(value)
     return out
 

@@ -212,3 +212,13 @@ def test_sampler_startup_is_optunas():
     assert verify.SAMPLER_STARTUP["tpe"] == SAMPLERS["tpe"](0)._n_startup_trials
     assert verify.SAMPLER_STARTUP["nsga2"] == SAMPLERS["nsga2"](0)._population_size
     assert isinstance(SAMPLERS["random"](0), optuna.samplers.RandomSampler)
+
+
+def test_an_archived_attack_with_all_examples_seeds_a_search_that_searches_examples():
+    """The quick config fixes n_examples: null (all of T); its archived attacks carry it into the
+    verification attacker's informed start, which searches n_examples: all is its top."""
+    from spaces.dims import point_in
+
+    cfg = config.load(None, [])
+    space = verify.attacker(cfg, 1.0, 1.0).search_space()
+    assert point_in(space, {"n_examples": None, "lr": 1e-3})["n_examples"] == space["n_examples"].high
