@@ -8,9 +8,11 @@ attacked again by a *verification attacker* before its score is reported:
 * seeds of its own (derived from the model and ``verify``, not the search's);
 * the whole attack space, data modes included, unless ``verify.params`` fixes dimensions
   (``verify.space`` sets bounds; default the search's ``attack.space``);
-* the prior in full (every data mode × rate of ``spaces/attack.py``), then the experiment's
-  archive and TPE, under ``verify.budget_multiple`` × the compute the search spent on that model
-  (its searched and battery attacks; a FLOPs budget, so the last attack is cut to fit);
+* attacks up to ``verify.steps_multiple`` × the space's longest;
+* the prior in full (every data mode × rate of ``spaces/attack.py``), then TPE (the experiment's
+  archive only with ``verify.archive``), under ``verify.budget_multiple`` × the compute the
+  search spent on that model (its searched and battery attacks; a FLOPs budget, so the last
+  attack is cut to fit);
 * the configured batteries (``verify.batteries``, default ``attack.batteries``) and
   ``verify.reseeds`` re-runs of its strongest attack.
 
@@ -38,7 +40,7 @@ from pydantic import Field, ValidationError
 from search import cache, tables
 from search.adversary import AttackConfig, AttackOutcome, adversary_search, error_text, seed_of
 from search.stages import StageRef
-from spaces import ATTACK_PRIOR, BATTERIES
+from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES
 from spaces.dims import MAX_COUNT
 from trainables import heldout
 from trainables.strict import Strict
@@ -62,6 +64,11 @@ class VerifyConfig(Strict):
     margin: float = Field(0.05, ge=0, le=1)
     # the verification's searched compute per model: this × what the search spent on that model
     budget_multiple: float = Field(2.0, ge=1, le=1000)
+    # its longest attack: this × the search space's (a constant-rate attack still climbing at
+    # the space's end is where a brute-force grid found the quick front's headline model weaker
+    # than reported)
+    steps_multiple: float = Field(2.0, ge=1, le=100)
+    archive: int = Field(0, ge=0)  # the search's strongest attacks first (0: independent of them)
     reseeds: int = Field(3, ge=0, le=100)
     prior: int | None = Field(None, ge=0, le=len(ATTACK_PRIOR))  # None: every prior point
     params: dict[str, Any] = {}  # fixed attack dimensions; none: the full space
@@ -92,8 +99,13 @@ def attacker(cfg: ExperimentConfig, base_flops: float, ref_flops: float) -> Atta
         if name not in BATTERIES:
             raise ValueError(f"verify.batteries: unknown battery {name!r} (one of {sorted(BATTERIES)})")
     raw = a.model_dump()
+    space = dict(a.space if v.space is None else v.space)
+    steps = space.get("steps", [ATTACK_SPACE["steps"].low, ATTACK_SPACE["steps"].high])
+    if ("steps" not in v.params and isinstance(steps, (list, tuple)) and len(steps) == 2
+            and all(isinstance(x, (int, float)) for x in steps) and steps[0] <= steps[1]):  # else the check names it
+        space["steps"] = [steps[0], int(round(steps[1] * v.steps_multiple))]
     raw.update(
-        params=dict(v.params), space=dict(a.space if v.space is None else v.space), reseeds=v.reseeds,
+        params=dict(v.params), space=space, reseeds=v.reseeds, archive=v.archive,
         prior=len(ATTACK_PRIOR) if v.prior is None else v.prior,
         batteries=list(a.batteries if v.batteries is None else v.batteries),
         battery_steps=a.battery_steps if v.battery_steps is None else v.battery_steps,
