@@ -263,6 +263,9 @@ def sweep(exp_dir: str, verify_many: Callable[[list[str]], list[dict]], say: Cal
                 f"{r['forget_acc_attacked_verified']:.3f} by the verification attacker"
                 + (" — left the front" if fell else " — stays on the front"))
         done += new
+        entered = sorted(after - {r["trial_id"] for r in front(rows)})
+        if entered:
+            say(f"entered the front in their place: {', '.join(entered)}; verifying them in turn")
     return done
 
 
