@@ -52,5 +52,9 @@ def test_readme_ray_job_block_runs_the_search_on_a_head_node(tmp_path):
     trials = pd.read_parquet(exp / tables.TRIALS)
     assert (trials["status"] == "ok").all() and (trials["kind"] == "defender").sum() == 2
     assert set(trials.loc[trials["kind"] == "baseline", "trial_id"]) == {"pure", "reference"}
-    assert len(pd.read_parquet(exp / tables.ATTACKS)) == 3 * len(trials)  # 2 searched + 1 re-run (TINY)
+    attacks = pd.read_parquet(exp / tables.ATTACKS)
+    assert (attacks["attack.role"] == "search").sum() == 3 * len(trials)  # 2 searched + 1 re-run (TINY)
+    # then the verification attacker's, against the verified front models only
+    verified = set(trials.loc[trials["verified"].fillna(False).astype(bool), "trial_id"])
+    assert verified and set(attacks.loc[attacks["attack.role"] == "verify", "trial_id"]) == verified
     assert len(pd.read_parquet(exp / tables.CURVES)) > 0
