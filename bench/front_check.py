@@ -74,13 +74,16 @@ def experiment_summary(results: str) -> dict:
     return out
 
 
-def check(results: str, reseeds: int, steps: int | None, lowest: int | None = None) -> list[dict]:
+def check(results: str, reseeds: int, steps: int | None, lowest: int | None = None,
+          only: list[str] | None = None) -> list[dict]:
     """One row per front model of the experiment at ``results`` (with ``lowest``, only that
-    many of them: those reported safest, the front's headline)."""
+    many of them: those reported safest, the front's headline; with ``only``, those trials)."""
     trials = load_trials(results)
     front = trials[front_mask(trials)].sort_values("forget_acc_attacked")
     if lowest:
         front = front.head(lowest)
+    if only:
+        front = front[front["trial_id"].isin(only)]
     overrides = ["attack.budget=0", "attack.batteries=[brute_force]", f"attack.reseeds={reseeds}", "attack.archive=0"]
     if steps:
         overrides.append(f"attack.battery_steps={steps}")
@@ -132,13 +135,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="the grid's attack length (default: the battery's, 400 on arithmetic)")
     ap.add_argument("--lowest", type=int, help="check only this many front models per experiment, the lowest "
                                                "reported attacked score first (default: all)")
+    ap.add_argument("--trials", help="check only these front trials (comma-separated ids)")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
     start = time.perf_counter()
     print("| experiment | trial | retain | reported [95 %] | brute-force grid ± half-width | gap | holds | "
           "grid FLOPs / experiment's |")
     print("|---|---|---|---|---|---|---|---|")
-    rows = [r for results in args.results for r in check(results, args.reseeds, args.steps, args.lowest)]
+    rows = [r for results in args.results for r in check(results, args.reseeds, args.steps, args.lowest,
+                                                           args.trials.split(",") if args.trials else None)]
     held = sum(r["holds"] for r in rows)
     print(f"\nholds (reported ≥ grid − half-width) for {held} of {len(rows)} front models; "
           f"total {time.perf_counter() - start:.0f} s")
