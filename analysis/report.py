@@ -248,7 +248,7 @@ def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, reta
     doc.table(pareto_table(t, front))
     if "verified" in t:
         doc.heading("Verification", 3)
-        doc.text(verification_text(t, exp.attacks, retain_floor))
+        doc.text(verification_text(t, retain_floor))
         doc.table(verification_table(t, front))
     doc.heading("Baselines", 3)
     doc.table(t.loc[t["kind"] == "baseline", ["trial_id", "method", "retain_acc", "forget_acc", "forget_acc_attacked",
@@ -296,7 +296,7 @@ def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, reta
         doc.folded("config.yaml (the resolved experiment config)", exp.config)
 
 
-def verification_text(trials: pd.DataFrame, attacks: pd.DataFrame, retain_floor: float | None = None) -> str:
+def verification_text(trials: pd.DataFrame, retain_floor: float | None = None) -> str:
     """What verification did: models verified, front models that fell and by how much, cost."""
     from search import verify
 
@@ -382,7 +382,7 @@ def summary_text(trials: pd.DataFrame, front: pd.Series) -> str:
                 *[c for c in ("forget_acc_attacked_lo", "forget_acc_attacked_hi") if c in base]]
         lines += ["", "Baselines:", show(base[cols])]
     if "verified" in trials:
-        lines += ["", "Verification: " + verification_text(trials, pd.DataFrame())]
+        lines += ["", "Verification: " + verification_text(trials)]
     robust = robustness_table(trials)
     if robust is not None:
         lines += ["", ROBUSTNESS_HEADING + ":", show(robust)]

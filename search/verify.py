@@ -35,7 +35,10 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 from pydantic import Field, ValidationError
+
+from analysis.pareto import pareto_mask
 
 from search import cache, tables
 from search.adversary import AttackConfig, AttackOutcome, adversary_search, error_text, seed_of
@@ -138,9 +141,12 @@ def candidates(rows: list[dict]) -> list[dict]:
 
 
 def front(rows: list[dict]) -> list[dict]:
-    """The front of ``rows``' candidates (retain ↑, attacked forget ↓)."""
+    """The front of ``rows``' candidates (retain ↑, attacked forget ↓), as the report draws it."""
     pool = candidates(rows)
-    return [r for r in pool if near_front(r, [o for o in pool if o is not r], 0.0)]
+    if not pool:
+        return []
+    mask = pareto_mask(np.array([[r["retain_acc"], r["forget_acc_attacked"]] for r in pool], dtype=float), [True, False])
+    return [r for r, on in zip(pool, mask) if on]
 
 
 def unverified_columns(row: dict) -> dict:
