@@ -149,15 +149,18 @@ def wrap_for_world(model: torch.nn.Module, trained: list[torch.nn.Parameter] | N
     in place with FSDP (``set_strategy``), on more (FSDP also on a one-rank process group). Returns (the module to call, the trained
     parameters as they are now: FSDP replaces parameters by sharded ones, found again by name)."""
     trained = trained if trained is not None else [p for p in model.parameters() if p.requires_grad]
+    # Only the trained parameters want gradients: DDP waits for a gradient of every parameter
+    # that wants one, and on one rank a gradient nobody steps on costs backward compute and
+    # memory that the optimizer's zero_grad never frees (RMU trains 3 of 7B parameters).
+    keep = {id(p) for p in trained}
+    for p in model.parameters():
+        if id(p) not in keep:
+            p.requires_grad_(False)
     _, size = world()
     grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
     # FSDP still shards on a one-rank group (a no-op split) so that one GPU exercises its path
     if not grouped or (size == 1 and strategy() == "ddp"):
         return model, trained
-    keep = {id(p) for p in trained}
-    for p in model.parameters():  # DDP waits for a gradient of every parameter that wants one
-        if id(p) not in keep:
-            p.requires_grad_(False)
     if strategy() == "fsdp":
         names = {id(p): n for n, p in model.named_parameters()}
         wanted = [names[id(p)] for p in trained]
