@@ -58,7 +58,7 @@ def corrupt(model: torch.nn.Module, alpha: float, beta: float, seed: int) -> tor
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.dim() == 2:
+        if p.dim() == 2 and beta:  # β = 0 (UNDO's WMDP setting): no noise to draw (7B draws take minutes)
             noise = torch.nn.init.xavier_uniform_(torch.empty(p.shape, dtype=torch.float32), generator=gen)
             p.mul_(1.0 - alpha).add_(noise.to(p.device, p.dtype), alpha=alpha * beta)
         else:
