@@ -84,12 +84,12 @@ def trial_concurrency(cfg: ExperimentConfig, cluster_gpus: float) -> int | None:
     if not s.use_gpu:
         return None
     gpus = cfg.scaling.cluster_gpus or cluster_gpus
-    per_trial = s.num_workers * s.gpus_per_worker * cfg.attack.concurrency
+    per_trial = s.trial_gpus(cfg.attack.concurrency)
     if gpus < per_trial:
+        how = "gpus_per_worker" if s.in_process() else "num_workers × gpus_per_worker × attack.concurrency"
         raise ConfigError(
-            f"scaling: a trial needs {per_trial:g} GPUs (num_workers × gpus_per_worker × "
-            f"attack.concurrency) and the cluster has {gpus:g}; set scaling.cluster_gpus to the "
-            "GPUs an autoscaling cluster grows to, or use fewer workers")
+            f"scaling: a trial needs {per_trial:g} GPUs ({how}) and the cluster has {gpus:g}; set "
+            "scaling.cluster_gpus to the GPUs an autoscaling cluster grows to, or use fewer workers")
     return int(gpus // per_trial)
 
 
@@ -273,10 +273,7 @@ def _search(cfg: ExperimentConfig, exp_dir: str) -> tuple[dict, OptunaSearch | N
 def _tuner(ctx: Context, reference: StageRef, resume: bool, concurrency: int | None) -> tune.Tuner:
     cfg = ctx.cfg
     trainable = tune.with_parameters(defender_trial, ctx=ctx, reference=reference)
-    # Local mode: the stages run in the trial's own process, which holds the CPUs. With Ray
-    # Train workers, the workers hold the resources and the trial only coordinates.
-    per_trial = {"cpu": 0.25} if cfg.scaling.num_workers else {"cpu": cfg.scaling.cpus_per_worker, **cfg.scaling.resources}
-    trainable = tune.with_resources(trainable, per_trial)
+    trainable = tune.with_resources(trainable, trial_resources(cfg))
     tune_dir = tables.join(ctx.exp_dir, "tune")
     # Save Tune's experiment state (trial statuses, the searcher) at most a second after any
     # change, not every 10 s or more: a driver killed in between would otherwise resume without
@@ -301,6 +298,16 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool, concurrency: int | N
     )
 
 
+def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    """What a defender trial holds. In-process (``num_workers: 0``) its stages run in the trial's
+    own process, which holds the CPUs, its GPU share and the custom resources; with Ray Train
+    workers, the workers hold them and the trial only coordinates."""
+    s = cfg.scaling
+    if not s.in_process():
+        return {"cpu": 0.25}
+    return {"cpu": s.cpus_per_worker, **({"gpu": s.gpus_per_worker} if s.use_gpu else {}), **s.resources}
+
+
 def _report(tasks: dict) -> None:
     """Wait for baseline tasks and print one line each."""
     for kind, task in tasks.items():
@@ -321,12 +328,10 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     runner = Runner(
         cache_dir=cfg.cache_dir if "://" in cfg.cache_dir else Path(os.path.expanduser(cfg.cache_dir)),
         executor="ray",
-        scaling={
-            "num_workers": cfg.scaling.num_workers, "use_gpu": cfg.scaling.use_gpu,
-            **({"resources_per_worker": cfg.scaling.resources_per_worker()} if cfg.scaling.num_workers else {}),
-        },
+        scaling=cfg.scaling.train_scaling(),
         max_failures=cfg.scaling.max_failures,
         strategy=cfg.scaling.strategy,
+        resident=cfg.scaling.resident_attacks,
     )
     ctx = Context(cfg, name, exp_dir, runner)
     tables.write_text(exp_dir, tables.CONFIG, config_text(cfg))
@@ -335,7 +340,7 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     say("pre-training the reference and pure models (cached after the first run) ...")
     kinds = cfg.baseline_kinds
     # In local mode these tasks run their stages in-process: they hold the stage resources.
-    tasks = {"resources": cfg.scaling.resources} if cfg.scaling.num_workers == 0 and cfg.scaling.resources else {}
+    tasks = cfg.scaling.task_options()
     models = dict(zip(kinds, ray.get([_pretrain_task.options(**tasks).remote(ctx, k) for k in kinds])))
     reference = models["reference"]
     for kind, ref in models.items():

@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import Field, model_validator
 
@@ -27,6 +27,11 @@ class ScalingConfig(Strict):
     """Ray Train scaling of every stage: ``num_workers: 0`` runs in-process (local mode); N
     workers train with DDP (gloo on CPUs, NCCL on GPUs), each with ``gpus_per_worker`` GPUs when
     ``use_gpu``. ``max_failures``: restarts of a stage's worker group after a worker is lost.
+
+    ``num_workers: 0`` with ``use_gpu``: every stage runs in the process of its trial (or of the
+    pre-training, baseline or verification task), on the one GPU that process holds:
+    ``gpus_per_worker`` of it, a fraction letting small models share a GPU. No worker group
+    starts, so a stage's fixed cost is the model load, not a group start (tens of seconds).
 
     With GPUs the driver runs as many trials at once as the cluster's GPUs hold (each trial
     runs ``attack.concurrency`` stages at once), so trials never wait on each other's placement
@@ -47,11 +52,18 @@ class ScalingConfig(Strict):
     max_failures: int = Field(0, ge=0)
     cluster_gpus: int | None = Field(None, ge=1)
     resources: dict[str, float] = Field(default_factory=dict)
+    # the attacks of one adversary search run on copies of their model that stay loaded, in the
+    # trial's process (num_workers 0) or in Ray actors (1); false: a load (and with workers, a
+    # worker-group start) per attack
+    resident_attacks: bool = True
 
     @model_validator(mode="after")
     def _gpu(self) -> "ScalingConfig":
-        if self.use_gpu and self.num_workers == 0:
-            raise ValueError("use_gpu: needs num_workers >= 1")
+        if self.use_gpu and self.num_workers == 0 and self.gpus_per_worker > 1:
+            raise ValueError(f"gpus_per_worker: in-process stages (num_workers: 0) run on one GPU: at most 1 "
+                             f"(a fraction shares it), got {self.gpus_per_worker:g}; use num_workers >= 1 for more")
+        if self.strategy == "fsdp" and self.num_workers == 0:
+            raise ValueError("strategy: fsdp shards a model over Ray Train workers: needs num_workers >= 1")
         for name, amount in self.resources.items():
             if name in ("CPU", "GPU", "memory", "object_store_memory"):
                 raise ValueError(f"resources.{name}: set through cpus_per_worker / gpus_per_worker, not resources")
@@ -62,6 +74,37 @@ class ScalingConfig(Strict):
     def resources_per_worker(self) -> dict[str, float]:
         """What one stage-running process holds: CPUs, GPUs if used, and the custom resources."""
         return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {}), **self.resources}
+
+    def in_process(self) -> bool:
+        """Stages run in the calling process (trial or task), not in Ray Train workers."""
+        return self.num_workers == 0
+
+    def trial_gpus(self, concurrency: int) -> float:
+        """GPUs one defender trial holds or makes its stages hold, ``concurrency`` attacks at
+        once: in-process, the trial's own share (its attacks run in threads beside each other
+        on it); else every concurrent stage's worker group."""
+        if not self.use_gpu:
+            return 0.0
+        return self.gpus_per_worker if self.in_process() else self.num_workers * self.gpus_per_worker * concurrency
+
+    def task_options(self) -> dict:
+        """Ray options of a process that runs stages in-process (the trials and the pre-training,
+        baseline and verification tasks with ``num_workers: 0``); {} when Train workers hold the
+        resources."""
+        if not self.in_process():
+            return {}
+        out: dict = {"num_gpus": self.gpus_per_worker} if self.use_gpu else {}
+        if self.resources:
+            out["resources"] = dict(self.resources)
+        return out
+
+    def train_scaling(self) -> dict:
+        """``ray.train.ScalingConfig`` arguments of a stage. In-process, the stage uses the GPU its
+        caller holds (Ray made it the process's only visible one), so Ray Train asks for none."""
+        if self.in_process():
+            return {"num_workers": 0, "use_gpu": False}
+        return {"num_workers": self.num_workers, "use_gpu": self.use_gpu,
+                "resources_per_worker": self.resources_per_worker()}
 
 
 @dataclass(frozen=True)
@@ -83,6 +126,7 @@ class Runner:
     scaling: dict = field(default_factory=lambda: {"num_workers": 0})
     max_failures: int = 0
     strategy: Literal["ddp", "fsdp"] = "ddp"  # how the workers of one stage share the model
+    resident: bool = True  # attacks run on resident copies of their model (search/resident.py)
 
 
 def canonical(stage: str, spec: Strict | dict) -> dict:
@@ -97,9 +141,12 @@ def cache_key(stage: str, spec: Strict | dict, input_keys: dict[str, str]) -> st
     return cache.stage_key(stage, canonical(stage, spec), input_keys)
 
 
-def run_stage(runner: Runner, stage: str, spec: Strict | dict, inputs: dict[str, StageRef] | None = None) -> StageRef:
+def run_stage(runner: Runner, stage: str, spec: Strict | dict, inputs: dict[str, StageRef] | None = None,
+              execute: Callable[[str, dict, dict[str, str], Path], dict] | None = None) -> StageRef:
     """Run ``stage`` on ``spec`` (its ``Spec``, or a dict of its fields) and ``inputs`` unless
-    its key is cached; return its output. An invalid spec fails here, before anything is written."""
+    its key is cached; return its output. An invalid spec fails here, before anything is written.
+    ``execute(stage, spec, input paths, staging folder) -> result`` runs it instead of the
+    runner's executor (a resident attack worker, ``search/resident.py``)."""
     inputs = inputs or {}
     spec = canonical(stage, spec)
     key = cache.stage_key(stage, spec, {role: ref.key for role, ref in inputs.items()})
@@ -110,7 +157,9 @@ def run_stage(runner: Runner, stage: str, spec: Strict | dict, inputs: dict[str,
     staged = cache.staging_dir(runner.cache_dir, key)
     start = time.perf_counter()
     try:
-        if runner.executor == "local":
+        if execute is not None:
+            result = execute(stage, spec, paths, staged)
+        elif runner.executor == "local":
             result = STAGES[stage](spec, _local(paths), staged)
         else:
             result = _fit(runner, stage, spec, paths, staged)

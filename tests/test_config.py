@@ -25,13 +25,14 @@ def test_quick_config_loads():
     ("defender.space.lr=[0,1]", "space.lr"),
     ("setting.forget_eval_fraction=1.5", "setting.forget_eval_fraction"),
     ("model.n_head=3", "n_head"),
-    ("scaling.use_gpu=true", "use_gpu"),
+    ("scaling.use_gpu=true,scaling.gpus_per_worker=2", "gpus_per_worker"),
+    ("scaling.strategy=fsdp", "strategy"),
     ("scaling.resources={GPU: 1}", "resources.GPU"),
     ("scaling.resources={fake_gpu: 0}", "resources.fake_gpu"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(config.ConfigError, match=field.replace(".", r"\.").replace("[", r"\[")):
-        config.load(None, [override])
+        config.load(None, override.split(",") if override.startswith("scaling.use_gpu") else [override])
 
 
 def test_missing_file_and_bad_override():
@@ -105,6 +106,29 @@ def test_trial_concurrency_is_sized_to_the_clusters_gpus():
     assert driver.trial_concurrency(config.load(None, []), 0) is None  # CPUs: Tune decides
     with pytest.raises(config.ConfigError, match="scaling.cluster_gpus"):
         driver.trial_concurrency(cfg, 1)
+
+
+def test_in_process_gpu_stages_hold_the_trials_gpu():
+    """``num_workers: 0`` with ``use_gpu``: stages run in the trial's (or task's) own process on
+    its GPU share; a fraction lets trials share a GPU; Ray Train is asked for no GPU."""
+    cfg = config.load(None, ["scaling.use_gpu=true", "scaling.gpus_per_worker=0.25", "attack.concurrency=2"])
+    s = cfg.scaling
+    assert driver.trial_resources(cfg) == {"cpu": 1.0, "gpu": 0.25}
+    assert s.task_options() == {"num_gpus": 0.25}
+    assert s.train_scaling() == {"num_workers": 0, "use_gpu": False}
+    assert driver.trial_concurrency(cfg, 2) == 8  # concurrent attacks share the trial's share
+    with_workers = config.load(None, ["scaling.use_gpu=true", "scaling.num_workers=1"])
+    assert driver.trial_resources(with_workers) == {"cpu": 0.25} and with_workers.scaling.task_options() == {}
+    assert with_workers.scaling.train_scaling()["resources_per_worker"] == {"CPU": 1.0, "GPU": 1.0}
+    pinned = config.load(None, ["scaling.resources={big: 1}"])
+    assert driver.trial_resources(pinned) == {"cpu": 1.0, "big": 1} and pinned.scaling.task_options() == {"resources": {"big": 1}}
+
+
+def test_in_process_gpu_config_is_checked_before_any_work(tmp_path, capsys):
+    code, err = _cli(capsys, "--storage", str(tmp_path / "s"), "--set", "scaling.use_gpu=true",
+                     "--set", "scaling.gpus_per_worker=2")
+    _one_line_error(code, err, "scaling.gpus_per_worker")
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "../up", "x y"])
