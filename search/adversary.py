@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import optuna
 from pydantic import Field, model_validator
 
-from search import archive, studies
+from search import archive, resident, studies
 from search.stages import Runner, StageRef, run_stage
 from trainables import attack as attack_stage
 from spaces import BATTERIES
@@ -236,7 +236,7 @@ def adversary_search(
             **attack_columns(spec, n_examples, source),
         }
         try:
-            ref = run_stage(runner, "attack", spec, {"model": released})
+            ref = run_stage(runner, "attack", spec, {"model": released}, execute=pool.execute if pool else None)
         except Exception as e:
             with lock:
                 out.attacks.append({**row, "seq": len(out.attacks), "status": "error", "error": error_text(e)})
@@ -248,6 +248,7 @@ def adversary_search(
                 **row, "seq": len(out.attacks), "status": "pruned" if pruned else "ok", "error": None, **m,
                 "attack.n_examples": ref.result["n_examples"], "attack.steps_run": ref.result["steps"],
                 "flops": ref.result["flops"], "wall_s": ref.result["wall_s"],
+                "train_wall_s": ref.result.get("train_wall_s"),
             })
             out.curves.extend(curve_rows(experiment, trial_id, attack_id, "attack", ref.result["curve"]))
             out.flops += ref.result["flops"]
@@ -255,16 +256,21 @@ def adversary_search(
                 out.search_flops += ref.result["flops"]
         return ref.result
 
-    for name in a.batteries:
-        for i, params in enumerate(BATTERIES[name](a.battery_steps, cfg.setting.name)):
-            try:
-                run_attack(f"{tag}-{name}{i}", params, seed_of(seed, name, i), name)
-            except Exception:
-                pass  # recorded as a failed attack row; the battery goes on
-    if a.budget:
-        limit = a.budget_flops * ref_flops if a.budget_flops is not None else None
-        out.study = _search(cfg, seed, tag, released, exp_dir, run_attack, lambda: out.search_flops, limit, role)
-    _choose_and_reseed(cfg, out, seed, points, run_attack)
+    pool = resident.pool_for(runner, str(released.path), a.concurrency)
+    try:
+        for name in a.batteries:
+            for i, params in enumerate(BATTERIES[name](a.battery_steps, cfg.setting.name)):
+                try:
+                    run_attack(f"{tag}-{name}{i}", params, seed_of(seed, name, i), name)
+                except Exception:
+                    pass  # recorded as a failed attack row; the battery goes on
+        if a.budget:
+            limit = a.budget_flops * ref_flops if a.budget_flops is not None else None
+            out.study = _search(cfg, seed, tag, released, exp_dir, run_attack, lambda: out.search_flops, limit, role)
+        _choose_and_reseed(cfg, out, seed, points, run_attack)
+    finally:
+        if pool is not None:
+            pool.close()
     if exp_dir is not None:
         pre = released.result["metrics"].get("forget_acc_sel", 0.0)
         ranked = sorted((r for r in out.attacks if r["attack_id"] in points and r["attack.source"] != "reseed"),

@@ -69,6 +69,9 @@ ATTACK_COLUMNS: dict[str, pa.DataType] = {
     "forget_acc_sel_max": pa.float64(), "best_step": pa.int64(), "forget_acc_rep_at_best": pa.float64(),
     "flops": pa.float64(),
     "compute_frac": pa.float64(), "wall_s": pa.float64(),
+    # the training loop's share of wall_s (its steps and evaluations); the rest is the attack's
+    # fixed cost: a load or restore, a worker-group start, the cache
+    "train_wall_s": pa.float64(),
 }
 CURVE_COLUMNS: dict[str, pa.DataType] = {
     "experiment": pa.string(), "trial_id": pa.string(), "attack_id": pa.string(),

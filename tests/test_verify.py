@@ -32,8 +32,8 @@ def _scripted(behaviour: dict[str, object]):
     """The attack stage, run for real, with its forget scores replaced by the script."""
     real = attack.run
 
-    def run(spec, inputs, out_dir):
-        result = real(spec, inputs, out_dir)
+    def run(spec, inputs, out_dir, model=None):
+        result = real(spec, inputs, out_dir, model=model)
         how = behaviour[Path(inputs["model"]).name]
         lr = spec["loop"]["lr"]
         curve = []

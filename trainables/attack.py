@@ -71,16 +71,28 @@ class Spec(Strict):
     seed: int
 
 
-def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
-    """Fine-tune ``inputs['model']``; no checkpoint is kept, only scores and curves."""
+def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.nn.Module | None = None) -> dict:
+    """Fine-tune ``inputs['model']``; no checkpoint is kept, only scores and curves.
+
+    ``model``: that model already loaded (a resident attack worker's, ``trainables/resident.py``):
+    it is trained in place and the caller restores it; a LoRA adapter is removed again here."""
     spec = Spec.model_validate(spec)
+    if model is None:
+        model = models.load(inputs["model"], spec.load)
+    if not spec.lora:
+        return _run(spec, model)
+    net = lora.add_lora(model, **spec.lora, seed=spec.seed)
+    try:
+        return _run(spec, net)
+    finally:
+        net.unload()  # the base model without the adapter layers (its weights never trained)
+
+
+def _run(spec: Spec, model: torch.nn.Module) -> dict:
     setting, d = settings.load(spec.setting)
     cfg = spec.loop
     planned = cfg.steps
     kind = spec.data
-    model = models.load(inputs["model"], spec.load)
-    if spec.lora:
-        model = lora.add_lora(model, **spec.lora, seed=spec.seed)
     if spec.max_flops is not None:  # what one step costs, as compute.training_result counts it
         per_step = compute.train_flops(sum(p.numel() for p in model.parameters()), cfg.batch_size * d.seq_len)
         cfg = cfg.model_copy(update={"steps": max(0, min(cfg.steps, int(spec.max_flops // per_step)))})
