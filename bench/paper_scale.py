@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainables import architectures, lora, loop, models, tar, undo, wmdp  # noqa: E402
+from trainables import architectures, lora, loop, memory, models, tar, undo, wmdp  # noqa: E402
 from trainables.loop import LoopConfig  # noqa: E402
 from trainables.methods import rmu  # noqa: E402
 
@@ -123,6 +123,27 @@ def run_stage(model, stage: str, batch: int, seq: int, steps: int, tick) -> tupl
     raise ValueError(f"unknown stage {stage!r}")
 
 
+def estimated_peak(model, stage: str, batch: int, seq: int, gc_on: bool, dtype: str) -> float:
+    """``trainables/memory.py``'s peak for this row (what --plan prints), before the row runs."""
+    d = memory.dims(model.config, sum(q.numel() for q in model.parameters()))
+    n = d.n_params
+    if stage == "rmu":
+        p = rmu.Params(layer=7, c=6.5, alpha=1200.0)
+        work = memory.Work(trained=sum(q.numel() for q in rmu.trainable(model, p)), sequences=2 * batch,
+                           checkpointing=gc_on, **rmu.memory(model, p))
+    elif stage == "lora":
+        adapters = sum(LORA["r"] * sum(model.get_submodule(m).weight.shape) for m in lora.target_modules(model, LORA["targets"]))
+        work = memory.Work(trained=adapters, trained_bytes=4, sequences=batch, checkpointing=gc_on, lora_r=LORA["r"])
+    elif stage == "distill":
+        work = memory.Work(trained=n, frozen_copies=1, sequences=batch, loss="distill", checkpointing=gc_on)
+    elif stage == "tar":
+        work = memory.Work(trained=n, frozen_copies=1, extra_trained_copies=3, optimizer="adamw_schedule_free",
+                           sequences=batch, checkpointing=gc_on)
+    else:
+        work = memory.Work(trained=n, sequences=batch, checkpointing=gc_on)
+    return memory.estimate(d, work, seq, dtype)["peak"]
+
+
 def build(arch: str, gc_on: bool, smoke: bool) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
@@ -164,6 +185,7 @@ def attempt(name: str, arch: str, stage: str, batch: int, seq: int, gc_on: bool,
         model = build(arch, gc_on, smoke)
         row["params"] = sum(q.numel() for q in model.parameters())
         row["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+        row["estimated_peak_bytes"] = estimated_peak(model, stage, batch, seq, gc_on, "float32" if smoke else "bfloat16")
         if cuda:
             torch.cuda.synchronize()
             row["weights_bytes"] = torch.cuda.memory_allocated()
@@ -238,7 +260,8 @@ def main() -> int:
     if args.restore:
         meta["restore"] = restore_cost(args.restore, args.smoke)
         print("restore:", meta["restore"], flush=True)
-    print(f"{name}: {len(args.rows)} rows\n| row | batch × seq | peak GiB | tokens/s | status |\n|---|---|---|---|---|")
+    print(f"{name}: {len(args.rows)} rows\n| row | batch × seq | peak GiB | estimate GiB | estimate / peak | tokens/s | status |\n"
+          "|---|---|---|---|---|---|---|")
     for row_name in args.rows:
         arch, stage, batch, seq, gc_on = ROWS[row_name]
         b = batch
@@ -246,8 +269,10 @@ def main() -> int:
             got = attempt(row_name, arch, stage, b, seq, gc_on, args.steps, args.smoke)
             got["paper_batch"] = batch
             rows.append(got)
-            peak = got.get("peak_allocated_bytes")
+            peak, est = got.get("peak_allocated_bytes"), got.get("estimated_peak_bytes")
+            ratio = f"{est / peak:.3f}" if peak and est and got["status"] == "ok" else "–"
             print(f"| {row_name} | {b} × {seq} | {peak / 2**30 if peak else float('nan'):.1f} | "
+                  f"{est / 2**30 if est else float('nan'):.1f} | {ratio} | "
                   f"{got.get('tokens_s', float('nan')):,.0f} | {got['status']} |", flush=True)
             if args.json:
                 args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

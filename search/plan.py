@@ -60,21 +60,165 @@ def typical(space: dict[str, Dim]) -> dict:
     return out
 
 
-def n_params(cfg: ExperimentConfig) -> int:
-    """Parameters of the configured model, without loading weights (built on the meta device)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+def model_config(cfg: ExperimentConfig):
+    """The transformers config of the configured model: a known paper model's published shapes
+    (``trainables/architectures.py``, no download), else the hub's or local path's config, else
+    the fresh model's."""
+    from transformers import AutoConfig
 
-    from trainables import models
+    from trainables import architectures, models
 
     if cfg.model.pretrained:
-        mc = AutoConfig.from_pretrained(cfg.model.pretrained, trust_remote_code=cfg.model.trust_remote_code)
-    else:
-        setting, d = settings.load(cfg.setting.model_dump())
-        mc = models._fresh_config(cfg.model, setting.vocab_size(d), d.seq_len)
+        known = architectures.for_pretrained(cfg.model.pretrained)
+        if known:
+            return architectures.config(known)
+        return AutoConfig.from_pretrained(cfg.model.pretrained, trust_remote_code=cfg.model.trust_remote_code)
+    setting, d = settings.load(cfg.setting.model_dump())
+    return models._fresh_config(cfg.model, setting.vocab_size(d), d.seq_len)
+
+
+def meta_model(cfg: ExperimentConfig):
+    """The configured model on the meta device: its shapes, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(mc)
-    return sum(p.numel() for p in model.parameters())
+        return AutoModelForCausalLM.from_config(model_config(cfg))
+
+
+def n_params(cfg: ExperimentConfig) -> int:
+    """Parameters of the configured model, without loading weights (built on the meta device)."""
+    return sum(p.numel() for p in meta_model(cfg).parameters())
+
+
+@dataclass
+class MemoryRow:
+    """One stage's peak memory per GPU (bytes, by part: ``trainables.memory.estimate``)."""
+
+    stage: str
+    parts: dict[str, float]
+    gpus: int  # GPUs one run of the stage holds (Ray Train workers; 1 in-process)
+    copies: int = 1  # runs sharing one GPU at once (in-process concurrent attacks)
+    fits: bool | None = None  # None: no scaling.gpu_memory_gib to compare with
+    fsdp_gpus: int | None = None  # fewest GPUs an FSDP split fits, where it does not fit now
+
+    @property
+    def per_gpu(self) -> float:
+        return self.parts["peak"] * self.copies
+
+
+def _attack_specs(cfg: ExperimentConfig) -> dict[str, list]:
+    """The attack specs that need the most memory, by kind (full, LoRA): the top of every
+    numeric dimension (batch, rank), AdamW where the optimizer is searched, LoRA on every linear
+    layer, and every battery's attacks."""
+    from search.adversary import attack_spec
+    from spaces import BATTERIES
+
+    a = cfg.attack
+    space, lora_space = a.search_space(), a.lora_space()
+    top = point_in(space, {k: At(1.0) for k, d in space.items() if not isinstance(d, Choice)})
+    if isinstance(space.get("optimizer"), Choice) and "adamw" in space["optimizer"].values:
+        top["optimizer"] = "adamw"
+    kinds = space["kind"].values if isinstance(space.get("kind"), Choice) else (a.params.get("kind", "full"),)
+    lora_top = point_in(lora_space, {k: At(1.0) for k, d in lora_space.items() if not isinstance(d, Choice)})
+    if isinstance(lora_space.get("lora_targets"), Choice) and "all" in lora_space["lora_targets"].values:
+        lora_top["lora_targets"] = "all"
+    out: dict[str, list] = {"full": [], "lora": []}
+    for kind in kinds:
+        out[kind].append(attack_spec(cfg, {**top, "kind": kind, **(lora_top if kind == "lora" else {})}, 0))
+    for name in a.batteries:
+        for p in BATTERIES[name](a.battery_steps, cfg.setting.name):
+            spec = attack_spec(cfg, p, 0)
+            out["lora" if spec.lora else "full"].append(spec)
+    return out
+
+
+def memory_rows(cfg: ExperimentConfig) -> list[MemoryRow]:
+    """Peak memory per GPU of every kind of stage the experiment runs (``trainables/memory.py``;
+    searched dimensions at their typical value, attacks at their largest), and whether it fits
+    ``scaling.gpu_memory_gib``."""
+    from search.trial import common as trial_common, pretrain_spec
+    from trainables import memory
+
+    model = meta_model(cfg)
+    d = memory.dims(model.config, sum(p.numel() for p in model.parameters()))
+    seq = settings.load(cfg.setting.model_dump())[1].seq_len if cfg.setting.name == "arithmetic" else cfg.setting.seq_len
+    s = cfg.scaling
+    gpus = max(1, s.num_workers)
+    shards = s.num_workers if s.strategy == "fsdp" and s.num_workers > 1 else 1
+    specs: list[tuple[str, str, object, int]] = []  # label, stage, spec, copies on one GPU
+    if not cfg.model.pretrained:
+        specs.append(("pretrain", "pretrain", pretrain_spec(cfg, "reference"), 1))
+    common = trial_common(cfg)
+    shared = {k: points.unscoped(typical(cfg.defender.shared_space()), k) for k in points.SHARED}
+    for method in cfg.defender.methods:
+        first, *rest = cfg.defender.pipeline(common, method, typical(cfg.defender.search_space()[method]), shared)
+        specs.append((f"unlearn {first.spec.method}", first.stage, first.spec, 1))
+        for step in rest:
+            specs.append((f"{step.name} (on {first.spec.method})", step.stage, step.spec, 1))
+    concurrent = cfg.attack.concurrency if s.in_process() else 1
+    for kind, candidates in _attack_specs(cfg).items():
+        if candidates:
+            specs.append((f"attack ({'LoRA' if kind == 'lora' else 'full'})", "attack", candidates, concurrent))
+    limit = s.gpu_memory_gib * memory.GiB if s.gpu_memory_gib else None
+    out, seen = [], set()
+    for label, stage, spec, copies in specs:
+        if label in seen:
+            continue
+        seen.add(label)
+        works = [MODULES[stage].memory_work(sp, model) for sp in (spec if isinstance(spec, list) else [spec])]
+        parts = max((memory.estimate(d, w, seq, cfg.model.dtype, shards) for w in works), key=lambda p: p["peak"])
+        row = MemoryRow(label, parts, gpus, copies)
+        if limit is not None:
+            row.fits = row.per_gpu <= limit
+            if not row.fits and "fsdp" not in getattr(MODULES[stage], "NOT_WITH_STRATEGY", {}):
+                w = max(works, key=lambda w: memory.estimate(d, w, seq, cfg.model.dtype, shards)["peak"])
+                row.fsdp_gpus = memory.gpus_needed(d, w, seq, cfg.model.dtype, limit / copies)
+        out.append(row)
+    return out
+
+
+def memory_problems(rows: list[MemoryRow], cfg: ExperimentConfig) -> list[str]:
+    """One sentence per stage that does not fit ``scaling.gpu_memory_gib``."""
+    out = []
+    for r in rows:
+        if r.fits is False:
+            p = r.parts
+            static = (p["weights"] + p["frozen"] + p["optimizer"] + p["extra"]) * r.copies
+            fix = (f"FSDP over at least {r.fsdp_gpus} GPUs would fit (scaling.strategy: fsdp, scaling.num_workers: "
+                   f"{r.fsdp_gpus})" if r.fsdp_gpus else
+                   "no FSDP split of this project fits it (activations, logits and frozen copies stay whole on "
+                   "each GPU; TAR runs with DDP only); "
+                   + (f"its weights, frozen copies and optimizer state alone take {static / 2**30:.1f} GiB: a GPU "
+                      "with more memory" if static > cfg.scaling.gpu_memory_gib * 2**30
+                      else "a smaller batch or sequence length"))
+            share = f" ({r.copies} concurrent attacks on one GPU)" if r.copies > 1 else ""
+            out.append(f"{r.stage} needs {r.per_gpu / 2**30:.1f} GiB per GPU{share}, more than "
+                       f"scaling.gpu_memory_gib ({cfg.scaling.gpu_memory_gib:g}); {fix}")
+    return out
+
+
+def memory_text(cfg: ExperimentConfig) -> list[str]:
+    """The memory section of the plan."""
+    try:
+        rows = memory_rows(cfg)
+    except (OSError, ValueError) as e:
+        return ["", f"memory: not estimated ({str(e).splitlines()[0]})"]
+    g = 2**30
+    lines = ["", f"memory per GPU (GiB; {cfg.model.dtype}, activation checkpointing "
+             f"{'on' if cfg.model.gradient_checkpointing else 'off'}; CUDA context and fragmentation not counted):",
+             "| stage | weights | frozen copies | optimizer + extra | gradients | activations | logits | peak | GPUs | fits |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r.parts
+        fits = "–" if r.fits is None else ("yes" if r.fits else f"NO (FSDP: {r.fsdp_gpus} GPUs)" if r.fsdp_gpus else "NO")
+        peak = f"{r.per_gpu / g:.2f}" + (f" ({r.copies} at once)" if r.copies > 1 else "")
+        lines.append(f"| {r.stage} | {p['weights'] / g:.2f} | {p['frozen'] / g:.2f} | {(p['optimizer'] + p['extra']) / g:.2f} | "
+                     f"{p['gradients'] / g:.2f} | {p['activations'] / g:.2f} | {p['logits'] / g:.2f} | {peak} | {r.gpus} | {fits} |")
+    if cfg.scaling.gpu_memory_gib is None:
+        lines.append("(set scaling.gpu_memory_gib to the cluster's GPU memory to check that every stage fits; "
+                     "--require-fit then refuses a config that does not)")
+    return lines
 
 
 def _attacks_per_model(cfg: ExperimentConfig, n: int, seq: int) -> list[Row]:
@@ -243,8 +387,9 @@ def text(cfg: ExperimentConfig) -> str:
     frac = f" ({total / ref.flops(eval_tokens):.1f}× the reference's pre-training)" if ref else ""
     if unknown:
         lines += ["", f"{runs} stage runs, {cached} already cached; FLOPs and time need the model's size."]
-        return "\n".join(lines)
+        return "\n".join(lines + memory_text(cfg))
     lines += ["", f"{runs} stage runs, {cached} already cached; about {total:.2e} FLOPs{frac}."]
+    memory_lines = memory_text(cfg)
     if cfg.setting.name == "arithmetic":
         step_s, eval_s = probe(cfg)
         tokens_per_probe_step = cfg.attack.loop.batch_size * d.seq_len
@@ -257,4 +402,4 @@ def text(cfg: ExperimentConfig) -> str:
         hours = total / (PEAK["gpu"] * MFU) / 3600
         lines.append(f"GPU time: about {hours:.1f} GPU-hours at {MFU:.0%} MFU of {PEAK['gpu'] / 1e12:.0f} TFLOP/s "
                      f"(bf16, H100 / H200); divide by the GPUs the trials run on at once.")
-    return "\n".join(lines)
+    return "\n".join(lines + memory_lines)

@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plan", action="store_true",
                    help="print the spaces, the stages that will run (and how many are cached) and an "
                         "estimate of their compute and time, and exit; starts nothing, writes nothing")
+    p.add_argument("--require-fit", action="store_true",
+                   help="exit 2 before any work if a stage's estimated peak memory per GPU exceeds "
+                        "scaling.gpu_memory_gib (printed by --plan)")
     return p.parse_args(argv)
 
 
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(mistake)
         if args.resume:
             check_resume(cfg, storage, name)
+        if args.require_fit:
+            check_fit(cfg)
     except ConfigError as e:
         print(f"error: {_redacted(e)}", file=sys.stderr)
         return 2
@@ -234,6 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     print(summarize(exp_dir), flush=True)
     say(text)
     return code
+
+
+def check_fit(cfg: ExperimentConfig) -> None:
+    """``--require-fit``: raise ConfigError if a stage's estimated peak memory per GPU exceeds
+    ``scaling.gpu_memory_gib`` (``search/plan.py``, ``trainables/memory.py``)."""
+    from search.plan import memory_problems, memory_rows
+
+    if not cfg.scaling.gpu_memory_gib:
+        raise ConfigError("--require-fit: set scaling.gpu_memory_gib (the memory of one of the cluster's GPUs)")
+    problems = memory_problems(memory_rows(cfg), cfg)
+    if problems:
+        raise ConfigError(f"--require-fit: {problems[0]}" + (f" (and {len(problems) - 1} more stage(s))" if len(problems) > 1 else ""))
 
 
 def outcome(exp_dir: str, expected: int, name: str) -> tuple[str, str, int]:

@@ -56,6 +56,9 @@ class ScalingConfig(Strict):
     # trial's process (num_workers 0) or in Ray actors (1); false: a load (and with workers, a
     # worker-group start) per attack
     resident_attacks: bool = True
+    # memory of one GPU of the cluster's type: --plan checks every stage against it and
+    # --require-fit refuses a config with a stage that does not fit
+    gpu_memory_gib: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _gpu(self) -> "ScalingConfig":

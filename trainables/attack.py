@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from trainables import compute, data, lora, loop, models, settings
+from trainables import compute, data, lora, loop, memory, models, settings
 from trainables.loop import LoopConfig
 from trainables.strict import Strict
 
@@ -86,6 +86,19 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.n
         return _run(spec, net)
     finally:
         net.unload()  # the base model without the adapter layers (its weights never trained)
+
+
+def memory_work(spec: Spec | dict, model: torch.nn.Module) -> memory.Work:
+    """What one attack holds on its GPU (``trainables/memory.py``); ``model``: on the meta device."""
+    spec = Spec.model_validate(spec)
+    n = sum(p.numel() for p in model.parameters())
+    gc = spec.load.get("gradient_checkpointing", False)
+    if not spec.lora:
+        return memory.Work(trained=n, optimizer=spec.loop.optimizer, sequences=spec.loop.batch_size, checkpointing=gc)
+    r = spec.lora["r"]
+    adapters = sum(r * sum(model.get_submodule(name).weight.shape) for name in lora.target_modules(model, spec.lora["targets"]))
+    return memory.Work(trained=adapters, trained_bytes=4, optimizer=spec.loop.optimizer,
+                       sequences=spec.loop.batch_size, checkpointing=gc, lora_r=r)
 
 
 def _run(spec: Spec, model: torch.nn.Module) -> dict:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from trainables import compute, data, loop, models, settings
+from trainables import compute, data, loop, memory, models, settings
 from trainables.loop import LoopConfig
 from trainables.strict import Strict
 
@@ -22,6 +22,13 @@ class Spec(Strict):
     loop: LoopConfig
     forget_fraction: float
     seed: int
+
+
+def memory_work(spec: Spec | dict, model: torch.nn.Module) -> memory.Work:
+    """What pre-training holds on its GPU (``trainables/memory.py``); ``model`` on the meta device."""
+    spec = Spec.model_validate(spec)
+    return memory.Work(trained=sum(p.numel() for p in model.parameters()), optimizer=spec.loop.optimizer,
+                       sequences=spec.loop.batch_size, checkpointing=spec.model.gradient_checkpointing)
 
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:

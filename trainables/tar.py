@@ -45,7 +45,7 @@ from typing import Callable
 import torch
 from pydantic import Field, model_validator
 
-from trainables import compute, data, loop, models, settings
+from trainables import compute, data, loop, memory, models, settings
 from trainables import common
 from trainables.strict import Strict
 from trainables.unlearn import Spec  # TAR's stage spec is the unlearning stage's (method: tar)
@@ -224,6 +224,18 @@ def step_sequences(spec: Spec) -> tuple[int, int]:
     forward on the retain batch."""
     p, batch = Params(**spec.params), spec.loop.batch_size
     return p.tasks_per_step * (p.inner_steps * p.adversary_batch_size + len(tr_steps(p)) * batch) + batch, batch
+
+
+def memory_work(spec: Spec | dict, model: torch.nn.Module) -> memory.Work:
+    """What one TAR outer step holds on its GPU: the model, the frozen reference, the outer
+    optimizer's state, the inner adversary's AdamW state and the accumulated tamper-resistance
+    gradient (3 more copies of the trained parameters); the CPU snapshot is off the GPU."""
+    spec = Spec.model_validate(spec)
+    p = Params(**spec.params)
+    return memory.Work(trained=sum(q.numel() for q in model.parameters()), optimizer=spec.loop.optimizer,
+                       frozen_copies=1, extra_trained_copies=3,
+                       sequences=max(spec.loop.batch_size, p.adversary_batch_size),
+                       checkpointing=spec.load.get("gradient_checkpointing", False))
 
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:

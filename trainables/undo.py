@@ -27,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 from spaces import points
 from spaces.dims import Choice, Dim, check_fixed, check_space, searched, with_bounds
 from spaces.undo import SPACE as UNDO_SPACE
-from trainables import compute, data, loop, models, settings
+from trainables import compute, data, loop, memory, models, settings
 from trainables.common import Common, split_params
 from trainables.loop import LoopConfig
 from trainables.strict import Strict
@@ -133,6 +133,14 @@ def step_sequences(spec: Spec) -> tuple[int, int]:
     """(sequences trained, sequences only forwarded) per step, as ``run`` charges compute: the
     student's batch, and the frozen teacher's forward on it."""
     return spec.loop.batch_size, spec.loop.batch_size
+
+
+def memory_work(spec: Spec | dict, model: torch.nn.Module) -> memory.Work:
+    """What distillation holds on its GPU: the student trained, the teacher frozen beside it."""
+    spec = Spec.model_validate(spec)
+    return memory.Work(trained=sum(p.numel() for p in model.parameters()), optimizer=spec.loop.optimizer,
+                       frozen_copies=1, sequences=spec.loop.batch_size, loss="distill",
+                       checkpointing=spec.load.get("gradient_checkpointing", False))
 
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from trainables import compute, data, loop, models, settings
+from trainables import compute, data, loop, memory, models, settings
 from trainables.loop import LoopConfig
 from trainables.methods import METHODS
 from trainables.strict import Strict
@@ -45,6 +45,20 @@ def step_sequences(spec: Spec) -> tuple[int, int]:
     """(sequences trained, sequences only forwarded) per step, as ``run`` charges compute: a
     forget and a retain batch."""
     return 2 * spec.loop.batch_size, 0
+
+
+def memory_work(spec: Spec | dict, model: torch.nn.Module) -> memory.Work:
+    """What unlearning holds on its GPU: the parameters the method trains, a forget and a retain
+    batch's activations, and what the method's own ``memory(model, params)`` adds (frozen copies,
+    a loss on hidden states)."""
+    spec = Spec.model_validate(spec)
+    method = METHODS[spec.method]
+    params = method.Params(**spec.params)
+    trained = method.trainable(model, params)
+    n = sum(p.numel() for p in (model.parameters() if trained is None else trained))
+    extra = method.memory(model, params) if hasattr(method, "memory") else {}
+    return memory.Work(**{"trained": n, "optimizer": spec.loop.optimizer, "sequences": 2 * spec.loop.batch_size,
+                          "checkpointing": spec.load.get("gradient_checkpointing", False), **extra})
 
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:

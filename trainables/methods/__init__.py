@@ -7,6 +7,9 @@ A method module provides
   setup(model, params, seed) -> state      frozen copies, control vectors (may return None)
   trainable(model, params) -> parameters   what it optimises (None: every parameter)
   loss(model, forget, retain, params, setting, state) -> scalar tensor
+and optionally
+  memory(model, params) -> dict             what it adds to the memory estimate (frozen copies,
+                                            a loss on hidden states: trainables/memory.Work fields)
 """
 
 from __future__ import annotations

@@ -31,6 +31,11 @@ class Params(Strict):
     lam: float = Field(1.0, ge=0)
 
 
+def memory(model, params: Params) -> dict:
+    """For the memory estimate: the frozen reference policy."""
+    return {"frozen_copies": 1}
+
+
 def setup(model, params: Params, seed: int):
     """The frozen reference policy π_ref: the model as it was before unlearning."""
     return frozen_copy(model)

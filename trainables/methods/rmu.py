@@ -81,6 +81,11 @@ def trainable(model: torch.nn.Module, params: Params) -> list[torch.nn.Parameter
     return out
 
 
+def memory(model: torch.nn.Module, params: Params) -> dict:
+    """For the memory estimate: a frozen copy; activations up to layer ℓ; no logits kept."""
+    return {"frozen_copies": 1, "through_layers": layer_index(model, params) + 1, "loss": "hidden"}
+
+
 def control_vector(hidden_size: int, c: float, seed: int) -> torch.Tensor:
     """c·u with u uniform in [0, 1)^d, unit-normalised (drawn once per run)."""
     g = torch.Generator().manual_seed(seed)
