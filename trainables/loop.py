@@ -228,10 +228,12 @@ def train(
     bad = torch.zeros((), dtype=torch.bool, device=device())
     first_bad = torch.zeros((), device=device())  # the loss at the first non-finite step
     for step in range(0 if stopped else cfg.steps):
+        # Gradients go before the forward pass, not after it: the last step's would otherwise
+        # stay alive beside this step's activations (a 7B full fine-tune: 14.5 GB more at peak).
+        opt.zero_grad(set_to_none=True)
         loss = loss_fn(net, step)
         first_bad = torch.where(bad, first_bad, loss.detach().float())
         bad = bad | ~torch.isfinite(loss.detach())
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
