@@ -72,6 +72,9 @@ class AttackPool:
             num_cpus=cpus, num_gpus=gpus, resources=r or None,
             max_restarts=self.retries, max_task_retries=self.retries,
             max_concurrency=2,  # an attack, and ``status`` beside it; the pool sends one attack at a time
+            # Not inside the calling trial's placement group (Tune captures child tasks into it):
+            # the actor holds a stage worker's resources, as a Ray Train worker group would.
+            scheduling_strategy="DEFAULT",
         )
         return actor.remote(self.path, load_options, int(cpus))
 

@@ -70,7 +70,7 @@ def test_resident_attacks_give_the_tables_of_a_load_per_attack(tmp_path):
     assert sorted(got[True].curves, key=str) == sorted(got[False].curves, key=str)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
     import ray
 
@@ -115,3 +115,34 @@ def test_a_resident_worker_killed_mid_search_is_replaced_and_nothing_is_lost_or_
     # the re-run attack gives what the same search gives in-process, where nothing was killed
     same = adversary_search(Runner(tmp_path / "cache-local", "local"), cfg, reference, "t0", "e", seed=5)
     assert _table(outcome) == _table(same)
+
+
+def test_resident_workers_leave_the_trials_placement_group(tmp_path, local_ray):
+    """A Tune trial's tasks are captured into its placement group (a quarter CPU): the resident
+    worker must hold a stage worker's own resources instead."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from search.adversary import attack_spec
+
+    cfg = _cfg(tmp_path)
+    ctx = trial.Context(cfg, "e", str(tmp_path / "e"), Runner(tmp_path / "cache", "local"))
+    path = str(trial.pretrain(ctx, "reference").path)
+    spec = attack_spec(cfg, {**ATTACK, "steps": 5}, seed=1).model_dump(mode="json")
+
+    @local_ray.remote(num_cpus=0.25)
+    def like_a_trial() -> dict:
+        pool = resident.AttackPool(path, 1, {"num_workers": 1, "resources_per_worker": {"CPU": 1}})
+        try:
+            return pool.execute("attack", spec, {"model": path}, tmp_path)
+        finally:
+            pool.close()
+
+    pg = placement_group([{"CPU": 0.25}])
+    local_ray.get(pg.ready())
+    try:
+        strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+        result = local_ray.get(like_a_trial.options(scheduling_strategy=strategy).remote(), timeout=180)
+    finally:
+        remove_placement_group(pg)
+    assert result["steps"] == 5
