@@ -58,14 +58,19 @@ def run(mode: str, work: Path, seed_cache: Path, trials: int, budget: int) -> di
     wall = time.perf_counter() - start
     if out.returncode:
         raise RuntimeError(f"{mode} failed:\n{out.stderr[-3000:]}")
-    attacks = pq.read_table(work / "results" / f"w{workers}-{resident}" / "attacks.parquet").to_pylist()
+    exp = work / "results" / f"w{workers}-{resident}"
+    attacks = pq.read_table(exp / "attacks.parquet").to_pylist()
+    # Tune's trial ids differ from run to run: an attack is named by the model it attacked (its
+    # stage-cache key) and its id after the trial's
+    model_of = {t["trial_id"]: t["model_key"] for t in pq.read_table(exp / "trials.parquet").to_pylist()}
     fixed = [a["wall_s"] - a["train_wall_s"] for a in attacks if a["status"] != "error" and a["train_wall_s"] is not None]
     return {
         "mode": mode, "num_workers": int(workers), "resident": resident == "on", "wall_s": wall,
         "attacks": len(attacks), "attack_wall_s_mean": statistics.mean(a["wall_s"] for a in attacks),
         "fixed_s_mean": statistics.mean(fixed), "fixed_s_median": statistics.median(fixed),
         "fixed_s_max": max(fixed), "table": sorted(
-            (a["trial_id"], a["attack_id"], *(a[k] for k in SCORES)) for a in attacks),
+            (model_of.get(a["trial_id"]) or a["trial_id"], a["attack_id"][len(a["trial_id"]):], *(a[k] for k in SCORES))
+            for a in attacks),
     }
 
 
