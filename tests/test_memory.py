@@ -142,7 +142,7 @@ def test_plan_prints_memory_and_require_fit_refuses_what_does_not_fit(tmp_path, 
     assert "memory per GPU" in out and "| tar (on random_mapping) |" in out
     code = main([*base, "--plan", "--require-fit", "--set", "scaling.gpu_memory_gib=80"])
     _one_line_error(code, capsys.readouterr().err, "scaling.gpu_memory_gib")
-    code = main([*base, "--require-fit"])  # a run, not a plan: refused before any work
+    code = main([*base, "--require-fit", "--set", "scaling.gpu_memory_gib=null"])  # a run: refused before any work
     _one_line_error(code, capsys.readouterr().err, "--require-fit: set scaling.gpu_memory_gib")
     assert not (tmp_path / "s").exists()
     with pytest.raises(config.ConfigError, match="gpu_memory_gib"):

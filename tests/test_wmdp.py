@@ -246,7 +246,7 @@ def test_wmdp_search_through_run_py(wmdp_paths, tmp_path):
     import ray
 
     try:
-        assert main(["--config", str(path), "--name", "w", "--set", "ray_num_cpus=2"]) == 0
+        assert main(["--config", str(path), "--name", "w", "--set", "ray_num_cpus=2", "--set", "verify.enabled=false"]) == 0
     finally:
         ray.shutdown()  # main() ran in this process: leave no Ray instance to later tests
     trials = tables.read_table(str(tmp_path / "results" / "w"), tables.TRIALS).to_pylist()
