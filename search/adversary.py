@@ -369,10 +369,13 @@ def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, poi
     out.best_attack_id, out.best_step = best["attack_id"], int(best["best_step"])
     out.attacked_sel = best["forget_acc_sel_max"]
     values = [best["forget_acc_rep_at_best"]]
+    # the re-runs' seeds name the attack without its trial: Tune's trial ids are random, and the
+    # same config and seed must re-run with the same seeds (``seed`` already names the model)
+    local_id = best["attack_id"].removeprefix(best["trial_id"])
     for i in range(cfg.attack.reseeds):
         try:
             result = run_attack(f"{best['attack_id']}-r{i + 1}", points[best["attack_id"]],
-                                seed_of(seed, "reseed", best["attack_id"], i), "reseed",
+                                seed_of(seed, "reseed", local_id, i), "reseed",
                                 {"stop_at": out.best_step})
         except Exception:
             continue  # a failed re-run is a row with its error; the mean is over those that ran

@@ -146,3 +146,18 @@ def test_resident_workers_leave_the_trials_placement_group(tmp_path, local_ray):
     finally:
         remove_placement_group(pg)
     assert result["steps"] == 5
+
+
+def test_the_same_search_under_another_trial_id_runs_the_same_attacks(tmp_path):
+    """Tune's trial ids are random: every attack's spec (its seed; the re-runs' too) must come
+    from the config and the model, not from the id. One cache: the second search finds every
+    one of its attacks there and runs none."""
+    cfg = _cfg(tmp_path)
+    runner = Runner(tmp_path / "cache", "local")
+    reference = trial.pretrain(trial.Context(cfg, "e", str(tmp_path / "e"), runner), "reference")
+    first = adversary_search(runner, cfg, reference, "aaaa_00000", "e")
+    entries = set((tmp_path / "cache").iterdir())
+    second = adversary_search(runner, cfg, reference, "bbbb_00001", "e")
+    assert any(r["attack_id"].endswith("-r1") for r in first.attacks)
+    assert set((tmp_path / "cache").iterdir()) == entries  # nothing new ran
+    assert len(second.attacks) == len(first.attacks) and first.attacked == second.attacked
