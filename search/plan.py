@@ -204,8 +204,10 @@ def memory_text(cfg: ExperimentConfig) -> list[str]:
         rows = memory_rows(cfg)
     except (OSError, ValueError) as e:
         return ["", f"memory: not estimated ({str(e).splitlines()[0]})"]
-    g = 2**30
-    lines = ["", f"memory per GPU (GiB; {cfg.model.dtype}, activation checkpointing "
+    big = max(r.per_gpu for r in rows) >= 2**30
+    g, unit = (2**30, "GiB") if big else (2**20, "MiB")
+    where = "per GPU" if cfg.scaling.use_gpu else "per stage process (on CPUs; per GPU with scaling.use_gpu)"
+    lines = ["", f"memory {where} ({unit}; {cfg.model.dtype}, activation checkpointing "
              f"{'on' if cfg.model.gradient_checkpointing else 'off'}; CUDA context and fragmentation not counted):",
              "| stage | weights | frozen copies | optimizer + extra | gradients | activations | logits | peak | GPUs | fits |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -215,7 +217,7 @@ def memory_text(cfg: ExperimentConfig) -> list[str]:
         peak = f"{r.per_gpu / g:.2f}" + (f" ({r.copies} at once)" if r.copies > 1 else "")
         lines.append(f"| {r.stage} | {p['weights'] / g:.2f} | {p['frozen'] / g:.2f} | {(p['optimizer'] + p['extra']) / g:.2f} | "
                      f"{p['gradients'] / g:.2f} | {p['activations'] / g:.2f} | {p['logits'] / g:.2f} | {peak} | {r.gpus} | {fits} |")
-    if cfg.scaling.gpu_memory_gib is None:
+    if cfg.scaling.gpu_memory_gib is None and cfg.scaling.use_gpu:
         lines.append("(set scaling.gpu_memory_gib to the cluster's GPU memory to check that every stage fits; "
                      "--require-fit then refuses a config that does not)")
     return lines
