@@ -167,12 +167,12 @@ def memory_rows(cfg: ExperimentConfig) -> list[MemoryRow]:
             continue
         seen.add(label)
         works = [MODULES[stage].memory_work(sp, model) for sp in (spec if isinstance(spec, list) else [spec])]
-        parts = max((memory.estimate(d, w, seq, cfg.model.dtype, shards) for w in works), key=lambda p: p["peak"])
+        w, parts = max(((w, memory.estimate(d, w, seq, cfg.model.dtype, shards)) for w in works),
+                       key=lambda pair: pair[1]["peak"])
         row = MemoryRow(label, parts, gpus, copies)
         if limit is not None:
             row.fits = row.per_gpu <= limit
             if not row.fits and "fsdp" not in getattr(MODULES[stage], "NOT_WITH_STRATEGY", {}):
-                w = max(works, key=lambda w: memory.estimate(d, w, seq, cfg.model.dtype, shards)["peak"])
                 row.fsdp_gpus = memory.gpus_needed(d, w, seq, cfg.model.dtype, limit / copies)
         out.append(row)
     return out

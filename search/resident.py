@@ -59,7 +59,6 @@ class AttackPool:
         self.free: queue.Queue = queue.Queue()
         self.made: list = []
         self.lock = threading.Lock()
-        self.load_options: dict | None = None
 
     def _make(self, load_options: dict):
         if not self.remote:
@@ -80,8 +79,6 @@ class AttackPool:
 
     def _take(self, load_options: dict):
         with self.lock:
-            if self.load_options is None:
-                self.load_options = load_options
             if self.free.empty() and len(self.made) < self.size:
                 slot = self._make(load_options)
                 self.made.append(slot)

@@ -173,9 +173,12 @@ def estimate(d: Dims, w: Work, seq: int, dtype: str = "bfloat16", shards: int = 
 def gpus_needed(d: Dims, w: Work, seq: int, dtype: str, gpu_bytes: float, limit: int = 1024) -> int | None:
     """The fewest GPUs of ``gpu_bytes`` an FSDP split of ``w`` fits (None: not within ``limit``;
     activations, logits and frozen copies are per GPU, so more GPUs stop helping)."""
+    last = None
     for n in range(1, limit + 1):
-        if estimate(d, w, seq, dtype, shards=n)["peak"] <= gpu_bytes:
+        peak = estimate(d, w, seq, dtype, shards=n)["peak"]
+        if peak <= gpu_bytes:
             return n
-        if n > 1 and math.isclose(estimate(d, w, seq, dtype, n)["peak"], estimate(d, w, seq, dtype, n - 1)["peak"]):
+        if last is not None and math.isclose(peak, last):
             return None
+        last = peak
     return None
