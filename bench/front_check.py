@@ -84,7 +84,9 @@ def check(results: str, reseeds: int, steps: int | None, lowest: int | None = No
         front = front.head(lowest)
     if only:
         front = front[front["trial_id"].isin(only)]
-    overrides = ["attack.budget=0", "attack.batteries=[brute_force]", f"attack.reseeds={reseeds}", "attack.archive=0"]
+    # the grid runs every attack to its end (no past_peak stop): it is the reference
+    overrides = ["attack.budget=0", "attack.batteries=[brute_force]", f"attack.reseeds={reseeds}", "attack.archive=0",
+                 "attack.past_peak=null"]
     if steps:
         overrides.append(f"attack.battery_steps={steps}")
     cfg = experiment_config(results, overrides)

@@ -43,6 +43,13 @@ if TYPE_CHECKING:
 
 
 
+class PastPeak(Strict):
+    """When an attack has overshot its peak (``attack.past_peak``)."""
+
+    evals: int = Field(4, ge=1)
+    drop: float = Field(0.05, gt=0, le=1)
+
+
 class AttackConfig(Strict):
     """The attacks run against every released model: an adversary search over
     ``spaces/attack.py`` (LoRA's dimensions only for LoRA attacks), and/or fixed batteries
@@ -84,6 +91,11 @@ class AttackConfig(Strict):
     # searched attacks run at once (Optuna threads; each a stage of its own, on its own Ray Train
     # workers when scaling.num_workers > 0); > 1 makes the search order depend on timing
     concurrency: int = Field(1, ge=1)
+    # stop an attack that has overshot its peak: `evals` evaluations without a new best V_sel
+    # accuracy and the latest `drop` below the best (trainables/attack.py); None: every attack
+    # runs its steps. Saves the steps of a constant-rate attack that peaked early, which a
+    # FLOPs budget (the verification attacker's) then spends on the next point.
+    past_peak: PastPeak | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "AttackConfig":
@@ -173,6 +185,7 @@ def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> attack_stage.
         loss_on=cfg.attack.loss_on,
         n_examples=p.get("n_examples"),
         lora=lora,
+        past_peak=cfg.attack.past_peak.model_dump() if cfg.attack.past_peak else None,
         seed=seed,
     )
 
@@ -314,8 +327,8 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         if limit is not None:
             extra["max_flops"] = max(0.0, limit - spent())
         result = run_attack(f"{trial_id}-a{trial.number}", params, seed_of(seed, trial.number), "search", extra)
-        if result.get("truncated_at") is not None and result.get("pruned_at") is None:
-            study.stop()  # it ran to the end of the budget: nothing more fits (a pruned one left some)
+        if result.get("truncated_at") is not None and result.get("pruned_at") is None and result.get("stopped_at") is None:
+            study.stop()  # it ran to the end of the budget: nothing more fits (a stopped one left some)
         for step, key, value in result["curve"]:  # the V_sel trajectory, for the pruner
             if key == "forget_acc_sel":
                 trial.report(value, step)
@@ -376,7 +389,7 @@ def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, poi
         try:
             result = run_attack(f"{best['attack_id']}-r{i + 1}", points[best["attack_id"]],
                                 seed_of(seed, "reseed", local_id, i), "reseed",
-                                {"stop_at": out.best_step})
+                                {"stop_at": out.best_step, "past_peak": None})
         except Exception:
             continue  # a failed re-run is a row with its error; the mean is over those that ran
         values.append(next(v for s, k, v in result["curve"] if k == "forget_acc_rep" and s == out.best_step))

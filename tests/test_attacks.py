@@ -161,12 +161,30 @@ def test_bad_attack_config_names_the_field(override, field):
 
 
 def test_pruning_rule_stops_at_the_first_step_below_the_median():
-    rule = attack.pruning_rule({"warmup": 10, "below": {"0": 0.9, "10": 0.5, "20": 0.6}})
+    rule, why = attack.pruning_rule({"warmup": 10, "below": {"0": 0.9, "10": 0.5, "20": 0.6}})
     assert rule({"forget_acc_sel": 0.1}, 0) is False  # step 0: inside the warmup
     assert rule({"forget_acc_sel": 0.55}, 10) is False  # step 10: best 0.55 ≥ 0.5
     assert rule({"forget_acc_sel": 0.3}, 20) is True  # step 20: best so far 0.55 < 0.6
-    assert attack.pruning_rule(None) is None
-    assert attack.pruning_rule(None, stop_at=25)({"forget_acc_sel": 0.0}, 25) is True
+    assert why == {"stopped": "pruned"}
+    assert attack.pruning_rule(None)[0] is None
+    rule, why = attack.pruning_rule(None, stop_at=25)
+    assert rule({"forget_acc_sel": 0.0}, 25) is True and why == {"stopped": "stop_at"}
+
+
+def test_past_peak_rule_stops_an_attack_that_overshot_its_best():
+    """k evaluations without a new best AND the latest d below the best: a curve still
+    climbing slowly, or level at its best, goes on; one that fell from its peak stops."""
+    def run(values, evals=3, drop=0.05):
+        rule, why = attack.pruning_rule(None, past_peak={"evals": evals, "drop": drop})
+        for i, v in enumerate(values):
+            if rule({"forget_acc_sel": v}, 20 * i):
+                return 20 * i, why["stopped"]
+        return None, None
+
+    assert run([0.6, 0.8, 0.75, 0.72, 0.7, 0.69]) == (80, "past_peak")  # the quick front's barely-unlearned curve
+    assert run([0.6, 0.8, 0.79, 0.78, 0.77, 0.76]) == (None, None)  # 3 without a best, but within 0.05
+    assert run([0.1, 0.2, 0.15, 0.14, 0.25, 0.1, 0.1, 0.1]) == (140, "past_peak")  # a new best resets the count
+    assert run([0.3, 0.3, 0.3, 0.3, 0.3]) == (None, None)  # level: never below the best
 
 
 def test_prune_rule_is_the_median_of_completed_attacks(tiny_cfg):

@@ -227,7 +227,7 @@ def test_asha_rule_keeps_the_top_third_at_each_rung(tiny_cfg):
     # rungs at 10, 30, 90 steps; best-so-far there: {0.5, 0.3, 0.1}, {0.6, 0.3}, {0.7, 0.35}
     # with n + 1 competitors the attack must reach the (⌊(n+1)/3⌋)-th best: 1st of 3 → 0.5, ...
     assert rule == {"warmup": 10, "below": {"10": 0.5, "30": 0.6, "90": 0.7}}
-    stop = attack.pruning_rule(rule)
+    stop, _ = attack.pruning_rule(rule)
     # steps 0 (warm-up), 10 (0.55 ≥ 0.5), 20 (no rung), 30 (best 0.55 < 0.6: stop)
     assert [stop({"forget_acc_sel": v}, s) for v, s in ((0.0, 0), (0.55, 10), (0.5, 20), (0.5, 30))] == [False, False, False, True]
 

@@ -62,8 +62,9 @@ def _setup(tmp_path, monkeypatch, retain: dict[str, float], how: dict[str, objec
         "attack": config.AttackConfig(budget=1, prior=0, archive=0, reseeds=0, loop={"eval_every": 5},
                                       params={"kind": "full", "optimizer": "adamw", "data": "forget", "schedule": "constant", "n_examples": None,
                                               "lr": 1e-4, "steps": 5, "batch_size": 64}),
+        # past_peak off unless a test turns it on: its stop rule reads the real (tiny) scores
         "verify": config.VerifyConfig(**{"params": {"kind": "full"}, "space": {"lr": [1e-3, 1e-2], "steps": [5, 10]},
-                                         "budget_multiple": 3, "reseeds": 1, **verify_kw}),
+                                         "budget_multiple": 3, "reseeds": 1, "past_peak": None, **verify_kw}),
     })
     runner = Runner(tmp_path / "cache", "local")
     ctx = trial.Context(cfg, "e", str(tmp_path / "e"), runner)
@@ -176,6 +177,70 @@ def test_a_trial_verifies_itself_only_near_the_front(tmp_path, monkeypatch):
         cfg = ctx.cfg.model_copy(update={"verify": config.VerifyConfig(), "search": config.SearchConfig(sampler=sampler)})
         assert verify.startup(cfg) == n
         assert verify.in_trial(trial.Context(cfg, "e", ctx.exp_dir, ctx.runner), rows["A"], models["A"], ref_flops, 400) is rows["A"]
+
+
+def _scored_in_loop(monkeypatch, script):
+    """Attacks whose forget scores at every evaluation are ``script(lr, step)``, replaced where
+    the loop reads them, so its stop rules act on the script too (``_scripted`` replaces the
+    curve after the attack)."""
+    real_run, real_load = attack.run, attack.settings.load
+    now: dict = {}
+
+    class Scripted:
+        def __init__(self, setting):
+            self.setting = setting
+
+        def __getattr__(self, name):
+            return getattr(self.setting, name)
+
+        def score(self, model, d):
+            out = self.setting.score(model, d)
+            value = script(now["lr"], now["evals"] * now["every"])
+            now["evals"] += 1
+            return {**out, **{k: value for k in out if k.startswith("forget_acc")}}
+
+    def load(cfg):
+        setting, d = real_load(cfg)
+        return Scripted(setting), d
+
+    def run(spec, inputs, out_dir, model=None):
+        now.update(lr=spec["loop"]["lr"], every=spec["loop"]["eval_every"], evals=0)
+        return real_run(spec, inputs, out_dir, model=model)
+
+    monkeypatch.setattr(attack.settings, "load", load)
+    monkeypatch.setitem(STAGES, "attack", run)
+
+
+def _overshoots(lr: float, step: int) -> float:
+    """A barely-unlearned model: a high rate peaks at 0.6 on its first evaluation and falls
+    back; a gentle one (the prior's lower rate, 1.78e-3 here) climbs to 0.9."""
+    if step == 0:
+        return 0.1
+    return (0.6 if step == 5 else 0.3) if lr > 2.5e-3 else min(0.9, 0.09 * step)
+
+
+@pytest.mark.parametrize("past_peak", [None, {"evals": 2, "drop": 0.05}])
+def test_stopping_overshot_attacks_lets_the_budget_reach_a_lower_rate(tmp_path, monkeypatch, past_peak):
+    """The verification budget buys 60 attack steps; its prior starts at the middle rate
+    (3.16e-3, mix then forget data, 40 steps each), then the lower one. Run to their end, the
+    first two spend the budget at 0.6; stopped once past their peak (step 15), they leave 30
+    steps for the lower rate, which finds 0.9."""
+    ctx, ref_flops, _ = _setup(tmp_path, monkeypatch, retain={"G": 0.9}, how={"G": ROBUST},
+                               space={"lr": [1e-3, 1e-2], "steps": [5, 20]}, budget_multiple=12, past_peak=past_peak)
+    _scored_in_loop(monkeypatch, _overshoots)
+    row = trial.verify_trial(ctx, "G", ref_flops)
+    mine = [a for a in tables.read_part(ctx.exp_dir, "G")["attacks"] if a["attack.role"] == "verify" and a["attack.source"] == "search"]
+    runs = [(round(a["attack.lr"], 5), a["attack.steps_run"]) for a in mine]
+    if past_peak is None:
+        assert runs == [(0.00316, 40), (0.00316, 20)]
+        assert row["forget_acc_attacked_verified"] == pytest.approx(0.6)
+    else:
+        assert runs[:2] == [(0.00316, 15), (0.00316, 15)] and runs[2][0] == 0.00178 and runs[2][1] >= 10
+        assert row["forget_acc_attacked_verified"] == pytest.approx(0.9)
+    # the searched compute stays within the budget either way
+    searched = sum(a["flops"] for a in mine)
+    search = sum(a["flops"] for a in tables.read_part(ctx.exp_dir, "G")["attacks"] if a["attack.role"] == "search")
+    assert searched <= 12 * search * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("seed", range(5))

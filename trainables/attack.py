@@ -55,6 +55,10 @@ class Spec(Strict):
     so far is below ``below[step]``. ``stop_at``: None, or stop at the first evaluation at or
     after this step (a re-run of a chosen checkpoint needs no more). ``max_flops``: None, or the
     search's FLOPs budget left: the attack is cut to the steps that fit (``truncated_at``).
+    ``past_peak``: None, or {"evals": k, "drop": d} — stop once the last ``k`` evaluations
+    brought no new best V_sel accuracy and the latest is at least ``d`` below the best
+    (``stopped_at``): the attack has overshot its peak, and the steps left would go to an
+    attack that is already chosen at its best checkpoint.
     """
 
     setting: dict[str, Any]
@@ -68,6 +72,7 @@ class Spec(Strict):
     prune: dict[str, Any] | None = None
     stop_at: int | None = None
     max_flops: float | None = None
+    past_peak: dict[str, float] | None = None
     seed: int
 
 
@@ -132,7 +137,7 @@ def _run(spec: Spec, model: torch.nn.Module) -> dict:
         return setting.answer_loss(net(input_ids=batch).logits, batch)
 
     torch.manual_seed(spec.seed)
-    stop_fn = pruning_rule(spec.prune, spec.stop_at)
+    stop_fn, why = pruning_rule(spec.prune, spec.stop_at, spec.past_peak)
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), stop_fn=stop_fn)
     steps = max(s for s, _, _ in curve)
     metrics = {**checkpoint(curve), "retain_acc_final": [v for _, k, v in curve if k == "retain_acc"][-1]}
@@ -140,7 +145,9 @@ def _run(spec: Spec, model: torch.nn.Module) -> dict:
     result = compute.training_result(model, metrics, curve, tokens, wall)
     result["n_examples"] = len(forget)
     result["steps"] = steps
-    result["pruned_at"] = steps if steps < cfg.steps and spec.stop_at is None else None
+    early = steps < cfg.steps
+    result["pruned_at"] = steps if early and why.get("stopped") == "pruned" else None
+    result["stopped_at"] = steps if early and why.get("stopped") == "past_peak" else None
     result["truncated_at"] = cfg.steps if cfg.steps < planned else None
     return result
 
@@ -170,19 +177,30 @@ def checkpoint(curve) -> dict[str, float]:
     }
 
 
-def pruning_rule(prune: dict | None, stop_at: int | None = None):
-    """The loop's ``stop_fn`` for a pruning rule and/or a last step (None: never stop). The
-    loop asks it at every evaluation with the step. The rule reads V_sel only."""
-    if not prune and stop_at is None:
-        return None
+def pruning_rule(prune: dict | None, stop_at: int | None = None, past_peak: dict | None = None):
+    """The loop's ``stop_fn`` for a pruning rule, a last step and/or a past-the-peak rule (None:
+    never stop), and a dict whose ``stopped`` says which rule stopped it (``pruned``,
+    ``stop_at``, ``past_peak``). The loop asks ``stop_fn`` at every evaluation with the step.
+    The rules read V_sel only."""
+    why: dict[str, str] = {}
+    if not prune and stop_at is None and not past_peak:
+        return None, why
     below = {int(k): v for k, v in (prune or {}).get("below", {}).items()}
     warmup = (prune or {}).get("warmup", 0)
-    state = {"best": float("-inf")}
+    state = {"best": float("-inf"), "since": 0}
 
     def stop(metrics: dict[str, float], step: int) -> bool:
-        state["best"] = max(state["best"], metrics["forget_acc_sel"])
+        value = metrics["forget_acc_sel"]
+        if value > state["best"]:
+            state["best"], state["since"] = value, 0
+        else:
+            state["since"] += 1
         if stop_at is not None and step >= stop_at:
-            return True
-        return step >= warmup and step in below and state["best"] < below[step]
+            why["stopped"] = "stop_at"
+        elif step >= warmup and step in below and state["best"] < below[step]:
+            why["stopped"] = "pruned"
+        elif past_peak and state["since"] >= past_peak["evals"] and value <= state["best"] - past_peak["drop"]:
+            why["stopped"] = "past_peak"
+        return "stopped" in why
 
-    return stop
+    return stop, why
