@@ -222,9 +222,9 @@ def _overshoots(lr: float, step: int) -> float:
 @pytest.mark.parametrize("past_peak", [None, {"evals": 2, "drop": 0.05}])
 def test_stopping_overshot_attacks_lets_the_budget_reach_a_lower_rate(tmp_path, monkeypatch, past_peak):
     """The verification budget buys 60 attack steps; its prior starts at the middle rate
-    (3.16e-3, mix then forget data, 40 steps each), then the lower one. Run to their end, the
-    first two spend the budget at 0.6; stopped once past their peak (step 15), they leave 30
-    steps for the lower rate, which finds 0.9."""
+    (3.16e-3, mix then forget data, 40 steps each), then the upper one, then the lower one.
+    Run to their end, the first two spend the budget at 0.6; stopped once past their peak
+    (step 15), the high-rate ones leave 15 steps for the lower rate, which finds 0.9."""
     ctx, ref_flops, _ = _setup(tmp_path, monkeypatch, retain={"G": 0.9}, how={"G": ROBUST},
                                space={"lr": [1e-3, 1e-2], "steps": [5, 20]}, budget_multiple=12, past_peak=past_peak)
     _scored_in_loop(monkeypatch, _overshoots)
@@ -234,8 +234,8 @@ def test_stopping_overshot_attacks_lets_the_budget_reach_a_lower_rate(tmp_path, 
     if past_peak is None:
         assert runs == [(0.00316, 40), (0.00316, 20)]
         assert row["forget_acc_attacked_verified"] == pytest.approx(0.6)
-    else:
-        assert runs[:2] == [(0.00316, 15), (0.00316, 15)] and runs[2][0] == 0.00178 and runs[2][1] >= 10
+    else:  # the prior's third point is at the upper rate (5.62e-3) and stops too; the fourth is gentle
+        assert runs[:3] == [(0.00316, 15), (0.00316, 15), (0.00562, 15)] and runs[3][0] == 0.00178 and runs[3][1] >= 10
         assert row["forget_acc_attacked_verified"] == pytest.approx(0.9)
     # the searched compute stays within the budget either way
     searched = sum(a["flops"] for a in mine)
