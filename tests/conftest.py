@@ -43,49 +43,14 @@ def forget_cluster(address: str) -> None:
         current.unlink()
 
 
-# Test modules that run first under pytest-xdist (`-n 2`): the longest, so that the two
-# workers end together instead of one waiting on a long module drawn last (tests/README: times).
-FIRST = ["test_end_to_end", "test_method_defaults", "test_ray_job", "test_multinode", "test_fsdp",
-         "test_autoscaler", "test_readme", "test_resident", "test_wmdp"]
-XDIST = "PYTEST_XDIST_WORKER" in os.environ
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Under xdist, the longest modules first (the order is the same in every worker)."""
-    if XDIST:
-        rank = {name: i for i, name in enumerate(FIRST)}
-        items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(FIRST)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_lock(request):
-    """Under xdist, a module marked ``ray_exclusive`` (tests/test_ray_job.py: the README's
-    ``ray stop`` ends every Ray process on the machine) runs while no other module does; every
-    other module holds the lock shared. A plain ``pytest`` run takes no lock."""
-    if not XDIST:
-        yield
-        return
-    import fcntl
-
-    path = Path(tempfile.gettempdir()) / f"tamper-search-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'run')}.lock"
-    exclusive = request.node.get_closest_marker("ray_exclusive") is not None
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _calibrated_models(request, tmp_path_factory):
     """When this session runs tests/test_method_defaults.py, its models train in the background
-    from the start (tests/calibrated.py). Not under xdist: there the other worker fills the
-    cores, and a worker cannot know in advance whether it will draw that module."""
+    from the start (tests/calibrated.py)."""
     from tests import calibrated
 
-    if not XDIST and any(getattr(getattr(item, "module", None), "__name__", "") == "tests.test_method_defaults"
-                         for item in request.session.items):
+    if any(getattr(getattr(item, "module", None), "__name__", "") == "tests.test_method_defaults"
+           for item in request.session.items):
         calibrated.start(tmp_path_factory.mktemp("calibrated"))
     yield
     calibrated.stop()

@@ -19,7 +19,7 @@ import pytest
 from search import tables
 from tests.readme_blocks import ROOT, of_kind, tiny_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray_exclusive]  # its `ray stop` ends every Ray process
+pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
