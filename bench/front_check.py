@@ -34,9 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.report import front_mask, load_trials  # noqa: E402
-from search import cache, config, tables  # noqa: E402
+from search import config, tables  # noqa: E402
 from search.adversary import adversary_search, seed_of  # noqa: E402
-from search.stages import Runner, StageRef  # noqa: E402
+from search.stages import Runner, cached  # noqa: E402
 from trainables import heldout  # noqa: E402
 
 
@@ -95,10 +95,9 @@ def check(results: str, reseeds: int, steps: int | None, lowest: int | None = No
     rows = []
     for _, t in front.iterrows():
         key = t["model_key"]
-        found = cache.lookup(runner.cache_dir, key)
-        if found is None:
+        model = cached(runner, key)
+        if model is None:
             raise SystemExit(f"{results}: trial {t['trial_id']}'s model {key} is not in the cache {cfg.cache_dir}")
-        model = StageRef(key, cache.entry(runner.cache_dir, key), found, cached=True)
         start = time.perf_counter()
         grid = adversary_search(runner, cfg, model, f"check-{t['trial_id']}", "front_check",
                                 seed=seed_of("front_check", key), ref_flops=ref_flops)

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from front_check import experiment_config  # noqa: E402
 
-from search import cache, tables, verify  # noqa: E402
+from search import tables, verify  # noqa: E402
 from search.adversary import adversary_search, seed_of  # noqa: E402
-from search.stages import Runner, StageRef  # noqa: E402
+from search.stages import Runner, cached  # noqa: E402
 
 
 def reverify(results: str, trial_id: str, overrides: list[str]) -> dict:
@@ -39,10 +39,9 @@ def reverify(results: str, trial_id: str, overrides: list[str]) -> dict:
     row = part["trials"][0]
     ref_flops = row["flops.attack"] / row["compute_frac_attack"]
     runner = Runner(os.path.expanduser(cfg.cache_dir), executor="local")
-    found = cache.lookup(runner.cache_dir, row["model_key"])
-    if found is None:
+    released = cached(runner, row["model_key"])
+    if released is None:
         raise SystemExit(f"{results}: trial {trial_id}'s model {row['model_key']} is not in the cache {cfg.cache_dir}")
-    released = StageRef(row["model_key"], cache.entry(runner.cache_dir, row["model_key"]), found, cached=True)
     base = verify._search_flops(part["attacks"])
     vcfg = cfg.model_copy(update={"attack": verify.attacker(cfg, base, ref_flops)})
     start = time.perf_counter()

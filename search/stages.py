@@ -144,6 +144,12 @@ def cache_key(stage: str, spec: Strict | dict, input_keys: dict[str, str]) -> st
     return cache.stage_key(stage, canonical(stage, spec), input_keys)
 
 
+def cached(runner: Runner, key: str) -> StageRef | None:
+    """The output of the stage run with ``key`` from the runner's cache (None: not there)."""
+    found = cache.lookup(runner.cache_dir, key)
+    return None if found is None else StageRef(key, cache.entry(runner.cache_dir, key), found, cached=True)
+
+
 def run_stage(runner: Runner, stage: str, spec: Strict | dict, inputs: dict[str, StageRef] | None = None,
               execute: Callable[[str, dict, dict[str, str], Path], dict] | None = None) -> StageRef:
     """Run ``stage`` on ``spec`` (its ``Spec``, or a dict of its fields) and ``inputs`` unless
@@ -153,9 +159,9 @@ def run_stage(runner: Runner, stage: str, spec: Strict | dict, inputs: dict[str,
     inputs = inputs or {}
     spec = canonical(stage, spec)
     key = cache.stage_key(stage, spec, {role: ref.key for role, ref in inputs.items()})
-    found = cache.lookup(runner.cache_dir, key)
-    if found is not None:
-        return StageRef(key, cache.entry(runner.cache_dir, key), found, cached=True)
+    hit = cached(runner, key)
+    if hit is not None:
+        return hit
     paths = {role: str(ref.path) for role, ref in inputs.items()}  # materialized where they run
     staged = cache.staging_dir(runner.cache_dir, key)
     start = time.perf_counter()

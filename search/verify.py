@@ -41,9 +41,9 @@ from pydantic import Field, ValidationError
 
 from analysis.pareto import pareto_mask
 
-from search import cache, tables
+from search import tables
 from search.adversary import AttackConfig, AttackOutcome, PastPeak, adversary_search, error_text, seed_of
-from search.stages import StageRef
+from search.stages import StageRef, cached
 from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES
 from spaces.dims import MAX_COUNT
 from trainables import heldout
@@ -214,11 +214,9 @@ def verify_trial(ctx: Context, trial_id: str, ref_flops: float, n_examples: int 
     the row's ``model_key``. Returns the new row."""
     part = tables.read_part(ctx.exp_dir, trial_id)
     row = part["trials"][0]
+    released = released or cached(ctx.runner, row["model_key"])
     if released is None:
-        found = cache.lookup(ctx.runner.cache_dir, row["model_key"])
-        if found is None:
-            raise RuntimeError(f"trial {trial_id}: its model {row['model_key']} is no longer in the stage cache")
-        released = StageRef(row["model_key"], cache.entry(ctx.runner.cache_dir, row["model_key"]), found, cached=True)
+        raise RuntimeError(f"trial {trial_id}: its model {row['model_key']} is no longer in the stage cache")
     start = time.perf_counter()
     cfg = ctx.cfg.model_copy(update={"attack": attacker(ctx.cfg, _search_flops(part.get("attacks", [])), ref_flops)})
     outcome = adversary_search(ctx.runner, cfg, released, trial_id, ctx.experiment, n_examples,
