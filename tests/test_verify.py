@@ -263,7 +263,9 @@ def test_bad_verify_config_names_the_field():
     for text, field in (("verify.params={kind: nope}", "verify.params.kind"),
                         ("verify.batteries=[none]", "verify.batteries"),
                         ("verify.budget_multiple=0.5", "verify.budget_multiple"),
-                        ("verify.space={steps: [10, 5]}", "verify.space.steps")):
+                        ("verify.space={steps: [10, 5]}", "verify.space.steps"),
+                        ("verify.past_peak={evals: 0}", "verify.past_peak.evals"),
+                        ("attack.past_peak={drop: 2}", "attack.past_peak.drop")):
         with pytest.raises(config.ConfigError, match=field.replace(".", r"\.")):
             config.load(None, [text])
 
