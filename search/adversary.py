@@ -30,10 +30,13 @@ from pydantic import Field, model_validator
 from search import archive, resident, studies
 from search.stages import Runner, StageRef, run_stage
 from trainables import attack as attack_stage
+from trainables import heldout
+from trainables.families import FAMILIES, spec_fields, stage_of
 from spaces import BATTERIES
 from spaces import ATTACK_PRIOR as PRIOR
 from spaces.attack import LORA_DEFAULTS
 from spaces import ATTACK_SPACE, LORA_SPACE
+from spaces.attacks import PRIORS as FAMILY_PRIORS, SPACES as FAMILY_SPACES
 from spaces.dims import MAX_COUNT, Choice, Dim, Int, check_fixed, check_space, point_in, searched, suggest
 from trainables.loop import LoopConfig
 from trainables.strict import Strict
@@ -96,10 +99,26 @@ class AttackConfig(Strict):
     # runs its steps. Saves the steps of a constant-rate attack that peaked early, which a
     # FLOPs budget (the verification attacker's) then spends on the next point.
     past_peak: PastPeak | None = None
+    # attack families searched (trainables/families/: finetune, quantize, prune, ...); None:
+    # every registered family. With more than one, the family is a searched dimension and each
+    # family's dimensions are drawn only for it; training-free families' informed points run
+    # first and do not count against a run-count budget.
+    families: list[str] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "AttackConfig":
-        dims = {**ATTACK_SPACE, **LORA_SPACE}
+        if self.families is None:
+            self.families = list(FAMILIES)
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families:
+            raise ValueError(f"families: unknown family {unknown[0]!r} (one of {sorted(FAMILIES)})" if unknown
+                             else f"families: name at least one (of {sorted(FAMILIES)})")
+        if len(set(self.families)) < len(self.families):
+            raise ValueError(f"families: a family is named twice in {self.families}")
+        family = self.params.get("family")
+        if family is not None and family not in self.families:
+            raise ValueError(f"params.family: {family!r} is not among families {self.families}")
+        dims = {**ATTACK_SPACE, **LORA_SPACE, **all_family_dims(), "family": Choice(tuple(FAMILIES))}
         check_space(self.space, dims, "space")
         check_fixed(self.params, dims, "params")
         for name, value in self.params.items():
@@ -128,6 +147,29 @@ class AttackConfig(Strict):
     def lora_space(self) -> dict[str, Dim]:
         """LoRA's searched dimensions, drawn for LoRA attacks only."""
         return searched(LORA_SPACE, self.space, self.params)
+
+    def family_space(self, family: str) -> dict[str, Dim]:
+        """A family's searched dimensions (the fine-tune's: ``search_space``, without LoRA's)."""
+        return self.search_space() if family == "finetune" else searched(FAMILY_SPACES[family], self.space, self.params)
+
+    def searched_families(self) -> list[str]:
+        """The families the search draws from (one, where ``params.family`` fixes it)."""
+        return [self.params["family"]] if "family" in self.params else list(self.families)
+
+
+def all_family_dims() -> dict[str, Dim]:
+    """Every non-fine-tune family's dimensions (each named ``<family>_<field>``)."""
+    return {k: d for name, space in FAMILY_SPACES.items() if name != "finetune" for k, d in space.items()}
+
+
+def training_free(family: str) -> bool:
+    """Whether an attack of ``family`` trains nothing (costs about one evaluation)."""
+    return getattr(FAMILIES[family], "TRAINING_FREE", False)
+
+
+def family_of(cfg: ExperimentConfig, params: dict) -> str:
+    """The family of a point of the attack space (fixed ``attack.params`` first)."""
+    return {**cfg.attack.params, **params}.get("family", "finetune")
 
 
 @dataclass
@@ -190,11 +232,26 @@ def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> attack_stage.
     )
 
 
-def attack_columns(spec: attack_stage.Spec, n_examples: int | None, source: str) -> dict:
-    """The ``attack.*`` columns describing one attack."""
+def family_spec(cfg: ExperimentConfig, params: dict, seed: int):
+    """(stage name, spec) of one point of the attack space, whatever its family."""
+    family = family_of(cfg, params)
+    if family == "finetune":
+        return "attack", attack_spec(cfg, params, seed)
+    fields = spec_fields(family, {**cfg.attack.params, **params})
+    spec = FAMILIES[family].Spec(setting=cfg.setting.model_dump(), load=cfg.model.load_options(), seed=seed, **fields)
+    return stage_of(family), spec
+
+
+def attack_columns(spec, n_examples: int | None, source: str, family: str = "finetune") -> dict:
+    """The ``attack.*`` columns describing one attack: ``attack.family``, then the fine-tune's
+    columns or the family's own (``attack.<family>_<field>``)."""
+    if family != "finetune":
+        own = spec.model_dump(exclude={"setting", "load", "seed"})
+        return {"attack.source": source, "attack.family": family, **{f"attack.{family}_{k}": v for k, v in own.items()}}
     loop, lora = spec.loop, spec.lora or {}
     return {
         "attack.source": source,
+        "attack.family": "finetune",
         "attack.kind": "lora" if spec.lora else "full",
         "attack.lr": loop.lr,
         "attack.steps": loop.steps,
@@ -243,13 +300,15 @@ def adversary_search(
     lock = threading.Lock()  # concurrent attacks append rows and add up FLOPs
 
     def run_attack(attack_id: str, params: dict, attack_seed: int, source: str, extra: dict | None = None) -> dict:
-        spec = attack_spec(cfg, params, attack_seed).model_copy(update=extra or {})
+        stage, spec = family_spec(cfg, params, attack_seed)
+        # the search's caps (FLOPs left, pruning, past-peak) apply to the families that train
+        spec = spec.model_copy(update={k: v for k, v in (extra or {}).items() if k in type(spec).model_fields})
         row = {
             "experiment": experiment, "trial_id": trial_id, "attack_id": attack_id, "attack.role": role,
-            **attack_columns(spec, n_examples, source),
+            **attack_columns(spec, n_examples, source, family_of(cfg, params)),
         }
         try:
-            ref = run_stage(runner, "attack", spec, {"model": released}, execute=pool.execute if pool else None)
+            ref = run_stage(runner, stage, spec, {"model": released}, execute=pool.execute if pool else None)
         except Exception as e:
             with lock:
                 out.attacks.append({**row, "seq": len(out.attacks), "status": "error", "error": error_text(e)})
@@ -315,14 +374,21 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
               if a.pruner == "median" else optuna.pruners.NopPruner())
     study = studies.fresh(studies.attack_study(trial_id, released.key, role), studies.storage(exp_dir),
                           direction="maximize", sampler=sampler, pruner=pruner)
-    space, lora_space = a.search_space(), a.lora_space()
-    for point in informed_start(cfg, exp_dir, released.key):
+    lora_space, families = a.lora_space(), a.searched_families()
+    start = informed_start(cfg, exp_dir, released.key)
+    for point in start:
         study.enqueue_trial(point, skip_if_exists=True)
+    # training-free attacks of the informed start cost an evaluation each: not counted as runs
+    free = sum(training_free(family_of(cfg, p)) for p in start)
 
     def objective(trial: optuna.Trial) -> float:
-        params = suggest(trial, space)
-        if {**a.params, **params}.get("kind", "full") == "lora":
+        family = trial.suggest_categorical("family", families) if "family" not in a.params and len(families) > 1 \
+            else families[0]
+        params = suggest(trial, a.family_space(family))  # each family's dimensions: conditional on it
+        if family == "finetune" and {**a.params, **params}.get("kind", "full") == "lora":
             params.update(suggest(trial, lora_space))  # a conditional space
+        if len(families) > 1 and "family" not in a.params:
+            params["family"] = family
         extra = {"prune": prune_rule(cfg, study)}
         if limit is not None:
             extra["max_flops"] = max(0.0, limit - spent())
@@ -340,7 +406,7 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         if limit is not None and spent() >= limit:
             study.stop()
 
-    study.optimize(objective, n_trials=a.budget, catch=(Exception,), n_jobs=a.concurrency,
+    study.optimize(objective, n_trials=min(a.budget + free, MAX_COUNT), catch=(Exception,), n_jobs=a.concurrency,
                    callbacks=[stop_when_spent])
     return study
 
@@ -351,13 +417,25 @@ def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -
     the literature's prior, each restricted to the searched dimensions (bounds applied), without
     repeats."""
     a = cfg.attack
-    space = {**a.search_space(), **a.lora_space()}
+    families = a.searched_families()
     found = archive.strongest(exp_dir, a.archive, exclude_key=model_key) if exp_dir and a.archive else []
+    # training-free families first (an evaluation each), then the archive, then the fine-tune's prior
+    free = [{**p, "family": f} for f in families if f != "finetune" and training_free(f) for p in FAMILY_PRIORS[f]]
+    tuned = [{**p, "family": f} for f in families if f != "finetune" and not training_free(f) for p in FAMILY_PRIORS[f]]
+    finetune = [{**p, "family": "finetune"} for p in PRIOR[: a.prior]] if "finetune" in families else []
     out, seen = [], set()
-    for point in [*found, *PRIOR[: a.prior]]:
+    for point in [*free, *found, *finetune, *tuned]:
+        family = point.get("family", "finetune")
+        if family not in families:
+            continue  # an archived attack of a family this search does not draw
+        space = a.family_space(family)
+        if family == "finetune":
+            space = {**space, **a.lora_space()}
         p = point_in(space, point)
-        if p.get("kind", a.params.get("kind", "full")) != "lora":
+        if family == "finetune" and p.get("kind", a.params.get("kind", "full")) != "lora":
             p = {k: v for k, v in p.items() if k not in a.lora_space()}
+        if len(families) > 1 and "family" not in a.params:
+            p["family"] = family
         key = json.dumps(p, sort_keys=True)
         if p and key not in seen:
             seen.add(key)
@@ -375,7 +453,8 @@ def choose(rows: list[dict]) -> dict | None:
 
 def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, points: dict, run_attack) -> None:
     """Choose the strongest (attack, checkpoint) on V_sel, re-run it ``attack.reseeds`` times
-    (to that checkpoint), and set the outcome's V_rep worst case: the mean over its seeds."""
+    (to that checkpoint; not a deterministic family's), and set the outcome's V_rep worst case:
+    the mean over its seeds."""
     best = choose(out.attacks)
     if best is None:
         return
@@ -385,7 +464,9 @@ def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, poi
     # the re-runs' seeds name the attack without its trial: Tune's trial ids are random, and the
     # same config and seed must re-run with the same seeds (``seed`` already names the model)
     local_id = best["attack_id"].removeprefix(best["trial_id"])
-    for i in range(cfg.attack.reseeds):
+    # a deterministic family's (quantize, magnitude pruning) re-run would give the same model
+    reseeds = cfg.attack.reseeds if FAMILIES[best.get("attack.family", "finetune")].SEEDED else 0
+    for i in range(reseeds):
         try:
             result = run_attack(f"{best['attack_id']}-r{i + 1}", points[best["attack_id"]],
                                 seed_of(seed, "reseed", local_id, i), "reseed",
@@ -396,6 +477,32 @@ def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, poi
     out.attacked_seeds = values
     out.attacked = statistics.fmean(values)
     out.attacked_sd = statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def family_worst(out: AttackOutcome) -> dict[str, float]:
+    """Each family's worst case against the model: its attack chosen on V_sel, reported on V_rep
+    (the overall chosen attack's family: the seed mean, ``out.attacked``; the others one run)."""
+    values = {}
+    for family in dict.fromkeys(r.get("attack.family", "finetune") for r in out.attacks):
+        best = choose([r for r in out.attacks if r.get("attack.family", "finetune") == family])
+        if best is not None:
+            values[family] = out.attacked if best["attack_id"] == out.best_attack_id else best["forget_acc_rep_at_best"]
+    return values
+
+
+def family_columns(values: dict[str, float], n_rep: int, row: dict | None = None) -> dict:
+    """``forget_acc_attacked.<family>`` with its 95 % Wilson interval over V_rep's ``n_rep``
+    questions (``_lo``, ``_hi``), per family of ``values``; with ``row``, only where the value is
+    above the row's (a second attacker's stronger find)."""
+    cols = {}
+    for family, value in values.items():
+        key = f"forget_acc_attacked.{family}"
+        old = (row or {}).get(key)
+        if row is not None and old is not None and not value > old:
+            continue
+        cols[key] = value
+        cols[f"{key}_lo"], cols[f"{key}_hi"] = heldout.wilson(value, n_rep)
+    return cols
 
 
 def prune_rule(cfg: ExperimentConfig, study: optuna.Study) -> dict | None:

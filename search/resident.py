@@ -21,7 +21,10 @@ import threading
 from pathlib import Path
 
 from search import cache
+from trainables.families import FAMILIES
 from trainables.resident import ResidentModel
+
+ATTACK_STAGES = {m.STAGE for m in FAMILIES.values()}  # every attack family's stage
 
 
 class _ActorBody(ResidentModel):
@@ -35,9 +38,9 @@ class _ActorBody(ResidentModel):
         super().__init__(cache.materialize(path), load_options)
         self.started = 0  # attacks begun by this process (a restarted actor counts afresh)
 
-    def run_attack(self, spec: dict) -> dict:
+    def run_attack(self, spec: dict, stage: str = "attack") -> dict:
         self.started += 1
-        return super().run_attack(spec)
+        return super().run_attack(spec, stage)
 
     def status(self) -> dict:
         """This process's pid and attacks begun: answered while an attack runs (two threads)."""
@@ -86,17 +89,18 @@ class AttackPool:
         return self.free.get()
 
     def execute(self, stage: str, spec: dict, inputs: dict[str, str], staged: Path) -> dict:
-        """Run attack ``spec`` on a resident copy; ``inputs['model']`` must be this pool's model."""
-        if stage != "attack" or inputs.get("model") != self.path:
+        """Run attack ``spec`` (of any family's ``stage``) on a resident copy; ``inputs['model']``
+        must be this pool's model."""
+        if stage not in ATTACK_STAGES or inputs.get("model") != self.path:
             raise ValueError(f"resident pool of {self.path}: cannot run {stage} on {inputs}")
         slot = self._take(spec["load"])
         try:
             if not self.remote:
-                return slot.run_attack(spec)
+                return slot.run_attack(spec, stage)
             import ray
 
             try:
-                return ray.get(slot.run_attack.remote(spec))
+                return ray.get(slot.run_attack.remote(spec, stage))
             except ray.exceptions.RayTaskError as e:
                 raise e.as_instanceof_cause() from None
         finally:

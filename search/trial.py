@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search import archive, cache, tables, verify
-from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text
+from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text, family_columns, family_worst
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
 from spaces import points
@@ -133,7 +133,9 @@ def score_columns(cfg: ExperimentConfig, metrics: dict, outcome: AttackOutcome) 
     ``forget_acc`` and ``forget_acc_attacked`` are on V_rep (no selection saw it);
     ``forget_acc_full`` is all of V, ``forget_acc_attacked_sel`` the optimistic V_sel maximum
     the attack was chosen by. The attacked interval is over V_rep's questions at the seed mean
-    (the spread over the chosen attack's seeds is ``forget_acc_attacked_sd``)."""
+    (the spread over the chosen attack's seeds is ``forget_acc_attacked_sd``). Each attack
+    family's own worst case is ``forget_acc_attacked.<family>`` (its strongest attack on V_sel,
+    reported on V_rep)."""
     d = _data(cfg)
     n = heldout.sizes(len(d.retain_eval), len(d.forget_V), cfg.setting.report_fraction, cfg.setting.split_seed)
     cols = {
@@ -146,6 +148,7 @@ def score_columns(cfg: ExperimentConfig, metrics: dict, outcome: AttackOutcome) 
     }
     for key, size in (("retain_acc", n["retain"]), ("forget_acc", n["rep"]), ("forget_acc_attacked", n["rep"])):
         cols[f"{key}_lo"], cols[f"{key}_hi"] = heldout.wilson(cols[key], size)
+    cols.update(family_columns(family_worst(outcome), n["rep"]))  # forget_acc_attacked.<family>
     return cols
 
 

@@ -42,7 +42,8 @@ from pydantic import Field, ValidationError
 from analysis.pareto import pareto_mask
 
 from search import tables
-from search.adversary import AttackConfig, AttackOutcome, PastPeak, adversary_search, error_text, seed_of
+from search.adversary import (AttackConfig, AttackOutcome, PastPeak, adversary_search, error_text, family_columns,
+                              family_worst, seed_of)
 from search.stages import StageRef, cached
 from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES
 from spaces.dims import MAX_COUNT
@@ -78,6 +79,7 @@ class VerifyConfig(Strict):
     params: dict[str, Any] = {}  # fixed attack dimensions; none: the full space
     space: dict[str, Any] | None = None  # bounds; None: attack.space
     batteries: list[str] | None = None  # None: attack.batteries
+    families: list[str] | None = None  # attack families; None: every registered family
     battery_steps: int | None = Field(None, ge=1, le=MAX_COUNT)
     # stop a verification attack that has overshot its peak (attack.past_peak), so the budget
     # reaches the next rate: on the quick front's barely-unlearned models the 1e-3 attacks
@@ -119,6 +121,7 @@ def attacker(cfg: ExperimentConfig, base_flops: float, ref_flops: float) -> Atta
         batteries=list(a.batteries if v.batteries is None else v.batteries),
         battery_steps=a.battery_steps if v.battery_steps is None else v.battery_steps,
         past_peak=v.past_peak.model_dump() if v.past_peak else None,
+        families=v.families,
     )
     if base_flops > 0:  # a FLOPs budget: the run count is what fits
         raw.update(budget=None, budget_flops=v.budget_multiple * base_flops / ref_flops)
@@ -194,6 +197,7 @@ def apply(row: dict, part: dict, outcome: AttackOutcome, ref_flops: float, where
             "attacked_seeds": len(outcome.attacked_seeds), "best_attack_id": outcome.best_attack_id,
             "best_attack_step": outcome.best_step, "attacked_by": "verify",
         })
+    row.update(family_columns(family_worst(outcome), n, row))  # a family the verifier found stronger
     row["flops.attack"] = (row.get("flops.attack") or 0.0) + outcome.flops
     row["compute_frac_attack"] = row["flops.attack"] / ref_flops
     row["attacks_run"] = (row.get("attacks_run") or 0) + len(outcome.attacks)

@@ -22,6 +22,9 @@ TINY = [
     "pretrain.reference.steps=40", "pretrain.pure.steps=30",
     "defender.space.steps=[5,10]", "attack.space.steps=[5,10]",
     "attack.budget=2", "attack.reseeds=1", "attack.loop.eval_every=5", "search.trials=2",
+    # fine-tuning only: tests of the search's bookkeeping count its attacks; the other families
+    # are tested in tests/test_families.py and by the first end-to-end search
+    "attack.families=[finetune]", "verify.families=[finetune]",
 ]
 
 

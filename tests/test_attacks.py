@@ -131,7 +131,7 @@ def test_a_battery_point_reaches_the_attack_stage(tiny_cfg):
 
 
 def test_search_and_battery_maximum_and_the_studys_best(tiny_cfg, tmp_path):
-    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(
+    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(families=["finetune"],
         budget=3, params={}, batteries=["undo_relearn"], battery_steps=4,
         loop=loop.LoopConfig(eval_every=2), space={"steps": [3, 6]})})
     runner = Runner(tmp_path / "cache", "local")
@@ -190,7 +190,7 @@ def test_past_peak_rule_stops_an_attack_that_overshot_its_best():
 def test_prune_rule_is_the_median_of_completed_attacks(tiny_cfg):
     from search.adversary import prune_rule
 
-    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(pruner="median", prune_startup=3, prune_warmup=10)})
+    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(families=["finetune"], pruner="median", prune_startup=3, prune_warmup=10)})
     study = __import__("optuna").create_study(direction="maximize")
     dist = {}
     for curve in ({0: 0.0, 10: 0.2, 20: 0.4}, {0: 0.0, 10: 0.6, 20: 0.8}):
@@ -205,7 +205,7 @@ def test_pruned_attacks_are_recorded_as_pruned_not_lost(tiny_cfg, tmp_path, monk
 
     from search import adversary
 
-    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(
+    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(families=["finetune"],
         budget=4, params={"kind": "full", "data": "forget"}, loop=loop.LoopConfig(eval_every=2),
         space={"steps": [8, 10]}, pruner="median", prune_startup=2, prune_warmup=4)})
     rule = adversary.prune_rule
@@ -228,7 +228,7 @@ def test_lora_init_is_seeded_and_concurrent_attacks_all_land(tiny_cfg, tmp_path)
     a = lora.add_lora(_model(), r=4, alpha=8.0, dropout=0.0, targets="all", seed=5).state_dict()
     b = lora.add_lora(_model(), r=4, alpha=8.0, dropout=0.0, targets="all", seed=5).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(
+    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(families=["finetune"],
         budget=4, concurrency=2, params={"kind": "lora"}, loop=loop.LoopConfig(eval_every=2), space={"steps": [3, 5]})})
     runner = Runner(tmp_path / "cache", "local")
     ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")

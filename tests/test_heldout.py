@@ -97,7 +97,7 @@ def _cfg(tmp_path, **attack_kw):
     cfg = config.load(None, [*TINY, f"cache_dir={tmp_path / 'cache'}"])
     kw = {"budget": 3, "params": {"kind": "full", "optimizer": "adamw", "data": "forget"},
           "loop": LoopConfig(eval_every=2), "space": {"steps": [4, 6]}, **attack_kw}
-    return cfg.model_copy(update={"attack": config.AttackConfig(**kw)})
+    return cfg.model_copy(update={"attack": config.AttackConfig(**{"families": ["finetune"], **kw})})
 
 
 def _spy_scores(monkeypatch, rep_seed: int, sel_seed: int | None = None) -> None:
@@ -217,7 +217,7 @@ def test_flops_budget_is_never_exceeded_and_spent_within_one_attack(tmp_path):
 
 
 def test_asha_rule_keeps_the_top_third_at_each_rung(tiny_cfg):
-    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(
+    cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(families=["finetune"],
         pruner="asha", prune_startup=2, prune_warmup=10, reduction_factor=3, loop=LoopConfig(eval_every=10))})
     study = optuna.create_study(direction="maximize")
     curves = [{0: 0.0, 10: 0.1, 20: 0.2, 30: 0.3, 40: 0.3, 90: 0.35},

@@ -23,7 +23,7 @@ ATTACK = {"kind": "full", "optimizer": "adamw", "data": "forget", "schedule": "c
 
 def _cfg(tmp_path, **attack):
     cfg = config.load(None, [*TINY, f"cache_dir={tmp_path / 'cache'}"])
-    return cfg.model_copy(update={"attack": config.AttackConfig(**{
+    return cfg.model_copy(update={"attack": config.AttackConfig(**{"families": ["finetune"],
         "budget": 3, "prior": 0, "archive": 0, "reseeds": 1, "loop": {"eval_every": 10}, "params": {},
         "space": {"lr": [1e-3, 3e-2], "steps": [10, 30]}, **attack})})
 

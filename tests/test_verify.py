@@ -59,11 +59,11 @@ def _setup(tmp_path, monkeypatch, retain: dict[str, float], how: dict[str, objec
 
     cfg = config.load(None, [*TINY, f"cache_dir={tmp_path / 'cache'}"])
     cfg = cfg.model_copy(update={
-        "attack": config.AttackConfig(budget=1, prior=0, archive=0, reseeds=0, loop={"eval_every": 5},
+        "attack": config.AttackConfig(families=["finetune"], budget=1, prior=0, archive=0, reseeds=0, loop={"eval_every": 5},
                                       params={"kind": "full", "optimizer": "adamw", "data": "forget", "schedule": "constant", "n_examples": None,
                                               "lr": 1e-4, "steps": 5, "batch_size": 64}),
         # past_peak off unless a test turns it on: its stop rule reads the real (tiny) scores
-        "verify": config.VerifyConfig(**{"params": {"kind": "full"}, "space": {"lr": [1e-3, 1e-2], "steps": [5, 10]},
+        "verify": config.VerifyConfig(**{"families": ["finetune"], "params": {"kind": "full"}, "space": {"lr": [1e-3, 1e-2], "steps": [5, 10]},
                                          "budget_multiple": 3, "reseeds": 1, "past_peak": None, **verify_kw}),
     })
     runner = Runner(tmp_path / "cache", "local")
@@ -170,11 +170,11 @@ def test_a_trial_verifies_itself_only_near_the_front(tmp_path, monkeypatch):
     near = rows["F"]  # 0.30, level with A at a lower retain: within the margin
     got = verify.in_trial(ctx, near, models["F"], ref_flops, 400)
     assert got["verified"] and got["verified_in"] == "trial"
-    off = ctx.cfg.model_copy(update={"verify": config.VerifyConfig(enabled=False)})
+    off = ctx.cfg.model_copy(update={"verify": config.VerifyConfig(families=["finetune"], enabled=False)})
     assert verify.in_trial(trial.Context(off, "e", ctx.exp_dir, ctx.runner), rows["A"], models["A"], ref_flops, 400) is rows["A"]
     # by default, only once the outer sampler learns from scores (TPE: after 10 trials; random: never)
     for sampler, n in (("tpe", 10), ("random", None)):
-        cfg = ctx.cfg.model_copy(update={"verify": config.VerifyConfig(), "search": config.SearchConfig(sampler=sampler)})
+        cfg = ctx.cfg.model_copy(update={"verify": config.VerifyConfig(families=["finetune"]), "search": config.SearchConfig(sampler=sampler)})
         assert verify.startup(cfg) == n
         assert verify.in_trial(trial.Context(cfg, "e", ctx.exp_dir, ctx.runner), rows["A"], models["A"], ref_flops, 400) is rows["A"]
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from search import config, tables
-from search.adversary import attack_spec
+from search.adversary import attack_spec, family_spec
+from spaces.attacks import PRIORS as FAMILY_PRIORS
 from search.stages import Runner, run_stage
 from search.trial import Context, common, pretrain, suppress, unlearn_spec
 from tests import wmdp_fixtures as F
@@ -211,6 +212,11 @@ def test_rmu_undo_tar_and_attacks_on_tiny_models(wmdp_paths, tmp_path, arch):
     for params in ({"kind": "lora", "lora_r": 2, "lora_targets": "all"}, {"kind": "full", "data": "mix"}):
         attacked = run_stage(ctx.runner, "attack", attack_spec(cfg, {**params, "lr": 1e-3, "steps": 2}, 0), {"model": distilled})
         assert 0 <= attacked.result["metrics"]["forget_acc_max"] <= 1
+    for family, prior in FAMILY_PRIORS.items():  # every other family, at its informed start
+        for point in prior if family != "finetune" else []:
+            stage, spec = family_spec(cfg, {**point, "family": family}, 0)
+            hit = run_stage(ctx.runner, stage, spec, {"model": rmu})
+            assert 0 <= hit.result["metrics"]["forget_acc_rep_at_best"] <= 1 and hit.result["flops"] >= 0
 
 
 def test_bf16_and_gradient_checkpointing_train(wmdp_paths, tmp_path):

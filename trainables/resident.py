@@ -40,12 +40,12 @@ class ResidentModel:
             torch.cuda.synchronize()
         self.model.eval()
 
-    def run_attack(self, spec: dict) -> dict:
-        """Run one attack stage on the model and restore it, whatever happened."""
+    def run_attack(self, spec: dict, stage: str = "attack") -> dict:
+        """Run one attack stage (any family's) on the model and restore it, whatever happened."""
         if spec.get("load", {}) != self.load_options:
             raise ValueError("resident model: an attack asked for other load options than the model was loaded with")
         try:
             with tempfile.TemporaryDirectory() as tmp:  # the attack stage writes nothing; its contract gives it a folder
-                return STAGES["attack"](spec, {"model": self.path}, Path(tmp), model=self.model)
+                return STAGES[stage](spec, {"model": self.path}, Path(tmp), model=self.model)
         finally:
             self.restore()

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Callable
 
 from trainables import attack, evaluate, pretrain, tar, undo, unlearn
+from trainables.families import FAMILIES
 from trainables.strict import Strict
 
 StageFn = Callable[[Strict | dict, dict[str, str], Path], dict]
 
-MODULES = {"pretrain": pretrain, "evaluate": evaluate, "unlearn": unlearn, "distill": undo, "tar": tar, "attack": attack}
+MODULES = {"pretrain": pretrain, "evaluate": evaluate, "unlearn": unlearn, "distill": undo, "tar": tar, "attack": attack,
+           # every attack family's stage (the fine-tune's is ``attack``)
+           **{m.STAGE: m for m in FAMILIES.values()}}
 STAGES: dict[str, StageFn] = {name: m.run for name, m in MODULES.items()}
 SPECS: dict[str, type[Strict]] = {name: m.Spec for name, m in MODULES.items()}

@@ -1,0 +1,221 @@
+"""Attack families beyond fine-tuning (trainables/families/): quantization against a by-hand
+reference and QLoRA's NF4 table, pruning masks against brute force, the families' contracts
+(weights restored, V never read), the 4-bit round-back on a constructed model, and the
+cross-family adversary search's rows and columns."""
+
+import math
+
+import pytest
+import torch
+
+from search import config
+from search.adversary import adversary_search, informed_start
+from search.stages import Runner
+from search.trial import Context, pretrain, score_columns
+from trainables import arithmetic as A
+from trainables import models
+from trainables.families import FAMILIES, quantize, prune
+
+
+def _model(arch="gpt2", seed=0):
+    cfg = models.ModelConfig(arch=arch, d_model=32, n_layer=2, n_head=2, init_seed=seed)
+    return models.build_model(cfg, len(A.VOCAB), A.SEQ_LEN)
+
+
+def _by_hand(w: torch.Tensor, scheme: str, bits: int, group: int) -> torch.Tensor:
+    """Round-to-nearest, one group at a time, one weight at a time, in float32."""
+    out = torch.empty_like(w)
+    rows, cols = w.shape
+    g = cols if group == 0 else group
+    for r in range(rows):
+        for start in range(0, cols, g):
+            xs = [w[r, c] for c in range(start, min(start + g, cols))]
+            if scheme == "sym":
+                qmax = 2 ** (bits - 1) - 1
+                s = max(abs(x) for x in xs) / qmax
+                s = s if s > 0 else torch.tensor(1.0)
+                for i, x in enumerate(xs):
+                    out[r, start + i] = min(max(torch.round(x / s), -qmax - 1), qmax) * s
+            else:
+                qmax = 2**bits - 1
+                lo, hi = min(xs), max(xs)
+                s = (hi - lo) / qmax
+                s = s if s > 0 else torch.tensor(1.0)
+                z = torch.round(-lo / s)
+                for i, x in enumerate(xs):
+                    out[r, start + i] = (min(max(torch.round(x / s) + z, 0), qmax) - z) * s
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["sym", "asym"])
+@pytest.mark.parametrize("bits,group", [(2, 32), (4, 32), (4, 0), (8, 16), (3, 7)])
+def test_round_to_nearest_equals_the_by_hand_reference_bit_for_bit(scheme, bits, group):
+    w = torch.randn(3, 40, generator=torch.Generator().manual_seed(bits * 100 + group))
+    w[1, :16] = 0.0  # an all-zero group stays zero
+    got = quantize.quantize_tensor(w, scheme, bits, group)
+    assert torch.equal(got, _by_hand(w, scheme, bits, group))
+    g = 40 if group == 0 else group
+    for r in range(3):  # at most 2^bits levels in every group
+        for start in range(0, 40, g):
+            assert len(torch.unique(got[r, start:start + g])) <= 2**bits
+
+
+def test_nf4_levels_are_qlora_s_table_and_every_weight_takes_its_nearest():
+    # QLoRA (Dettmers et al. 2023) builds NF4 from quantiles of N(0, 1): bitsandbytes'
+    # create_normal_map(offset=0.9677083, use_extra_value=True), normalised to [-1, 1]
+    normal = torch.distributions.Normal(0.0, 1.0)
+    pos = normal.icdf(torch.linspace(0.9677083, 0.5, 9, dtype=torch.float64)[:-1])
+    neg = -normal.icdf(torch.linspace(0.9677083, 0.5, 8, dtype=torch.float64)[:-1])
+    levels = torch.sort(torch.cat([pos, torch.zeros(1, dtype=torch.float64), neg])).values
+    levels = levels / levels.abs().max()
+    assert len(quantize.NF4) == 16 and quantize.NF4 == tuple(sorted(quantize.NF4))
+    assert torch.allclose(torch.tensor(quantize.NF4, dtype=torch.float64), levels, atol=1e-6)
+    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
+    got = quantize.quantize_tensor(w, "nf4", 4, 32)
+    table = torch.tensor(quantize.NF4)
+    for r in range(4):
+        for start in (0, 32):
+            x = w[r, start:start + 32]
+            absmax = x.abs().max()
+            nearest = table[(x[:, None] / absmax - table).abs().argmin(-1)]
+            assert torch.equal(got[r, start:start + 32], nearest * absmax)
+
+
+def test_quantization_leaves_the_head_embeddings_and_norms_and_restores_every_weight():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    names = {n for n, _, _ in quantize.quantized_weights(model)}
+    assert names and all(".h." in n for n in names)  # attention and MLP projections, no lm_head
+    spec = quantize.Spec(setting={"name": "arithmetic"}, scheme="sym", bits=2, group=8)
+    with quantize.applied(model, spec):
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+        assert changed == {f"{n}.weight" for n in names}
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def _brute_force_lowest(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    k = round(fraction * scores.shape[1])
+    for r in range(scores.shape[0]):
+        order = sorted(range(scores.shape[1]), key=lambda j: (float(scores[r, j]), j))
+        for j in order[:k]:
+            mask[r, j] = True
+    return mask
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.03])
+def test_pruning_masks_equal_brute_force_and_hit_the_sparsity_exactly(fraction):
+    scores = torch.randn(6, 40, generator=torch.Generator().manual_seed(3))
+    scores[0, :10] = 0.5  # ties: the lower index goes first
+    got = prune.lowest(scores, fraction)
+    assert torch.equal(got, _brute_force_lowest(scores, fraction))
+    assert (got.sum(1) == round(fraction * 40)).all()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("score,structure", [("magnitude", "unstructured"), ("wanda", "unstructured"),
+                                             ("importance", "neuron"), ("magnitude", "neuron")])
+def test_pruning_zeroes_exactly_the_sparsity_and_reads_no_scoring_facts(arch, score, structure, monkeypatch):
+    model = _model(arch)
+    d = A.build(A.Config())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    original = prune.input_norms
+    monkeypatch.setattr(prune, "input_norms", lambda m, n, rows, pad: seen.append(rows) or original(m, n, rows, pad))
+    spec = prune.Spec(setting={"name": "arithmetic"}, score=score, structure=structure, sparsity=0.25, calibration=32)
+    layers = prune.quantized_weights(model) if structure == "unstructured" else prune.mlp_outputs(model)
+    with prune.applied(model, spec, d):
+        for name, w, transposed in layers:
+            w_oi = (w.t() if transposed else w)
+            zero_cols = (w_oi == 0).all(0).sum().item()
+            if structure == "neuron":  # whole hidden units: round(0.25 · h) of them
+                assert zero_cols == round(0.25 * w_oi.shape[1])
+            else:
+                assert ((w_oi == 0).sum(1) == round(0.25 * w_oi.shape[1])).all()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    facts_V = {tuple(r.tolist()) for r in d.forget_V}
+    assert all(tuple(r.tolist()) not in facts_V for rows in seen for r in rows)  # T and retain only
+
+
+def _own_facts(model: torch.nn.Module, n: int, seed: int) -> torch.Tensor:
+    """Rows of the arithmetic format whose answers are ``model``'s own greedy answers: facts the
+    model knows by construction."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, len(A.VOCAB), (n, A.SEQ_LEN), generator=g)
+    with torch.no_grad():
+        for pos in range(A.ANSWER_START, A.SEQ_LEN):
+            rows[:, pos] = model(input_ids=rows).logits[:, pos - 1].argmax(-1)
+    return rows
+
+
+def test_unlearning_under_a_quarter_of_a_4bit_step_rounds_back_under_4bit_not_8bit():
+    """Zhang et al.'s failure, built: the reference sits on the 4-bit grid; the "unlearning"
+    moves every quantized weight by at most 0.24 of its group's 4-bit step (projected gradient
+    ascent on its facts' loss; a group's extreme weights unmoved, so the scales stay). 4-bit quantization rounds it back; 8-bit
+    (steps 18× finer) keeps the damage."""
+    model = _model(seed=2)
+    four = quantize.Spec(setting={"name": "arithmetic"}, scheme="sym", bits=4, group=16)
+    eight = quantize.Spec(setting={"name": "arithmetic"}, scheme="sym", bits=8, group=16)
+    with torch.no_grad():
+        for _, w, t in quantize.quantized_weights(model):
+            w.mul_(4.0)  # linear layers that matter beside the (never quantized) embeddings
+            w.copy_(quantize.quantize_tensor(w.t(), "sym", 4, 16).t() if t else quantize.quantize_tensor(w, "sym", 4, 16))
+    facts = _own_facts(model, 128, 0)
+    assert A.exact_match(model, facts).float().mean().item() == 1.0
+    layers = quantize.quantized_weights(model)
+    box = {}  # per weight: the largest move (0.24 of a 4-bit step; 0 at a group's extremes)
+    for name, w, t in layers:
+        x = (w.t() if t else w).detach().reshape(w.shape[1] if t else w.shape[0], -1, 16)
+        absmax = x.abs().amax(-1, keepdim=True)
+        bound = (0.24 * absmax / 7 * (x.abs() < absmax)).reshape(x.shape[0], -1)
+        box[name] = bound.t() if t else bound
+    origin = [w.detach().clone() for _, w, _ in layers]
+    for _ in range(8):  # projected sign-gradient ascent on the facts' loss, inside the box
+        loss = A.answer_loss(model(input_ids=facts).logits, facts)
+        grads = torch.autograd.grad(loss, [w for _, w, _ in layers])
+        with torch.no_grad():
+            for (name, w, _), grad, w0 in zip(layers, grads, origin):
+                w.add_(0.3 * box[name] * grad.sign())
+                w.copy_(torch.maximum(torch.minimum(w, w0 + box[name]), w0 - box[name]))
+    unlearned = A.exact_match(model, facts).float().mean().item()
+    with quantize.applied(model, four):
+        back4 = A.exact_match(model, facts).float().mean().item()
+    with quantize.applied(model, eight):
+        back8 = A.exact_match(model, facts).float().mean().item()
+    assert unlearned <= 0.25 and back4 >= 0.9 and back8 <= unlearned + 0.1, (unlearned, back4, back8)
+
+
+def test_cross_family_search_runs_training_free_families_first_and_reports_each(tiny_cfg, tmp_path):
+    cfg = tiny_cfg
+    assert cfg.attack.families == sorted(FAMILIES)  # default: every family
+    runner = Runner(tmp_path / "cache", "local")
+    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "reference")
+    start = informed_start(cfg, None, ref.key)
+    free = [p for p in start if p["family"] != "finetune"]
+    assert start[: len(free)] == free and {p["family"] for p in free} == {"quantize", "prune"}
+    out = adversary_search(runner, cfg, ref, "t", "e", 400)
+    searched = [a for a in out.attacks if a["attack.source"] == "search"]
+    assert len(searched) == cfg.attack.budget + len(free)  # free points are not counted as runs
+    assert {a["attack.family"] for a in searched} >= {"finetune", "quantize", "prune"}
+    for a in searched:
+        if a["attack.family"] == "quantize":
+            assert a["flops"] < 1e-3 * max(b["flops"] for b in searched if b["attack.family"] == "finetune")
+            assert a["attack.quantize_bits"] in range(2, 9) and a["attack.lr"] if "attack.lr" in a else True
+    cols = score_columns(cfg, ref.result["metrics"], out)
+    per_family = {f: cols[f"forget_acc_attacked.{f}"] for f in ("finetune", "quantize", "prune")}
+    assert cols["forget_acc_attacked"] == per_family[next(a["attack.family"] for a in out.attacks
+                                                          if a["attack_id"] == out.best_attack_id)]
+    assert all(cols[f"forget_acc_attacked.{f}_lo"] <= v <= cols[f"forget_acc_attacked.{f}_hi"] for f, v in per_family.items())
+
+
+@pytest.mark.parametrize("override,field", [
+    ("attack.families=[finetune,gcg]", "families"),
+    ("attack.families=[]", "families"),
+    ("attack.params.quantize_bits=true", "params.quantize_bits"),
+    ("attack.params.family=prune", "params.family"),
+    ("attack.space.prune_sparsity=[0.5, 0.1]", "space.prune_sparsity"),
+])
+def test_bad_family_config_names_the_field(override, field):
+    extra = ["attack.families=[finetune]"] if field == "params.family" else []
+    with pytest.raises(config.ConfigError, match=field.replace(".", r"\.")):
+        config.load(None, [*extra, override])
