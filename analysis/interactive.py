@@ -36,8 +36,10 @@ def _attack_text(attacks: pd.DataFrame, attack_id) -> str:
     if a.empty:
         return f"strongest attack: {attack_id}"
     a = a.iloc[0]
-    keys = ("attack.role", "attack.source", "attack.kind", "attack.optimizer", "attack.schedule", "attack.lr",
-            "attack.steps", "attack.batch", "attack.data", "attack.n_examples", "attack.lora_r")
+    family = a.get("attack.family", "finetune")
+    own = [k for k in a.index if k.startswith(f"attack.{family}_")]  # a non-fine-tune family's settings
+    keys = ("attack.role", "attack.source", "attack.family", "attack.kind", "attack.optimizer", "attack.schedule",
+            "attack.lr", "attack.steps", "attack.batch", "attack.data", "attack.n_examples", "attack.lora_r", *own)
     parts = [f"{k.removeprefix('attack.')} {a[k]:.3g}" if isinstance(a.get(k), float) else f"{k.removeprefix('attack.')} {a[k]}"
              for k in keys if k in a and a[k] is not None and a[k] == a[k]]
     return f"strongest attack {attack_id} (checkpoint step {a.get('best_step')}): " + ", ".join(parts)

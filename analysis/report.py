@@ -152,6 +152,30 @@ def robustness_table(trials: pd.DataFrame) -> pd.DataFrame | None:
     return rows[[c for c in columns if c in rows and rows[c].notna().any()]]
 
 
+FAMILY_PREFIX = "forget_acc_attacked."
+
+
+def family_table(trials: pd.DataFrame) -> pd.DataFrame | None:
+    """Which attack family breaks which model: each model's worst case per family (its
+    strongest attack of that family on V_sel, reported on V_rep) and the family that is
+    strongest, the front's models first. None when every model met one family only."""
+    fams = sorted(c.removeprefix(FAMILY_PREFIX) for c in trials
+                  if c.startswith(FAMILY_PREFIX) and not c.endswith(("_lo", "_hi")))
+    if len(fams) < 2:
+        return None
+    ok = trials[trials["status"] == "ok"]
+    values = ok[[FAMILY_PREFIX + f for f in fams]]
+    table = ok[["trial_id", "method", "retain_acc"]].assign(**{f: values[FAMILY_PREFIX + f] for f in fams})
+    return table.assign(strongest=values.idxmax(axis=1).str.removeprefix(FAMILY_PREFIX),
+                        forget_acc_attacked=ok["forget_acc_attacked"]).sort_values("forget_acc_attacked")
+
+
+FAMILY_NOTE = ("forget accuracy on V_rep under each attack family's strongest attack (chosen on V_sel; "
+               "the overall strongest family's figure is the mean over its seeds, the others one run); "
+               "a model that a training-free family (quantize, prune) breaks is not safe whatever the "
+               "fine-tunes found.")
+
+
 def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
     failed = trials[trials["status"] != "ok"]
     first_line = failed["error"].fillna("").astype(str).str.split("\n").str[0].str.slice(0, 160)
@@ -265,6 +289,11 @@ def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, reta
         doc.table(strongest[strongest["trial_id"].isin(on_front)])
     else:
         doc.table(strongest)
+    families = family_table(t)
+    if families is not None:
+        doc.heading("Which attack family breaks which model", 3)
+        doc.text(FAMILY_NOTE)
+        doc.table(families)
     robust = robustness_table(t)
     if robust is not None:
         doc.heading(ROBUSTNESS_HEADING, 3)

@@ -218,7 +218,9 @@ def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> attack_stage.
     if p.get("kind", "full") == "lora":
         q = {**LORA_DEFAULTS, **{k: v for k, v in p.items() if k in LORA_DEFAULTS}}
         lora = {"r": q["lora_r"], "alpha": q["lora_alpha"], "dropout": q["lora_dropout"], "targets": q["lora_targets"]}
+    then = p.get("then", "none")
     return attack_stage.Spec(
+        then=None if then == "none" else {"family": then, **spec_fields(then, p)},
         setting=cfg.setting.model_dump(),
         load=cfg.model.load_options(),
         loop=LoopConfig(**loop),
@@ -265,6 +267,8 @@ def attack_columns(spec, n_examples: int | None, source: str, family: str = "fin
         "attack.data": spec.data,
         "attack.loss_on": spec.loss_on,
         "attack.n_examples": spec.n_examples or n_examples,
+        "attack.then": spec.then["family"] if spec.then else "none",
+        **{f"attack.{spec.then['family']}_{k}": v for k, v in (spec.then or {}).items() if k != "family"},
     }
 
 
@@ -387,6 +391,9 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         params = suggest(trial, a.family_space(family))  # each family's dimensions: conditional on it
         if family == "finetune" and {**a.params, **params}.get("kind", "full") == "lora":
             params.update(suggest(trial, lora_space))  # a conditional space
+        then = {**a.params, **params}.get("then", "none") if family == "finetune" else "none"
+        if then != "none":  # the composed family's dimensions, conditional on it
+            params.update(suggest(trial, a.family_space(then)))
         if len(families) > 1 and "family" not in a.params:
             params["family"] = family
         extra = {"prune": prune_rule(cfg, study)}
@@ -430,7 +437,8 @@ def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -
             continue  # an archived attack of a family this search does not draw
         space = a.family_space(family)
         if family == "finetune":
-            space = {**space, **a.lora_space()}
+            then = {**a.params, **point}.get("then", "none")
+            space = {**space, **a.lora_space(), **(a.family_space(then) if then in FAMILY_SPACES else {})}
         p = point_in(space, point)
         if family == "finetune" and p.get("kind", a.params.get("kind", "full")) != "lora":
             p = {k: v for k, v in p.items() if k not in a.lora_space()}

@@ -1,5 +1,6 @@
-"""The attacker's search space (issue: full or LoRA, optimizer, schedule, learning rate, steps,
-batch size, data, number of examples), and LoRA's own dimensions, drawn only for LoRA attacks.
+"""The fine-tuning attacker's search space (full or LoRA, optimizer, schedule, learning rate,
+steps, batch size, data, number of examples, a training-free family composed after it), and
+LoRA's own dimensions, drawn only for LoRA attacks.
 
 Ranges are the arithmetic setting's: its models pre-train at lr 3e-3, batch 64, and T holds 400
 facts. ``attack.params`` fixes any dimension, ``attack.space`` sets bounds (configs/quick.yaml
@@ -17,6 +18,9 @@ SPACE = {
     "batch_size": Int(16, 128, log=True),
     "data": Choice(("forget", "retain_forget", "mix", "benign")),
     "n_examples": Int(16, 400, log=True),
+    # a training-free family applied to the fine-tuned model before it is scored (the attacker
+    # fine-tunes, then deploys quantized or pruned); its dimensions (spaces/attacks/) drawn for it
+    "then": Choice(("none", "quantize", "prune")),
 }
 LORA_SPACE = {
     "lora_r": Int(2, 32, log=True),
@@ -46,7 +50,7 @@ LORA_DEFAULTS = {"lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "lora_tar
 # ``attack.prior``) takes the first points; a FLOPs budget (the verification attacker's) reaches
 # the later ones when the first stop past their peak (``attack.past_peak``).
 _FULL_ADAMW = {"kind": "full", "optimizer": "adamw", "schedule": "constant",
-               "steps": At(1.0), "batch_size": At(2 / 3), "n_examples": At(1.0)}
+               "steps": At(1.0), "batch_size": At(2 / 3), "n_examples": At(1.0), "then": "none"}
 _LORA_ADAMW = {**_FULL_ADAMW, "kind": "lora", "lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.0, "lora_targets": "all"}
 PRIOR = [
     {**_FULL_ADAMW, "data": "mix", "lr": At(0.5)},

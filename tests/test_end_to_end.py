@@ -33,7 +33,7 @@ SEARCHES = {
     "test_several_methods_in_one_search_and_one_plot": (
         ["--set", "defender.method=[graddiff,maxent,npo,rmu]", "--set", "search.trials=4",
          "--set", "search.sampler=random", "--set", "attack.budget=1", "--set", "search.retain_floor=0.5",
-         "--set", "tracking.backend=wandb", *NO_VERIFY], {"WANDB_API_KEY": TOKEN}),
+         "--set", "tracking.backend=wandb", "--set", "attack.families=null", *NO_VERIFY], {"WANDB_API_KEY": TOKEN}),
     "test_undo_alpha_sweep_through_the_driver": (
         ["--config", str(ROOT / "configs" / "undo_arithmetic.yaml"),
          "--set", "defender.undo.space.alpha={values: [0.3, 0.9]}", "--set", "search.trials=2",
@@ -225,6 +225,18 @@ def test_several_methods_in_one_search_and_one_plot(search):
     assert set(defenders["method"]) <= {"graddiff", "maxent", "npo", "rmu"} and defenders["method"].nunique() >= 2
     assert (defenders["feasible"] == (defenders["retain_acc"] >= 0.5)).all()
     assert (tmp_path / "results" / "e2e" / "pareto.png").exists()
+    # every attack family (attack.families: null, all): each in the attack rows, its worst case
+    # per model in the trials, the overall worst case the strongest of them
+    attacks = pd.read_parquet(exp / tables.ATTACKS)
+    assert set(attacks["attack.family"]) == {"finetune", "quantize", "prune"}
+    assert attacks.loc[attacks["attack.family"] == "quantize", "attack.quantize_scheme"].notna().all()
+    fams = trials[[f"forget_acc_attacked.{f}" for f in ("finetune", "quantize", "prune")]]
+    ok = trials["status"] == "ok"
+    assert (fams[ok].max(axis=1) >= trials.loc[ok, "forget_acc_attacked"] - 1e-12).all()
+    report = subprocess.run([sys.executable, "-m", "analysis", str(exp), "--out", str(tmp_path / "fig")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert "Which attack family breaks which model" in (tmp_path / "fig" / "report.md").read_text()
 
 
 def test_undo_alpha_sweep_through_the_driver(search):

@@ -12,6 +12,7 @@ from search import config
 from search.adversary import adversary_search, informed_start
 from search.stages import Runner
 from search.trial import Context, pretrain, score_columns
+from tests.conftest import TINY
 from trainables import arithmetic as A
 from trainables import models
 from trainables.families import FAMILIES, quantize, prune
@@ -185,8 +186,8 @@ def test_unlearning_under_a_quarter_of_a_4bit_step_rounds_back_under_4bit_not_8b
     assert unlearned <= 0.25 and back4 >= 0.9 and back8 <= unlearned + 0.1, (unlearned, back4, back8)
 
 
-def test_cross_family_search_runs_training_free_families_first_and_reports_each(tiny_cfg, tmp_path):
-    cfg = tiny_cfg
+def test_cross_family_search_runs_training_free_families_first_and_reports_each(tmp_path):
+    cfg = config.load(None, [*TINY, "attack.families=null", f"cache_dir={tmp_path / 'cache'}"])
     assert cfg.attack.families == sorted(FAMILIES)  # default: every family
     runner = Runner(tmp_path / "cache", "local")
     ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "reference")
@@ -219,3 +220,56 @@ def test_bad_family_config_names_the_field(override, field):
     extra = ["attack.families=[finetune]"] if field == "params.family" else []
     with pytest.raises(config.ConfigError, match=field.replace(".", r"\.")):
         config.load(None, [*extra, override])
+
+
+def test_a_fine_tune_then_quantized_is_scored_quantized_and_its_weights_are_the_fine_tunes(tiny_cfg, tmp_path, monkeypatch):
+    """``then: quantize``: every evaluation of the attack scores the fine-tuned model after 2-bit
+    quantization (so its scores differ from the plain fine-tune's), and the training itself is
+    the same fine-tune: the quantization is undone after each evaluation."""
+    from search.adversary import attack_columns, attack_spec
+    from trainables import attack
+
+    runner = Runner(tmp_path / "cache", "local")
+    ref = pretrain(Context(tiny_cfg, "e", str(tmp_path / "e"), runner), "reference")
+    point = {"lr": 3e-3, "steps": 10, "data": "forget"}
+    plain = attack_spec(tiny_cfg, point, 0)
+    composed = attack_spec(tiny_cfg, {**point, "then": "quantize", "quantize_scheme": "sym", "quantize_bits": 2,
+                                      "quantize_group": 0}, 0)
+    assert composed.then == {"family": "quantize", "scheme": "sym", "bits": 2, "group": 0} and plain.then is None
+    cols = attack_columns(composed, 400, "search")
+    assert cols["attack.then"] == "quantize" and cols["attack.quantize_bits"] == 2
+    scored = []
+    original = quantize.applied
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def spy(model, spec, d=None):
+        with original(model, spec, d) as m:
+            _, w, _ = quantize.quantized_weights(m)[0]
+            levels = max(len(torch.unique(row)) for row in w.t())  # GPT-2's Conv1D: (in, out)
+            scored.append((spec.bits, levels))
+            yield m
+
+    monkeypatch.setattr(quantize, "applied", spy)
+    model = models.load(str(ref.path), {})
+    a = attack.run(plain, {"model": str(ref.path)}, tmp_path, model=models.load(str(ref.path), {}))
+    b = attack.run(composed, {"model": str(ref.path)}, tmp_path, model=model)
+    evals = len([s for s, k, _ in b["curve"] if k == "retain_acc"])
+    assert evals and [b for b, _ in scored] == [2] * evals  # every evaluation, of the model quantized
+    assert all(levels <= 4 for _, levels in scored)  # 2 bits per channel: at most 4 levels in a row
+    assert len(a["curve"]) == len(b["curve"])
+    again = models.load(str(ref.path), {})  # the fine-tune itself is the same: its weights equal the plain run's
+    attack.run(plain, {"model": str(ref.path)}, tmp_path, model=again)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
+
+
+def test_the_search_draws_the_composed_family_s_dimensions(tmp_path):
+    cfg = config.load(None, [*TINY, "attack.params={then: quantize, kind: full}", "attack.prior=1", "attack.budget=2",
+                             f"cache_dir={tmp_path / 'cache'}"])
+    runner = Runner(tmp_path / "cache", "local")
+    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    out = adversary_search(runner, cfg, ref, "t", "e", 400)
+    searched = [a for a in out.attacks if a["attack.source"] == "search"]
+    assert len(searched) == 2 and all(a["attack.then"] == "quantize" for a in searched)
+    assert all(a["attack.quantize_scheme"] in ("sym", "asym", "nf4") and 2 <= a["attack.quantize_bits"] <= 8 for a in searched)

@@ -58,7 +58,9 @@ class Spec(Strict):
     ``past_peak``: None, or {"evals": k, "drop": d} — stop once the last ``k`` evaluations
     brought no new best V_sel accuracy and the latest is at least ``d`` below the best
     (``stopped_at``): the attack has overshot its peak, and the steps left would go to an
-    attack that is already chosen at its best checkpoint.
+    attack that is already chosen at its best checkpoint. ``then``: None, or a training-free
+    family applied to the fine-tuned model before every evaluation ({"family": "quantize",
+    "scheme": ..., ...}): the attacker fine-tunes, then deploys in 4 bits.
     """
 
     setting: dict[str, Any]
@@ -73,6 +75,7 @@ class Spec(Strict):
     stop_at: int | None = None
     max_flops: float | None = None
     past_peak: dict[str, float] | None = None
+    then: dict[str, Any] | None = None
     seed: int
 
 
@@ -138,7 +141,7 @@ def _run(spec: Spec, model: torch.nn.Module) -> dict:
 
     torch.manual_seed(spec.seed)
     stop_fn, why = pruning_rule(spec.prune, spec.stop_at, spec.past_peak)
-    curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), stop_fn=stop_fn)
+    curve, wall = loop.train(model, loss_fn, cfg, eval_fn=scorer(spec, setting, d), stop_fn=stop_fn)
     steps = max(s for s, _, _ in curve)
     metrics = {**checkpoint(curve), "retain_acc_final": [v for _, k, v in curve if k == "retain_acc"][-1]}
     tokens = steps * cfg.batch_size * d.seq_len
@@ -150,6 +153,24 @@ def _run(spec: Spec, model: torch.nn.Module) -> dict:
     result["stopped_at"] = steps if early and why.get("stopped") == "past_peak" else None
     result["truncated_at"] = cfg.steps if cfg.steps < planned else None
     return result
+
+
+def scorer(spec: Spec, setting, d):
+    """The evaluation of the attacked model: the setting's scores, of the model after the
+    ``then`` family's transform where the spec composes one (the weights restored after)."""
+    if not spec.then:
+        return lambda m: setting.score(m, d)
+    from trainables.families import FAMILIES  # the registry imports this module
+
+    family = FAMILIES[spec.then["family"]]
+    post = family.Spec(setting=spec.setting, load=spec.load, seed=spec.seed,
+                       **{k: v for k, v in spec.then.items() if k != "family"})
+
+    def score(m: torch.nn.Module) -> dict[str, float]:
+        with torch.no_grad(), family.applied(m, post, d):
+            return setting.score(m, d)
+
+    return score
 
 
 def target_loss(setting, logits: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -104,22 +104,24 @@ def quantize_tensor(w: torch.Tensor, scheme: str, bits: int, group: int) -> torc
 
 def quantized_weights(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, bool]]:
     """(name, weight, transposed) of every linear layer a deployer quantizes: ``nn.Linear`` and
-    GPT-2's ``Conv1D`` (stored (in, out): ``transposed``), but the output head and weights
-    shared with the input embeddings."""
+    GPT-2's ``Conv1D`` (stored (in, out): ``transposed``), but the output head, weights
+    shared with the input embeddings and LoRA adapters (QLoRA's deployment: a quantized base,
+    adapters in full precision)."""
     embed = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     out = []
     for name, module in model.named_modules():
         kind = type(module).__name__
-        if kind not in ("Linear", "Conv1D") or module is head or module.weight is embed:
+        if kind not in ("Linear", "Conv1D") or module is head or module.weight is embed or ".lora_" in name:
             continue
         out.append((name, module.weight, kind == "Conv1D"))
     return out
 
 
 @contextlib.contextmanager
-def applied(model: torch.nn.Module, spec: Spec) -> Iterator[torch.nn.Module]:
-    """``model`` with its linear weights quantized for the block; the weights as they were after."""
+def applied(model: torch.nn.Module, spec: Spec, d=None) -> Iterator[torch.nn.Module]:
+    """``model`` with its linear weights quantized for the block; the weights as they were after.
+    (``d``, the setting's data, is not needed: every family's ``applied`` takes it.)"""
     saved = []
     with torch.no_grad():
         for _, w, transposed in quantized_weights(model):

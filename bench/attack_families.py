@@ -1,0 +1,128 @@
+"""Every attack family against a panel of defences: which family breaks which model, what each
+costs, and whether the cross-family search finds the strongest.
+
+For each defender model on the arithmetic setting (GradDiff, NPO, RMU, RepNoise and LAT at
+their defaults, UNDO with a MaxEnt teacher at α 0.6, TAR at its defaults; the panel of
+``bench/adversary_search.py``) and each seed:
+
+* one adversary search per family (``attack.families: [<family>]``), each at the quick
+  config's run-count budget (4 searched attacks; a training-free family also runs its informed
+  start, uncounted): its worst case (chosen on V_sel, reported on V_rep with a 95 % Wilson
+  interval; the fine-tune's over 1 + reseeds runs) and the FLOPs it spent;
+* the cross-family search (every family, the same budget): its worst case and FLOPs.
+
+Prints per (model, seed) the table, then: on how many models the cross-family search reaches the
+best single family's V_rep within that figure's 95 % interval; what a training-free attack costs
+as a fraction of one default fine-tuning attack (full AdamW, the space's longest, batch 64); and
+which defences fall to a training-free attack (it recovers at least half of what the model
+forgot: (V_rep − forget) / (reference's forget − forget) ≥ 0.5). ``--out FILE`` writes the rows.
+
+    python bench/attack_families.py [--seeds 2] [--models graddiff,npo,rmu,repnoise,lat,undo,tar] [--out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.adversary_search import panel  # noqa: E402
+from search import config  # noqa: E402
+from search.adversary import adversary_search, family_worst, training_free  # noqa: E402
+from search.stages import Runner  # noqa: E402
+from search.trial import Context, pretrain  # noqa: E402
+from trainables import compute, heldout, settings  # noqa: E402
+from trainables.families import FAMILIES  # noqa: E402
+
+FAMILY_ORDER = ["finetune", *sorted(f for f in FAMILIES if f != "finetune")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--models", default="graddiff,npo,rmu,repnoise,lat,undo,tar")
+    ap.add_argument("--out", help="write the rows as JSON here")
+    args = ap.parse_args()
+    cache = Path(os.path.expanduser("~/.cache/tamper-search"))
+    runner = Runner(cache, "local")
+    start = time.perf_counter()
+    names = args.models.split(",")
+    extra = [n for n in names if n in ("repnoise", "lat")]
+    models, ref_flops = panel(cache, runner, [n for n in names if n not in extra])
+    quick = config.load(None, [f"cache_dir={cache}"])
+    ctx = Context(quick, "bench", "/tmp/bench-families", runner)
+    reference = pretrain(ctx, "reference")
+    from search.trial import suppress
+
+    for name in extra:  # methods of the method table at their defaults, from the reference
+        models[name] = suppress(ctx, name, {}, reference)
+    print(f"panel built in {time.perf_counter() - start:.0f} s", flush=True)
+    d = settings.load(quick.setting.model_dump())[1]
+    n_rep = heldout.sizes(len(d.retain_eval), len(d.forget_V), quick.setting.report_fraction, quick.setting.split_seed)["rep"]
+    ref_forget = reference.result["metrics"]["forget_acc_rep"]
+    steps = quick.attack.search_space()["steps"].high
+    one_finetune = compute.train_flops(reference.result["n_params"], steps * quick.attack.loop.batch_size * d.seq_len)
+    base = [f"cache_dir={cache}", "attack.archive=0"]
+    rows = []
+    print("\n| model | seed | forget | " + " | ".join(f"{f} V_rep [95 %] (FLOPs)" for f in FAMILY_ORDER)
+          + " | cross-family V_rep (family) | cross ≥ best single − half-width |")
+    print("|---|---|---|" + "---|" * len(FAMILY_ORDER) + "---|---|")
+    for name, model in models.items():
+        forget = model.result["metrics"]["forget_acc_rep"]
+        for seed in range(args.seeds):
+            row = {"model": name, "seed": seed, "forget": forget, "ref_forget": ref_forget, "families": {}}
+            for family in FAMILY_ORDER:
+                cfg = config.load(None, [*base, f"attack.families=[{family}]"])
+                out = adversary_search(runner, cfg, model, f"{family}-{seed}", "bench", seed=seed, ref_flops=ref_flops)
+                lo, hi = heldout.wilson(out.attacked, n_rep)
+                row["families"][family] = {"rep": out.attacked, "lo": lo, "hi": hi, "sel": out.attacked_sel,
+                                           "flops": out.flops, "attacks": len(out.attacks),
+                                           "flops_per_attack": out.flops / max(1, len(out.attacks))}
+            cfg = config.load(None, base)
+            out = adversary_search(runner, cfg, model, f"cross-{seed}", "bench", seed=seed, ref_flops=ref_flops)
+            best_family = next(r["attack.family"] for r in out.attacks if r["attack_id"] == out.best_attack_id)
+            single = max(row["families"].values(), key=lambda v: v["rep"])
+            half = (single["hi"] - single["lo"]) / 2
+            row.update(cross_rep=out.attacked, cross_sel=out.attacked_sel, cross_family=best_family,
+                       cross_flops=out.flops, cross_per_family=family_worst(out),
+                       cross_reaches=out.attacked >= single["rep"] - half)
+            rows.append(row)
+            cells = " | ".join(f"{v['rep']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] ({v['flops']:.2g})"
+                               for v in (row["families"][f] for f in FAMILY_ORDER))
+            print(f"| {name} | {seed} | {forget:.3f} | {cells} | {out.attacked:.3f} ({best_family}) | "
+                  f"{'yes' if row['cross_reaches'] else 'no'} |", flush=True)
+    free = [f for f in FAMILY_ORDER if training_free(f)]
+    print(f"\ncross-family search within the best single family's 95 % interval: "
+          f"{sum(r['cross_reaches'] for r in rows)} of {len(rows)} (model, seed) pairs")
+    for f in free:
+        worst = max(r["families"][f]["flops_per_attack"] for r in rows)
+        print(f"{f}: at most {worst:.3g} FLOPs per attack = {worst / one_finetune:.2%} of one default fine-tune "
+              f"({one_finetune:.3g} FLOPs: full AdamW, {steps} steps, batch {quick.attack.loop.batch_size})")
+    print("\nrecovered share of what each model forgot, (V_rep − forget) / (reference − forget), mean over seeds:")
+    print("| model | " + " | ".join(FAMILY_ORDER) + " | falls to a training-free attack |")
+    print("|---|" + "---|" * (len(FAMILY_ORDER) + 1))
+    summary = {}
+    for name in models:
+        mine = [r for r in rows if r["model"] == name]
+        gap = max(1e-9, ref_forget - mine[0]["forget"])
+        share = {f: sum(r["families"][f]["rep"] - r["forget"] for r in mine) / len(mine) / gap for f in FAMILY_ORDER}
+        falls = any(share[f] >= 0.5 for f in free)
+        summary[name] = {"recovered_share": share, "falls_training_free": falls}
+        print(f"| {name} | " + " | ".join(f"{share[f]:+.2f}" for f in FAMILY_ORDER) + f" | {'yes' if falls else 'no'} |")
+    total = time.perf_counter() - start
+    print(f"\ntotal {total:.0f} s")
+    if args.out:
+        Path(args.out).write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "command": " ".join(sys.argv), "wall_s": total, "one_finetune_flops": one_finetune,
+            "rows": rows, "summary": summary}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
