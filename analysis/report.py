@@ -172,8 +172,8 @@ def family_table(trials: pd.DataFrame) -> pd.DataFrame | None:
 
 FAMILY_NOTE = ("forget accuracy on V_rep under each attack family's strongest attack (chosen on V_sel; "
                "the overall strongest family's figure is the mean over its seeds, the others one run); "
-               "a model that a training-free family (quantize, prune) breaks is not safe whatever the "
-               "fine-tunes found.")
+               "a model that a training-free family (quantize, prune, ablate) breaks is not safe whatever "
+               "the fine-tunes found.")
 
 
 def failed_table(trials: pd.DataFrame) -> pd.DataFrame:

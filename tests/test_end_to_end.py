@@ -12,6 +12,7 @@ import pytest
 from analysis.report import front_mask
 from search import tables
 from tests.conftest import ROOT, tiny_search
+from trainables.families import FAMILIES
 
 pytestmark = pytest.mark.slow
 
@@ -228,9 +229,9 @@ def test_several_methods_in_one_search_and_one_plot(search):
     # every attack family (attack.families: null, all): each in the attack rows, its worst case
     # per model in the trials, the overall worst case the strongest of them
     attacks = pd.read_parquet(exp / tables.ATTACKS)
-    assert set(attacks["attack.family"]) == {"finetune", "quantize", "prune"}
+    assert set(attacks["attack.family"]) == set(FAMILIES)
     assert attacks.loc[attacks["attack.family"] == "quantize", "attack.quantize_scheme"].notna().all()
-    fams = trials[[f"forget_acc_attacked.{f}" for f in ("finetune", "quantize", "prune")]]
+    fams = trials[[f"forget_acc_attacked.{f}" for f in FAMILIES]]
     ok = trials["status"] == "ok"
     assert (fams[ok].max(axis=1) >= trials.loc[ok, "forget_acc_attacked"] - 1e-12).all()
     report = subprocess.run([sys.executable, "-m", "analysis", str(exp), "--out", str(tmp_path / "fig")],
