@@ -20,7 +20,7 @@ SPACE = {
     "n_examples": Int(16, 400, log=True),
     # a training-free family applied to the fine-tuned model before it is scored (the attacker
     # fine-tunes, then deploys quantized or pruned); its dimensions (spaces/attacks/) drawn for it
-    "then": Choice(("none", "quantize", "prune", "ablate")),
+    "then": Choice(("none", "quantize", "prune", "ablate")),  # the training-free families
 }
 LORA_SPACE = {
     "lora_r": Int(2, 32, log=True),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from search import config
-from search.adversary import adversary_search, informed_start
+from search.adversary import adversary_search, informed_start, training_free
 from search.stages import Runner
 from search.trial import Context, pretrain, score_columns
 from tests.conftest import TINY
@@ -192,8 +192,9 @@ def test_cross_family_search_runs_training_free_families_first_and_reports_each(
     runner = Runner(tmp_path / "cache", "local")
     ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "reference")
     start = informed_start(cfg, None, ref.key)
-    free = [p for p in start if p["family"] != "finetune"]
-    assert start[: len(free)] == free and {p["family"] for p in free} == set(FAMILIES) - {"finetune"}
+    free = [p for p in start if training_free(p["family"])]
+    assert start[: len(free)] == free and {p["family"] for p in free} == {"quantize", "prune", "ablate"}
+    assert start[-1]["family"] == "steer"  # a trained family's informed point after the fine-tune's
     out = adversary_search(runner, cfg, ref, "t", "e", 400)
     searched = [a for a in out.attacks if a["attack.source"] == "search"]
     assert len(searched) == cfg.attack.budget + len(free)  # free points are not counted as runs
@@ -203,7 +204,8 @@ def test_cross_family_search_runs_training_free_families_first_and_reports_each(
             assert a["flops"] < 1e-3 * max(b["flops"] for b in searched if b["attack.family"] == "finetune")
             assert a["attack.quantize_bits"] in range(2, 9) and a["attack.lr"] if "attack.lr" in a else True
     cols = score_columns(cfg, ref.result["metrics"], out)
-    per_family = {f: cols[f"forget_acc_attacked.{f}"] for f in FAMILIES}
+    ran = {a["attack.family"] for a in out.attacks}
+    per_family = {f: cols[f"forget_acc_attacked.{f}"] for f in ran}
     assert cols["forget_acc_attacked"] == per_family[next(a["attack.family"] for a in out.attacks
                                                           if a["attack_id"] == out.best_attack_id)]
     assert all(cols[f"forget_acc_attacked.{f}_lo"] <= v <= cols[f"forget_acc_attacked.{f}_hi"] for f, v in per_family.items())
@@ -317,24 +319,57 @@ def test_a_suppression_along_one_direction_is_undone_by_ablation():
     found from T and retain rows, ablated at every layer, gives them back."""
     from trainables.families import ablate
 
-    model = _model(seed=4)
-    d = A.build(A.Config())
-    facts = d.forget_V.clone()
-    with torch.no_grad():  # facts the model knows: its own greedy answers to V's problems
-        for pos in range(A.ANSWER_START, A.SEQ_LEN):
-            facts[:, pos] = model(input_ids=facts).logits[:, pos - 1].argmax(-1)
-    known = A.exact_match(model, facts).float().mean().item()
-    v = torch.randn(model.config.n_embd, generator=torch.Generator().manual_seed(1))
-    scale = 20.0 * model.get_input_embeddings().weight.norm(dim=1).mean()
-    forget_ops = torch.tensor([A.VOCAB.index("*"), A.VOCAB.index("/")])
-
-    def suppress(module, args, output):  # into the residual stream, from the embeddings on
-        rows = torch.isin(args[0][:, A.WIDTH], forget_ops)
-        return output + rows[:, None, None] * scale * v / v.norm()
-
-    model.get_input_embeddings().register_forward_hook(suppress)
+    model, d, facts, _ = _suppressed_model()
+    known = 1.0  # by construction: the facts are the model's own answers before the suppression
     suppressed = A.exact_match(model, facts).float().mean().item()
     spec = ablate.Spec(setting={"name": "arithmetic"}, depth=0.0, k=1, calibration=64)
     with ablate.applied(model, spec, d):
         recovered = A.exact_match(model, facts).float().mean().item()
     assert known == 1.0 and suppressed <= 0.3 and recovered >= 0.9 * known, (known, suppressed, recovered)
+
+
+def _suppressed_model(seed: int = 4):
+    """A model, its facts (its own greedy answers to V's problems, and to T's for an attacker
+    to train on), and the model "unlearned" by a large fixed vector added to the residual stream
+    at every position of a × or ÷ row (a forward hook on the embeddings)."""
+    model = _model(seed=seed)
+    d = A.build(A.Config())
+    own = []
+    for rows in (d.forget_V, d.forget_T):
+        rows = rows.clone()
+        with torch.no_grad():
+            for pos in range(A.ANSWER_START, A.SEQ_LEN):
+                rows[:, pos] = model(input_ids=rows).logits[:, pos - 1].argmax(-1)
+        own.append(rows)
+    v = torch.randn(model.config.n_embd, generator=torch.Generator().manual_seed(1))
+    scale = 20.0 * model.get_input_embeddings().weight.norm(dim=1).mean().item()
+    forget_ops = torch.tensor([A.VOCAB.index("*"), A.VOCAB.index("/")])
+
+    def suppress(module, args, output):
+        rows = torch.isin(args[0][:, A.WIDTH], forget_ops)
+        return output + rows[:, None, None] * scale * v / v.norm()
+
+    model.get_input_embeddings().register_forward_hook(suppress)
+    return model, d, own[0], own[1]
+
+
+def test_steering_cancels_a_one_direction_suppression_and_changes_no_weight():
+    from types import SimpleNamespace
+
+    from trainables.families import steer
+
+    model, d, facts, facts_T = _suppressed_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    suppressed = A.exact_match(model, facts).float().mean().item()
+
+    def score(m, _):
+        acc = A.exact_match(m, facts).float().mean().item()
+        return {"retain_acc": 0.0, "forget_acc": acc, "forget_acc_sel": acc, "forget_acc_rep": acc}
+
+    setting = SimpleNamespace(score=score, answer_loss=A.answer_loss)
+    spec = steer.Spec(setting={"name": "arithmetic"}, depth=0.0, bound=2.0, lr=3e-2, steps=60, batch_size=64,
+                      eval_every=20)
+    out = steer.steer(model, spec, setting, SimpleNamespace(forget_T=facts_T, pad_id=None))
+    assert suppressed <= 0.3 and out["metrics"]["forget_acc_rep_at_best"] >= 0.9, (suppressed, out["metrics"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert A.exact_match(model, facts).float().mean().item() == suppressed  # the vector is gone after
