@@ -124,10 +124,44 @@ def test_batteries_are_the_papers_grids():
     assert {p["data"] for p in red} == {"forget", "retain_forget"} and {p["optimizer"] for p in red} == {"adamw", "sgd_nesterov"}
 
 
+def test_che_and_qi_batteries_are_the_papers_rows_with_arithmetic_rates_scaled():
+    # Che et al. 2025, results_config.py: "<data>_<lora-16-32|full>_lr-<lr>_batch-<b>_num-<n>_epoch-<e>"
+    rows = ["bio-remove-dataset_lora-16-32_lr-5e-05_batch-8_num-400_epoch-1",
+            "bio-remove-dataset_lora-16-32_lr-5e-05_batch-64_num-400_epoch-1",
+            "bio-retain-corpus_lora-16-32_lr-5e-05_batch-8_num-400_epoch-1",
+            "bio-remove-dataset_lora-16-32_lr-1e-04_batch-8_num-64_epoch-2",
+            "bio-retain-corpus_lora-16-32_lr-1e-04_batch-8_num-64_epoch-2",
+            "bio-remove-dataset_full_lr-2e-05_batch-16_num-400_epoch-1",
+            "bio-remove-dataset_full_lr-2e-05_batch-8_num-64_epoch-2",
+            "bio-retain-corpus_full_lr-5e-05_batch-64_num-64_epoch-2",
+            "bio-retain-corpus_full_lr-5e-05_batch-64_num-64_epoch-1",
+            "wikitext_lora-16-32_lr-5e-05_batch-8_num-400_epoch-1"]
+    data = {"bio-remove-dataset": "forget", "bio-retain-corpus": "benign", "wikitext": "benign"}
+    for setting, scale in (("wmdp", 1), ("arithmetic", 50)):
+        got = BATTERIES["che_tampering"](None, setting)
+        assert len(got) == len(rows)
+        for p, name in zip(got, rows):
+            source, kind, lr, batch, num, epoch = name.replace("_lora-16-32", "_lora").split("_")
+            lr, batch, num, epoch = float(lr[3:]), int(batch[6:]), int(num[4:]), int(epoch[6:])
+            assert (p["data"], p["kind"], p["batch_size"], p["n_examples"]) == (data[source], kind, batch, num)
+            assert p["lr"] == pytest.approx(lr * scale) and p["steps"] == math.ceil(num / batch) * epoch
+            assert (p.get("lora_r"), p.get("lora_alpha")) == ((16, 32.0) if kind == "lora" else (None, None))
+    # Qi et al. 2024: full AdamW 2e-5, 100 warm-up then cosine, 1,000 steps, batch 64; LoRA r 16 α 32 constant on retain
+    full, lora_row = BATTERIES["qi_durability"](None, "wmdp")
+    assert (full["lr"], full["steps"], full["warmup_steps"], full["schedule"], full["batch_size"], full["data"]) == (
+        2e-5, 1000, 100, "warmup_cosine", 64, "forget")
+    assert (lora_row["kind"], lora_row["lora_r"], lora_row["lora_alpha"], lora_row["schedule"], lora_row["data"]) == (
+        "lora", 16, 32.0, "constant", "benign")
+    full, _ = BATTERIES["qi_durability"](None, "arithmetic")
+    assert (full["lr"], full["steps"], full["warmup_steps"]) == (pytest.approx(1e-3), 100, 10)
+
+
 def test_a_battery_point_reaches_the_attack_stage(tiny_cfg):
     spec = attack_spec(tiny_cfg, BATTERIES["undo_relearn"](None, "wmdp")[0], 0)
     assert spec.loop.eval_at == [10, 25, 50, 150, 500] and spec.loop.batch_size == 20
     assert spec.data == "mix" and spec.retain_fraction == 0.5 and spec.loop.warmup_steps == 1
+    che = attack_spec(tiny_cfg, BATTERIES["che_tampering"](None, "arithmetic")[0], 0)
+    assert che.lora["r"] == 16 and che.loop.batch_size == 8 and che.n_examples == 400 and che.loop.steps == 50
 
 
 def test_search_and_battery_maximum_and_the_studys_best(tiny_cfg, tmp_path):
