@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check, under 8 minutes on one GPU:
-#   1. the CUDA-marked tests (tests/test_gpu.py: every stage on the device, float32 GPU vs CPU,
+#   1. the CUDA-marked tests (tests/test_gpu.py: every stage and every attack family (one row
+#      each) on the device, float32 GPU vs CPU,
 #      a bf16 stage sharded by FSDP on a one-rank NCCL group, a defender trial end to end);
 #   2. bench/gpu_throughput.py for a 0.5B and a 1B Llama-style model in bf16 (plain loop,
 #      stage loop, stage loop with FSDP);

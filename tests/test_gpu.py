@@ -13,11 +13,14 @@ import pytest
 import torch
 
 from search import config
-from search.adversary import attack_spec
+from search.adversary import attack_spec, family_spec
+from spaces.attacks import PRIORS as FAMILY_PRIORS
 from search.stages import Runner, run_stage
 from search.trial import Context, defender, common, pretrain, pretrain_spec, unlearn_spec
 from tests.conftest import TINY
 from trainables import loop, models
+from trainables.families import FAMILIES
+from trainables.stages import STAGES
 from trainables.methods import METHODS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -114,3 +117,21 @@ def test_a_defender_trial_end_to_end_on_the_gpu(tmp_path):
     row = _ran_on_gpu(lambda: defender(ctx, "t1", {"lr": 1e-3, "steps": 5, "lam": 1.0}, pretrain(ctx, "reference")))
     assert row["status"] == "ok" and row["attacks_run"] == cfg.attack.budget + cfg.attack.reseeds
     assert 0.0 <= row["forget_acc_attacked"] <= 1.0
+
+
+@pytest.mark.parametrize("family", sorted(f for f in FAMILIES if f != "finetune"))
+def test_every_attack_family_runs_on_the_gpu_and_scores_as_on_the_cpu(tmp_path, family, monkeypatch):
+    """One row per attack family in bench/gpu_check.sh: its informed points on the device,
+    their scores within 0.05 of the same points on the CPU (float reductions differ)."""
+    cfg = _cfg(tmp_path)
+    runner = Runner(tmp_path / "cache", "local")
+    ref = run_stage(runner, "pretrain", pretrain_spec(cfg, "reference"))
+    for i, point in enumerate(FAMILY_PRIORS[family]):
+        point = {**point, **{k: 5 for k in point if k == f"{family}_steps"}, "family": family}
+        stage, spec = family_spec(cfg, point, 0)
+        gpu = _ran_on_gpu(lambda: STAGES[stage](spec, {"model": str(ref.path)}, tmp_path))
+        monkeypatch.setattr(loop, "device", lambda: torch.device("cpu"))
+        cpu = STAGES[stage](spec, {"model": str(ref.path)}, tmp_path)
+        monkeypatch.undo()
+        for key in ("forget_acc_sel_max", "forget_acc_rep_at_best", "retain_acc_final"):
+            assert abs(gpu["metrics"][key] - cpu["metrics"][key]) <= 0.05, (family, i, key)

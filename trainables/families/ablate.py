@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 from pydantic import Field
 
-from trainables import compute, models, settings
+from trainables import compute, loop, models, settings
 from trainables.families._base import result
 from trainables.methods import rmu
 from trainables.strict import Strict
@@ -146,6 +146,7 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.n
     """Ablate the directions from ``inputs['model']``'s residual stream and score it once."""
     spec = Spec.model_validate(spec)
     model = models.load(inputs["model"], spec.load) if model is None else model
+    model.to(loop.device())
     setting, d = settings.load(spec.setting)
     with applied(model, spec, d):
         metrics = setting.score(model, d)

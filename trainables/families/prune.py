@@ -29,7 +29,7 @@ from typing import Iterator, Literal
 import torch
 from pydantic import Field
 
-from trainables import compute, models, settings
+from trainables import compute, loop, models, settings
 from trainables.families._base import result
 from trainables.families.quantize import quantized_weights
 from trainables.strict import Strict
@@ -166,6 +166,7 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.n
     """Prune ``inputs['model']`` and score it once; nothing is kept."""
     spec = Spec.model_validate(spec)
     model = models.load(inputs["model"], spec.load) if model is None else model
+    model.to(loop.device())
     setting, d = settings.load(spec.setting)
     with applied(model, spec, d):
         metrics = setting.score(model, d)

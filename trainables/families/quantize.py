@@ -30,7 +30,7 @@ from typing import Iterator, Literal
 import torch
 from pydantic import Field, model_validator
 
-from trainables import models, settings
+from trainables import loop, models, settings
 from trainables.families._base import result
 from trainables.strict import Strict
 
@@ -145,6 +145,7 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.n
     """Quantize ``inputs['model']`` and score it (V_sel, V_rep, retain) once; nothing is kept."""
     spec = Spec.model_validate(spec)
     model = models.load(inputs["model"], spec.load) if model is None else model
+    model.to(loop.device())
     setting, d = settings.load(spec.setting)
     with applied(model, spec):
         metrics = setting.score(model, d)
