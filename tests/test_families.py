@@ -373,3 +373,32 @@ def test_steering_cancels_a_one_direction_suppression_and_changes_no_weight():
     assert suppressed <= 0.3 and out["metrics"]["forget_acc_rep_at_best"] >= 0.9, (suppressed, out["metrics"])
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert A.exact_match(model, facts).float().mean().item() == suppressed  # the vector is gone after
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_no_family_feeds_a_scoring_question_to_the_model_outside_scoring(family, tmp_path, monkeypatch):
+    """Every row any family's attack puts through the model, scoring aside, is from T or retain
+    data: nothing of V builds a direction, a calibration, a steering vector or a batch."""
+    from spaces.attacks import PRIORS as FAMILY_PRIORS
+    from search.adversary import family_spec
+    from trainables.stages import STAGES
+
+    cfg = config.load(None, [*TINY, "attack.families=null", f"cache_dir={tmp_path / 'cache'}"])
+    d = A.build(cfg.setting)
+    model = _model()
+    path = tmp_path / "m"
+    model.save_pretrained(str(path))
+    fed = []
+    model.register_forward_pre_hook(lambda m, args, kw: fed.append(kw.get("input_ids", args[0] if args else None)),
+                                    with_kwargs=True)
+    stub = {"retain_acc": 0.0, "forget_acc": 0.0, "forget_acc_sel": 0.0, "forget_acc_rep": 0.0}
+    monkeypatch.setattr(A, "score", lambda m, data: dict(stub))  # scoring reads V; nothing else may
+    point = {"lr": 1e-3, "data": "mix", "steps": 4} if family == "finetune" else FAMILY_PRIORS[family][0]
+    point = {**point, **{k: 4 for k in point if k == f"{family}_steps"}, "family": family}
+    stage, spec = family_spec(cfg, point, 0)
+    STAGES[stage](spec, {"model": str(path)}, tmp_path, model=model)
+    allowed = {tuple(r.tolist()) for r in torch.cat([d.forget_T, d.retain_train])}
+    V = {tuple(r.tolist()) for r in d.forget_V}
+    rows = [tuple(r.tolist()) for batch in fed for r in batch]
+    assert rows or family == "quantize"  # quantization reads no data at all
+    assert not any(r in V for r in rows) and all(r in allowed for r in rows)
