@@ -21,7 +21,7 @@ from trainables.stages import STAGES
 pytestmark = pytest.mark.slow
 
 
-def _rank(rank: int, world: int, port: int, strategy: str, stage: str, spec: dict, inputs: dict, out: str) -> None:
+def _rank(rank: int, world: int, port: int, jobs: list[tuple]) -> None:
     import torch.distributed as dist
 
     from trainables import loop
@@ -30,34 +30,42 @@ def _rank(rank: int, world: int, port: int, strategy: str, stage: str, spec: dic
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        loop.set_strategy(strategy)
-        STAGES[stage](spec, inputs, Path(out))
+        for strategy, stage, spec, inputs, out in jobs:  # in order: a later job may read an earlier one's output
+            loop.set_strategy(strategy)
+            STAGES[stage](spec, inputs, Path(out))
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def _two_ranks(strategy: str, stage: str, spec: dict, inputs: dict, out: Path) -> dict[str, torch.Tensor]:
+def _two_ranks(jobs: list[tuple]) -> list[dict[str, torch.Tensor]]:
+    """Run ``jobs`` — (strategy, stage, spec, inputs, output folder) — one after another on one
+    two-rank gloo group (one spawn: each costs two interpreters importing torch); each job's
+    saved model's state dict."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out.mkdir(parents=True, exist_ok=True)
-    torch.multiprocessing.spawn(_rank, args=(2, port, strategy, stage, spec, inputs, str(out)), nprocs=2)
-    return models.load_model(out).state_dict() if (out / "config.json").exists() else {}
+    for *_, out in jobs:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    jobs = [(strategy, stage, spec, inputs, str(out)) for strategy, stage, spec, inputs, out in jobs]
+    torch.multiprocessing.spawn(_rank, args=(2, port, jobs), nprocs=2)
+    return [models.load_model(out).state_dict() if (Path(out) / "config.json").exists() else {} for *_, out in jobs]
 
 
 def test_fsdp_matches_ddp_for_full_subset_and_stage_outputs(tiny_cfg, tmp_path):
     cfg = tiny_cfg.model_copy(update={"model": tiny_cfg.model.model_copy(update={"arch": "llama"})})
     spec = pretrain_spec(cfg, "pure")
     spec = spec.model_copy(update={"loop": spec.loop.model_copy(update={"steps": 6})})
-    ddp = _two_ranks("ddp", "pretrain", spec, {}, tmp_path / "ddp")
-    fsdp = _two_ranks("fsdp", "pretrain", spec, {}, tmp_path / "fsdp")
+    rmu = unlearn_spec(cfg, "rmu", {"steps": 3, "layer": 0}, fixed={})
+    ddp, fsdp, a, b = _two_ranks([
+        ("ddp", "pretrain", spec, {}, tmp_path / "ddp"),
+        ("fsdp", "pretrain", spec, {}, tmp_path / "fsdp"),
+        ("ddp", "unlearn", rmu, {"model": str(tmp_path / "ddp")}, tmp_path / "rmu-ddp"),
+        ("fsdp", "unlearn", rmu, {"model": str(tmp_path / "ddp")}, tmp_path / "rmu-fsdp"),
+    ])
     assert ddp.keys() == fsdp.keys()
     for k in ddp:
         torch.testing.assert_close(fsdp[k], ddp[k], rtol=1e-4, atol=1e-5)
-
-    rmu = unlearn_spec(cfg, "rmu", {"steps": 3, "layer": 0}, fixed={})
-    a = _two_ranks("ddp", "unlearn", rmu, {"model": str(tmp_path / "ddp")}, tmp_path / "rmu-ddp")
-    b = _two_ranks("fsdp", "unlearn", rmu, {"model": str(tmp_path / "ddp")}, tmp_path / "rmu-fsdp")
     changed = [k for k in a if not torch.equal(a[k], ddp[k])]
     assert changed and all("down_proj" in k for k in changed)  # only RMU's subset trained
     for k in a:
