@@ -168,8 +168,10 @@ def training_free(family: str) -> bool:
 
 
 def family_of(cfg: ExperimentConfig, params: dict) -> str:
-    """The family of a point of the attack space (fixed ``attack.params`` first)."""
-    return {**cfg.attack.params, **params}.get("family", "finetune")
+    """The family of a point of the attack space: its own ``family``, else the fixed
+    ``attack.params.family``, else the search's only family, else the fine-tune."""
+    only = cfg.attack.families[0] if cfg.attack.families and len(cfg.attack.families) == 1 else "finetune"
+    return {**cfg.attack.params, **params}.get("family", only)
 
 
 @dataclass
@@ -394,8 +396,8 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         then = {**a.params, **params}.get("then", "none") if family == "finetune" else "none"
         if then != "none":  # the composed family's dimensions, conditional on it
             params.update(suggest(trial, a.family_space(then)))
-        if len(families) > 1 and "family" not in a.params:
-            params["family"] = family
+        if family != "finetune" or (len(families) > 1 and "family" not in a.params):
+            params["family"] = family  # a point names its family (the archive keeps it)
         extra = {"prune": prune_rule(cfg, study)}
         if limit is not None:
             extra["max_flops"] = max(0.0, limit - spent())
@@ -442,7 +444,7 @@ def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -
         p = point_in(space, point)
         if family == "finetune" and p.get("kind", a.params.get("kind", "full")) != "lora":
             p = {k: v for k, v in p.items() if k not in a.lora_space()}
-        if len(families) > 1 and "family" not in a.params:
+        if family != "finetune" or (len(families) > 1 and "family" not in a.params):
             p["family"] = family
         key = json.dumps(p, sort_keys=True)
         if p and key not in seen:

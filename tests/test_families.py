@@ -402,3 +402,13 @@ def test_no_family_feeds_a_scoring_question_to_the_model_outside_scoring(family,
     rows = [tuple(r.tolist()) for batch in fed for r in batch]
     assert rows or family == "quantize"  # quantization reads no data at all
     assert not any(r in V for r in rows) and all(r in allowed for r in rows)
+
+
+@pytest.mark.parametrize("family", ["quantize", "ablate"])
+def test_a_search_of_one_family_runs_that_family_only(family, tmp_path):
+    cfg = config.load(None, [*TINY, f"attack.families=[{family}]", "attack.budget=2", f"cache_dir={tmp_path / 'cache'}"])
+    runner = Runner(tmp_path / "cache", "local")
+    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    out = adversary_search(runner, cfg, ref, "t", "e", 400)
+    assert out.attacks and {a["attack.family"] for a in out.attacks} == {family}
+    assert all(a["flops"] < 0.05 * ref.result["flops"] for a in out.attacks)  # no fine-tune (≥ 17 %) slipped in
