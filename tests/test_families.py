@@ -3,7 +3,6 @@ reference and QLoRA's NF4 table, pruning masks against brute force, the families
 (weights restored, V never read), the 4-bit round-back on a constructed model, and the
 cross-family adversary search's rows and columns."""
 
-import math
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from tests.conftest import TINY
 from trainables import arithmetic as A
 from trainables import models
 from trainables.families import FAMILIES, quantize, prune
+from trainables.families._base import calibration_rows
 
 
 def _model(arch="gpt2", seed=0):
@@ -300,8 +300,8 @@ def test_after_ablation_no_layer_output_has_a_component_along_a_direction_and_no
     assert len(outputs) == len(modules) and len(hooks) == len(modules)  # one ablation hook per module
     # the directions the ablation used: recompute them as it did, from the same rows
     layer = round(0.5 * (len(rmu.decoder_layers(model, rmu.Params())) - 1))
-    f = ablate.row_means(model, layer, ablate._rows(d.forget_T, 32, 0), None)
-    r = ablate.row_means(model, layer, ablate._rows(d.retain_train, 32, 1), None)
+    f = ablate.row_means(model, layer, calibration_rows(d.forget_T, 32, 0), None)
+    r = ablate.row_means(model, layer, calibration_rows(d.retain_train, 32, 1), None)
     q = ablate.directions(f, r, 3)
     assert torch.allclose(q.T @ q, torch.eye(3), atol=1e-5)
     diff = f.mean(0) - r.mean(0)

@@ -1,8 +1,44 @@
-"""What every training-free attack family returns: one evaluation of the tampered model."""
+"""What the training-free attack families share: calibration rows, weights restored after a
+block, the stage's run (transform, score once) and its result."""
 
 from __future__ import annotations
 
+import contextlib
+from types import ModuleType
+from typing import Iterable, Iterator
+
 import torch
+
+from trainables import loop, models, settings
+
+
+def calibration_rows(tokens: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """A seeded draw of ``n`` rows of ``tokens`` (T or retain data, never V)."""
+    return tokens[torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+@contextlib.contextmanager
+def restored(weights: Iterable[torch.Tensor]) -> Iterator[None]:
+    """The block may change ``weights`` in place; they are as they were after it."""
+    saved = [(w, w.detach().clone()) for w in weights]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for w, old in saved:
+                w.copy_(old)
+
+
+def run(family: ModuleType, spec, inputs: dict[str, str], model: torch.nn.Module | None) -> dict:
+    """A training-free family's stage: ``inputs['model']`` (or the loaded ``model``) on the
+    stage's device, transformed by ``family.applied`` for one scoring; nothing is kept."""
+    spec = family.Spec.model_validate(spec)
+    model = models.load(inputs["model"], spec.load) if model is None else model
+    model.to(loop.device())
+    setting, d = settings.load(spec.setting)
+    with family.applied(model, spec, d):
+        metrics = setting.score(model, d)
+    return result(metrics, family.flops(model, spec, d.forget_T.shape[1]), model)
 
 
 def result(metrics: dict[str, float], cost: float, model: torch.nn.Module) -> dict:

@@ -18,14 +18,16 @@ decoder layer, by forward hooks: no weight changes.
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from pydantic import Field
 
-from trainables import compute, loop, models, settings
-from trainables.families._base import result
+from trainables import compute
+from trainables.families import _base
+from trainables.families._base import calibration_rows
 from trainables.methods import rmu
 from trainables.strict import Strict
 
@@ -45,11 +47,6 @@ class Spec(Strict):
     k: int = Field(1, ge=1, le=64)
     calibration: int = Field(64, ge=2)
     seed: int = 0
-
-
-def _rows(tokens: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return tokens[torch.randperm(len(tokens), generator=g)[:n]]
 
 
 def _hidden(output):
@@ -131,8 +128,8 @@ def applied(model: torch.nn.Module, spec: Spec, d=None) -> Iterator[torch.nn.Mod
     """``model`` with the directions found on ``d``'s T and retain rows ablated for the block."""
     pad = getattr(d, "pad_id", None)
     layer = round(spec.depth * (len(rmu.decoder_layers(model, rmu.Params())) - 1))
-    forget = row_means(model, layer, _rows(d.forget_T, spec.calibration, spec.seed), pad)
-    retain = row_means(model, layer, _rows(d.retain_train, spec.calibration, spec.seed + 1), pad)
+    forget = row_means(model, layer, calibration_rows(d.forget_T, spec.calibration, spec.seed), pad)
+    retain = row_means(model, layer, calibration_rows(d.retain_train, spec.calibration, spec.seed + 1), pad)
     with projected_out(model, directions(forget, retain, spec.k)) as m:
         yield m
 
@@ -144,10 +141,4 @@ def flops(model: torch.nn.Module, spec: Spec, tokens: int) -> float:
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.nn.Module | None = None) -> dict:
     """Ablate the directions from ``inputs['model']``'s residual stream and score it once."""
-    spec = Spec.model_validate(spec)
-    model = models.load(inputs["model"], spec.load) if model is None else model
-    model.to(loop.device())
-    setting, d = settings.load(spec.setting)
-    with applied(model, spec, d):
-        metrics = setting.score(model, d)
-    return result(metrics, flops(model, spec, d.forget_T.shape[1]), model)
+    return _base.run(sys.modules[__name__], spec, inputs, model)

@@ -23,14 +23,16 @@ its activation norms as above). Calibration reads T and retain rows only, never 
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
 from pydantic import Field
 
-from trainables import compute, loop, models, settings
-from trainables.families._base import result
+from trainables import compute
+from trainables.families import _base
+from trainables.families._base import calibration_rows, restored
 from trainables.families.quantize import quantized_weights
 from trainables.strict import Strict
 
@@ -100,11 +102,6 @@ def input_norms(model: torch.nn.Module, names: list[str], rows: torch.Tensor, pa
     return {n: s.sqrt() for n, s in sums.items()}
 
 
-def _rows(tokens: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return tokens[torch.randperm(len(tokens), generator=g)[:n]]
-
-
 def masks(model: torch.nn.Module, spec: Spec, forget: torch.Tensor | None = None, retain: torch.Tensor | None = None,
           pad_id: int | None = None) -> dict[str, torch.Tensor]:
     """Name → pruning mask in the weight's own layout (True: set to zero). ``forget`` /
@@ -137,26 +134,18 @@ def applied(model: torch.nn.Module, spec: Spec, d=None) -> Iterator[torch.nn.Mod
     """``model`` pruned for the block (calibration rows from the setting's data ``d``); the
     weights as they were after."""
     pad = getattr(d, "pad_id", None)
-    forget = _rows(d.forget_T, spec.calibration, spec.seed) if d is not None else None
-    retain = _rows(d.retain_train, spec.calibration, spec.seed + 1) if d is not None else None
+    forget = calibration_rows(d.forget_T, spec.calibration, spec.seed) if d is not None else None
+    retain = calibration_rows(d.retain_train, spec.calibration, spec.seed + 1) if d is not None else None
     found = masks(model, spec, forget, retain, pad)
     weights = {n: w for n, w, _ in quantized_weights(model)}
-    saved = []
-    with torch.no_grad():
+    with restored(weights[n] for n in found), torch.no_grad():
         for name, m in found.items():
-            w = weights[name]
-            saved.append((w, w.detach().clone()))
-            w.masked_fill_(m.to(w.device), 0)
-    try:
+            weights[name].masked_fill_(m.to(weights[name].device), 0)
         yield model
-    finally:
-        with torch.no_grad():
-            for w, old in saved:
-                w.copy_(old)
 
 
 def flops(model: torch.nn.Module, spec: Spec, tokens: int) -> float:
-    """Calibration forward passes (``tokens`` per pass; none for magnitude) and the scoring."""
+    """Calibration forward passes (``tokens`` per row; none for magnitude) and the scoring."""
     n = sum(p.numel() for p in model.parameters())
     passes = {"magnitude": 0, "wanda": 1, "importance": 2}[spec.score]
     return passes * compute.forward_flops(n, spec.calibration * tokens) + 4.0 * n
@@ -164,10 +153,4 @@ def flops(model: torch.nn.Module, spec: Spec, tokens: int) -> float:
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.nn.Module | None = None) -> dict:
     """Prune ``inputs['model']`` and score it once; nothing is kept."""
-    spec = Spec.model_validate(spec)
-    model = models.load(inputs["model"], spec.load) if model is None else model
-    model.to(loop.device())
-    setting, d = settings.load(spec.setting)
-    with applied(model, spec, d):
-        metrics = setting.score(model, d)
-    return result(metrics, flops(model, spec, d.forget_T.shape[1]), model)
+    return _base.run(sys.modules[__name__], spec, inputs, model)

@@ -24,14 +24,15 @@ precision (bitsandbytes' and GPTQ's default).
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from trainables import loop, models, settings
-from trainables.families._base import result
+from trainables.families import _base
+from trainables.families._base import restored
 from trainables.strict import Strict
 
 REFERENCE = "Zhang et al., ICLR 2025, Catastrophic failure of LLM unlearning via quantization"
@@ -122,32 +123,19 @@ def quantized_weights(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parame
 def applied(model: torch.nn.Module, spec: Spec, d=None) -> Iterator[torch.nn.Module]:
     """``model`` with its linear weights quantized for the block; the weights as they were after.
     (``d``, the setting's data, is not needed: every family's ``applied`` takes it.)"""
-    saved = []
-    with torch.no_grad():
-        for _, w, transposed in quantized_weights(model):
-            saved.append((w, w.detach().clone()))
+    layers = quantized_weights(model)
+    with restored(w for _, w, _ in layers), torch.no_grad():
+        for _, w, transposed in layers:
             q = quantize_tensor(w.t() if transposed else w, spec.scheme, spec.bits, spec.group)
             w.copy_(q.t() if transposed else q)
-    try:
         yield model
-    finally:
-        with torch.no_grad():
-            for w, old in saved:
-                w.copy_(old)
 
 
-def flops(model: torch.nn.Module) -> float:
+def flops(model: torch.nn.Module, spec: Spec | None = None, tokens: int = 0) -> float:
     """What quantizing costs: a few operations per quantized weight (no forward pass)."""
     return 8.0 * sum(w.numel() for _, w, _ in quantized_weights(model))
 
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.nn.Module | None = None) -> dict:
     """Quantize ``inputs['model']`` and score it (V_sel, V_rep, retain) once; nothing is kept."""
-    spec = Spec.model_validate(spec)
-    model = models.load(inputs["model"], spec.load) if model is None else model
-    model.to(loop.device())
-    setting, d = settings.load(spec.setting)
-    with applied(model, spec):
-        metrics = setting.score(model, d)
-    return result(metrics, flops(model), model)
-
+    return _base.run(sys.modules[__name__], spec, inputs, model)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from trainables import attack, compute, loop, models, settings
+from trainables import attack, loop, models, settings
 from trainables.families.ablate import _hidden, row_means
 from trainables.methods import rmu
 from trainables.strict import Strict
