@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from search import archive, config, tables
-from search.adversary import adversary_search, choose, informed_start, prune_rule
+from search.adversary import adversary_search, all_family_dims, choose, informed_start, prune_rule
 from search.stages import Runner
 from search.trial import Context, pretrain
 from trainables import attack, heldout
@@ -176,7 +176,8 @@ def test_archive_transfer_second_models_first_attacks_are_the_first_models_stron
     assert [t.params for t in b.study.trials[: len(expect)]] == expect
     assert archive.lookup(ctx.exp_dir, second.key)["summary"]["best_attack_id"] == b.best_attack_id
     # a model's own entry never seeds its own search (a resumed trial re-runs the same attacks)
-    others = [point_in(cfg.attack.search_space(), a["params"])
+    space = {**cfg.attack.search_space(), **all_family_dims()}  # with a composed family's (``then``) dimensions
+    others = [point_in(space, a["params"])
               for a in archive.lookup(ctx.exp_dir, second.key)["attacks"] if a["gain"] > 0]
     assert informed_start(cfg, ctx.exp_dir, first.key) == others[:2]
 
