@@ -474,7 +474,7 @@ def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, poi
     # the re-runs' seeds name the attack without its trial: Tune's trial ids are random, and the
     # same config and seed must re-run with the same seeds (``seed`` already names the model)
     local_id = best["attack_id"].removeprefix(best["trial_id"])
-    # a deterministic family's (quantize, magnitude pruning) re-run would give the same model
+    # a deterministic family's re-run (quantize's) would give the same model
     reseeds = cfg.attack.reseeds if FAMILIES[best.get("attack.family", "finetune")].SEEDED else 0
     for i in range(reseeds):
         try:
