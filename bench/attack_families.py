@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.adversary_search import panel  # noqa: E402
 from search import config  # noqa: E402
-from search.adversary import adversary_search, family_worst, training_free  # noqa: E402
+from search.adversary import adversary_search, family_worst  # noqa: E402
+from search.families import training_free  # noqa: E402
 from search.stages import Runner  # noqa: E402
 from search.trial import Context, pretrain  # noqa: E402
 from trainables import compute, heldout, settings  # noqa: E402

@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 from search import archive, resident, studies
 from search.stages import Runner, StageRef, run_stage
 from trainables import attack as attack_stage
-from trainables import heldout
+from search.families import all_family_dims, family_of, named, training_free
 from trainables.families import FAMILIES, spec_fields, stage_of
 from spaces import BATTERIES
 from spaces import ATTACK_PRIOR as PRIOR
@@ -155,23 +155,6 @@ class AttackConfig(Strict):
     def searched_families(self) -> list[str]:
         """The families the search draws from (one, where ``params.family`` fixes it)."""
         return [self.params["family"]] if "family" in self.params else list(self.families)
-
-
-def all_family_dims() -> dict[str, Dim]:
-    """Every non-fine-tune family's dimensions (each named ``<family>_<field>``)."""
-    return {k: d for name, space in FAMILY_SPACES.items() if name != "finetune" for k, d in space.items()}
-
-
-def training_free(family: str) -> bool:
-    """Whether an attack of ``family`` trains nothing (costs about one evaluation)."""
-    return getattr(FAMILIES[family], "TRAINING_FREE", False)
-
-
-def family_of(cfg: ExperimentConfig, params: dict) -> str:
-    """The family of a point of the attack space: its own ``family``, else the fixed
-    ``attack.params.family``, else the search's only family, else the fine-tune."""
-    only = cfg.attack.families[0] if cfg.attack.families and len(cfg.attack.families) == 1 else "finetune"
-    return {**cfg.attack.params, **params}.get("family", only)
 
 
 @dataclass
@@ -396,8 +379,7 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         then = {**a.params, **params}.get("then", "none") if family == "finetune" else "none"
         if then != "none":  # the composed family's dimensions, conditional on it
             params.update(suggest(trial, a.family_space(then)))
-        if family != "finetune" or (len(families) > 1 and "family" not in a.params):
-            params["family"] = family  # a point names its family (the archive keeps it)
+        named(params, family, families, a.params)
         extra = {"prune": prune_rule(cfg, study)}
         if limit is not None:
             extra["max_flops"] = max(0.0, limit - spent())
@@ -444,8 +426,7 @@ def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -
         p = point_in(space, point)
         if family == "finetune" and p.get("kind", a.params.get("kind", "full")) != "lora":
             p = {k: v for k, v in p.items() if k not in a.lora_space()}
-        if family != "finetune" or (len(families) > 1 and "family" not in a.params):
-            p["family"] = family
+        named(p, family, families, a.params)
         key = json.dumps(p, sort_keys=True)
         if p and key not in seen:
             seen.add(key)
@@ -498,21 +479,6 @@ def family_worst(out: AttackOutcome) -> dict[str, float]:
         if best is not None:
             values[family] = out.attacked if best["attack_id"] == out.best_attack_id else best["forget_acc_rep_at_best"]
     return values
-
-
-def family_columns(values: dict[str, float], n_rep: int, row: dict | None = None) -> dict:
-    """``forget_acc_attacked.<family>`` with its 95 % Wilson interval over V_rep's ``n_rep``
-    questions (``_lo``, ``_hi``), per family of ``values``; with ``row``, only where the value is
-    above the row's (a second attacker's stronger find)."""
-    cols = {}
-    for family, value in values.items():
-        key = f"forget_acc_attacked.{family}"
-        old = (row or {}).get(key)
-        if row is not None and old is not None and not value > old:
-            continue
-        cols[key] = value
-        cols[f"{key}_lo"], cols[f"{key}_hi"] = heldout.wilson(value, n_rep)
-    return cols
 
 
 def prune_rule(cfg: ExperimentConfig, study: optuna.Study) -> dict | None:

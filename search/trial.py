@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search import archive, cache, tables, verify
-from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text, family_columns, family_worst
+from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text, family_worst
+from search.families import family_columns
 from search.config import ExperimentConfig
 from search.stages import Runner, StageRef, run_stage
 from spaces import points

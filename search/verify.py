@@ -42,8 +42,8 @@ from pydantic import Field, ValidationError
 from analysis.pareto import pareto_mask
 
 from search import tables
-from search.adversary import (AttackConfig, AttackOutcome, PastPeak, adversary_search, error_text, family_columns,
-                              family_worst, seed_of)
+from search.adversary import AttackConfig, AttackOutcome, PastPeak, adversary_search, error_text, family_worst, seed_of
+from search.families import family_columns
 from search.stages import StageRef, cached
 from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES
 from spaces.dims import MAX_COUNT

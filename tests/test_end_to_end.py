@@ -12,7 +12,7 @@ import pytest
 from analysis.report import front_mask
 from search import tables
 from tests.conftest import ROOT, tiny_search
-from search.adversary import training_free
+from search.families import training_free
 from trainables.families import FAMILIES
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from search import config
-from search.adversary import adversary_search, informed_start, training_free
+from search.adversary import adversary_search, informed_start
+from search.families import training_free
 from search.stages import Runner
 from search.trial import Context, pretrain, score_columns
 from tests.conftest import TINY

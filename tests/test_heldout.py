@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from search import archive, config, tables
-from search.adversary import adversary_search, all_family_dims, choose, informed_start, prune_rule
+from search.adversary import adversary_search, choose, informed_start, prune_rule
+from search.families import all_family_dims
 from search.stages import Runner
 from search.trial import Context, pretrain
 from trainables import attack, heldout
