@@ -158,7 +158,7 @@ FAMILY_PREFIX = "forget_acc_attacked."
 def family_table(trials: pd.DataFrame) -> pd.DataFrame | None:
     """Which attack family breaks which model: each model's worst case per family (its
     strongest attack of that family on V_sel, reported on V_rep) and the family that is
-    strongest, the front's models first. None when every model met one family only."""
+    strongest, ordered by the overall worst case. None when every model met one family only."""
     fams = sorted(c.removeprefix(FAMILY_PREFIX) for c in trials
                   if c.startswith(FAMILY_PREFIX) and not c.endswith(("_lo", "_hi")))
     if len(fams) < 2:
