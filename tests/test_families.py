@@ -95,6 +95,27 @@ def test_quantization_leaves_the_head_embeddings_and_norms_and_restores_every_we
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_lora_wrapped_model_lists_each_base_weight_once_in_its_layout_and_prunes(arch):
+    """A fine-tune with LoRA adapters, then a transform (``then``): peft wraps each adapted layer
+    in a module of its own, also named ``Linear``, that shows its base layer's weight. Each base
+    weight is listed once, in its own layout (GPT-2's Conv1D transposed), adapters not at all;
+    importance pruning (which hooks every listed layer's input) runs and zeroes its sparsity."""
+    from trainables.lora import add_lora
+
+    plain = {n: (w.shape, t) for n, w, t in quantize.quantized_weights(_model(arch))}
+    model = add_lora(_model(arch), r=4, alpha=8.0, dropout=0.0, targets="all")
+    listed = quantize.quantized_weights(model)
+    assert len({id(w) for _, w, _ in listed}) == len(listed) == len(plain)
+    assert sorted((w.shape, t) for _, w, t in listed) == sorted(plain.values())
+    spec = prune.Spec(setting={"name": "arithmetic"}, score="importance", structure="unstructured", sparsity=0.25,
+                      calibration=16)
+    with prune.applied(model, spec, A.build(A.Config())):
+        for _, w, transposed in listed:
+            w_oi = w.t() if transposed else w
+            assert ((w_oi == 0).sum(1) == round(0.25 * w_oi.shape[1])).all()
+
+
 def _brute_force_lowest(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     mask = torch.zeros_like(scores, dtype=torch.bool)
     k = round(fraction * scores.shape[1])

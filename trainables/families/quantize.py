@@ -108,14 +108,17 @@ def quantized_weights(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parame
     GPT-2's ``Conv1D`` (stored (in, out): ``transposed``), but the output head, weights
     shared with the input embeddings and LoRA adapters (QLoRA's deployment: a quantized base,
     adapters in full precision)."""
+    from transformers.pytorch_utils import Conv1D
+
     embed = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     out = []
     for name, module in model.named_modules():
-        kind = type(module).__name__
-        if kind not in ("Linear", "Conv1D") or module is head or module.weight is embed or ".lora_" in name:
+        # by class, not class name: peft's LoRA wrapper is also called ``Linear`` and exposes its
+        # base layer's weight, which would be listed twice (and as untransposed over a Conv1D)
+        if not isinstance(module, (torch.nn.Linear, Conv1D)) or module is head or module.weight is embed or ".lora_" in name:
             continue
-        out.append((name, module.weight, kind == "Conv1D"))
+        out.append((name, module.weight, isinstance(module, Conv1D)))
     return out
 
 
