@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as ds
 
 from analysis import interactive, plot
 from analysis.hypervolume import hypervolume_progress
@@ -27,9 +28,14 @@ class Experiment:
     path: str
     trials: pd.DataFrame
     attacks: pd.DataFrame
-    curves: pd.DataFrame
     config: str | None
     status: str | None = None  # run.json: running, complete, interrupted, failed
+
+    def curves(self, trial_id: str) -> pd.DataFrame:
+        """One trial's rows of ``curves.parquet`` (the table itself may hold millions)."""
+        from search import tables
+
+        return tables.read_table(self.path, tables.CURVES, filter=ds.field("trial_id") == trial_id).to_pandas()
 
 
 def load(results: str) -> Experiment:
@@ -38,9 +44,8 @@ def load(results: str) -> Experiment:
 
     trials = load_trials(results)
     attacks = tables.read_table(results, tables.ATTACKS).to_pandas()
-    curves = tables.read_table(results, tables.CURVES).to_pandas()
     name = str(trials["experiment"].iloc[0]) if len(trials) else results.rstrip("/").rsplit("/", 1)[-1]
-    return Experiment(name, results, trials, attacks, curves, tables.read_text(results, tables.CONFIG),
+    return Experiment(name, results, trials, attacks, tables.read_text(results, tables.CONFIG),
                       tables.run_status(results))
 
 
@@ -315,7 +320,7 @@ def _experiment_section(doc: _Doc, exp: Experiment, out: Path, prefix: str, reta
                      "worst case vs. attack compute"))
     chosen = trial or _most_robust(t, front)
     if chosen is not None:
-        figs.append((plot.attack_curves_plot(exp.curves, exp.attacks, chosen, out / f"{prefix}attack_curves.png")[0],
+        figs.append((plot.attack_curves_plot(exp.curves(chosen), exp.attacks, chosen, out / f"{prefix}attack_curves.png")[0],
                      f"attack curves against {chosen}"))
     doc.heading("Figures", 3)
     for path, alt in figs:

@@ -33,7 +33,7 @@ def main() -> None:
         start = time.perf_counter()
         write_report([exp], f"{tmp}/out")
         report_s = time.perf_counter() - start
-    print(f"{len(e.trials)} trials, {len(e.attacks)} attack rows, {len(e.curves)} curve rows")
+    print(f"{len(e.trials)} trials, {len(e.attacks)} attack rows")
     print(f"read tables: {read_s:.2f} s   full report (plots PNG+SVG, MD, HTML): {report_s:.2f} s   "
           f"ratio {report_s / read_s:.0f}x")
 

@@ -196,7 +196,7 @@ class Progress(tune.Callback):
         self.done += 1
         params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
         say(f"trial {self.done}/{self.total} {trial.trial_id} [{params}] {text}")
-        tables.write_tables(self.ctx.exp_dir, tables.read_parts(self.ctx.exp_dir))  # stay current
+        tables.merge(self.ctx.exp_dir, [trial.trial_id])  # the tables stay current, at a cost that does not grow
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result
@@ -206,7 +206,7 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # A trial that raised has written its own failed row; one whose process died has not.
-        if trial.trial_id not in tables.read_parts(self.ctx.exp_dir):
+        if not tables.read_part(self.ctx.exp_dir, trial.trial_id):
             tables.write_part(self.ctx.exp_dir, trial.trial_id, {"trials": [{
                 "experiment": self.ctx.experiment, "trial_id": trial.trial_id, "kind": "defender",
                 "status": "error", "error": _error_text(trial),
@@ -308,11 +308,12 @@ def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
     return {"cpu": s.cpus_per_worker, **({"gpu": s.gpus_per_worker} if s.use_gpu else {}), **s.resources}
 
 
-def _report(tasks: dict) -> None:
-    """Wait for baseline tasks and print one line each."""
+def _report(tasks: dict, exp_dir: str) -> None:
+    """Wait for baseline tasks, merge their rows into the tables and print one line each."""
     for kind, task in tasks.items():
         try:
             row = ray.get(task)
+            tables.merge(exp_dir, [row["trial_id"]])
             say(f"baseline {kind}: retain {row['retain_acc']:.3f}  forget {row['forget_acc']:.3f}  "
                 f"{attacked_text(row, row['forget_acc_attacked'])}")
         except ray.exceptions.RayTaskError as e:
@@ -336,6 +337,7 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     ctx = Context(cfg, name, exp_dir, runner)
     tables.write_text(exp_dir, tables.CONFIG, config_text(cfg))
     tables.write_run_status(exp_dir, "running")
+    tables.catch_up(exp_dir)  # resumed: what the last driver did not merge
     say(f"experiment {name}: results in {exp_dir}")
     say("pre-training the reference and pure models (cached after the first run) ...")
     kinds = cfg.baseline_kinds
@@ -363,12 +365,12 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
             suppressed_id(cfg, m): _baseline_task.options(**tasks).remote(ctx, "suppressed", reference, None, m)
             for m in before
         }
-        _report(suppressed)
+        _report(suppressed, exp_dir)
     if cfg.scaling.use_gpu or cfg.scaling.resources:
         # Scarce resources (GPUs, a node type's custom resource): trials get them all, so let
         # the baselines finish first; an autoscaler then grows the cluster to the trial
         # concurrency, not to trials + baselines.
-        _report(baselines)
+        _report(baselines, exp_dir)
     try:
         _tuner(ctx, reference, resume, concurrency).fit()
     finally:
@@ -377,8 +379,8 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
         say("verifying the front: every model on it attacked again by the verification attacker ...")
         _verify_front(ctx, reference.result["flops"], tasks)
     if not cfg.scaling.use_gpu:
-        _report(baselines)
-    tables.write_tables(exp_dir, tables.read_parts(exp_dir))
+        _report(baselines, exp_dir)
+    tables.catch_up(exp_dir)  # a failed baseline's row, say
     return exp_dir
 
 

@@ -1,10 +1,13 @@
 """The experiment's tables: ``trials.parquet``, ``attacks.parquet``, ``curves.parquet``.
 
-Each trial (and each baseline) writes its rows as one JSON *part* when it ends, failed or not;
-the driver merges every part into the three Parquet tables. Parts are keyed by trial id, so a
-resumed experiment never counts a trial twice. Every write is atomic (written aside, then
-moved into place) and goes through ``pyarrow.fs``, so the folder may be a local path or a
-storage URI (``s3://``, ``gs://``, ``file://``).
+Each trial (and each baseline) writes its rows as one JSON *part* when it ends, failed or not.
+The driver appends a finished trial's rows to the three tables (:func:`merge`). Each table is a
+folder of Parquet files that grows by appending (``search/table_folder.py``), so a trial's
+bookkeeping costs the same at trial 10,000 as at trial 1. pandas, ``pyarrow.dataset``, DuckDB
+and polars read a folder as one table. Parts are keyed by trial id: a trial merged again (after
+verification, or on resume) replaces its rows, so nothing is counted twice. Every write is atomic
+(written aside, then moved into place) and goes through ``pyarrow.fs``, so the folder may be a
+local path or a storage URI (``s3://``, ``gs://``, ``file://``).
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import json
 import os
 import re
 import time
-import uuid
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from search import table_folder
+from search.table_folder import StorageFull, write_atomic as _write_atomic  # noqa: F401 (StorageFull: re-exported)
 
 TRIALS = "trials.parquet"
 ATTACKS = "attacks.parquet"
@@ -103,17 +109,6 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def _write_atomic(fs: pafs.FileSystem, path: str, write) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as out:
-        write(out)
-    if isinstance(fs, pafs.LocalFileSystem):
-        fs.move(tmp, path)  # rename(2): readers see the old file or the new one, never half
-    else:  # object stores publish an object whole on close; no rename needed
-        fs.copy_file(tmp, path)
-        fs.delete_file(tmp)
-
-
 def write_part(exp_dir: str, trial_id: str, rows: dict[str, list[dict]]) -> None:
     """Write one trial's rows {'trials': [...], 'attacks': [...], 'curves': [...]} atomically."""
     fs, base = resolve(exp_dir)
@@ -177,15 +172,15 @@ def _read_json(fs: pafs.FileSystem, path: str) -> Any:
 def to_table(rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> pa.Table:
     """Rows → a table with the fixed columns first (typed, nulls allowed), then any extra
     columns (``flops.*``, ``steps.*`` typed by their prefix; ``param.*``, ``attack.*`` with
-    inferred types) in sorted order."""
+    inferred types, null-typed while all null) in sorted order."""
     extra = sorted({k for r in rows for k in r} - set(columns))
     arrays, fields = [], []
     for name in [*columns, *extra]:
         values = [r.get(name) for r in rows]
         typ = columns.get(name) or next((t for p, t in PREFIX_TYPES.items() if name.startswith(p)), None)
+        # an untyped column that is all null stays null-typed: a later trial's value gives it its
+        # type when the table folder's schema is unified
         arr = pa.array(values, type=typ) if typ is not None else pa.array(values)
-        if typ is None and pa.types.is_null(arr.type):
-            arr = arr.cast(pa.string())
         arrays.append(arr)
         fields.append(pa.field(name, arr.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
@@ -231,22 +226,135 @@ def flag_under_attacked(trials: list[dict]) -> list[dict]:
     return out
 
 
-def write_tables(exp_dir: str, parts: dict[str, dict[str, list[dict]]]) -> dict[str, pa.Table]:
-    """Merge parts into the three Parquet tables, each written atomically."""
+def _derived(rows: list[dict], baselines: list[dict]) -> list[dict]:
+    """``rows`` with their derived columns (robustness, under_attacked) against ``baselines``
+    (the baseline rows among them count once)."""
+    mine = {r["trial_id"] for r in rows}
+    context = [b for b in baselines if b["trial_id"] not in mine]
+    return flag_under_attacked(add_robustness([*context, *rows]))[len(context):]
+
+
+def _folder(exp_dir: str, name: str) -> tuple[pafs.FileSystem, str]:
     fs, base = resolve(exp_dir)
-    fs.create_dir(base, recursive=True)
-    tables = {}
+    path = join(base, name)
+    if fs.get_file_info(path).type == pafs.FileType.File:  # a table written whole by an older version
+        fs.delete_file(path)
+    return fs, path
+
+
+# What the driver has merged, by experiment folder: {"ids": trial ids, "baselines": baseline rows}.
+# The driver is the tables' only writer, so its own record stays true while it runs.
+_merged: dict[str, dict] = {}
+
+
+def _state(exp_dir: str) -> dict:
+    """What is merged into ``exp_dir``'s tables, read once per process. Rows of a trial that
+    reached ``curves`` or ``attacks`` but not ``trials`` (a driver that died mid-merge) are
+    removed: a trial is in every table or in none."""
+    if exp_dir not in _merged:
+        fs, trials = _folder(exp_dir, TRIALS)
+        t = table_folder.read(fs, trials, columns=["trial_id", "kind"])
+        ids = set(t.column("trial_id").to_pylist()) if t is not None else set()
+        base = table_folder.read(fs, trials, filter=ds.field("kind") == "baseline") if t is not None else None
+        for name in (ATTACKS, CURVES):
+            fs, folder = _folder(exp_dir, name)
+            held = table_folder.read(fs, folder, columns=["trial_id"])
+            if held is not None:
+                orphans = set(held.column("trial_id").unique().to_pylist()) - ids
+                if orphans:
+                    table_folder.remove(fs, folder, "trial_id", orphans)
+        _merged[exp_dir] = {"ids": ids, "baselines": base.to_pylist() if base is not None else []}
+    return _merged[exp_dir]
+
+
+def merge(exp_dir: str, trial_ids: list[str]) -> None:
+    """Append these trials' parts to the three tables, replacing the rows of any already merged
+    (a verified trial's new rows, a resumed trial). What it costs does not grow with the
+    trials already in the tables, except where a baseline lands: every trial's derived columns
+    depend on the baselines, so the trials table is rewritten then."""
+    state = _state(exp_dir)
+    parts = {tid: read_part(exp_dir, tid) for tid in trial_ids}
+    parts = {tid: p for tid, p in parts.items() if p}
+    try:
+        _merge(exp_dir, state, parts)
+    except BaseException:  # a full disk, say: read the tables afresh next time (the rows of a
+        _merged.pop(exp_dir, None)  # half-merged trial are then removed, and it merges again)
+        raise
+
+
+def _merge(exp_dir: str, state: dict, parts: dict[str, dict]) -> None:
+    again = set(parts) & state["ids"]
+    if again:  # out of trials first: until its new row is in, a trial counts as not merged
+        fs, folder = _folder(exp_dir, TRIALS)
+        table_folder.remove(fs, folder, "trial_id", again)
+        state["ids"] -= again
+    for name in (CURVES, ATTACKS, TRIALS):  # trials last: a trial is merged once its row is there
+        fs, folder = _folder(exp_dir, name)
+        if again and name != TRIALS:
+            table_folder.remove(fs, folder, "trial_id", again)
+        rows = [r for tid in parts for r in parts[tid].get(PART_KEYS[name], [])]
+        if name == TRIALS:
+            landed = [r for r in rows if r.get("kind") == "baseline"]
+            state["baselines"] = [*(b for b in state["baselines"] if b["trial_id"] not in parts), *landed]
+            rows = _derived(rows, state["baselines"])
+        if rows:
+            table_folder.append(fs, folder, to_table(rows, SCHEMAS[name]), SCHEMAS[name])
+    state["ids"] |= set(parts)
+    if landed:  # every trial's derived columns depend on the baselines
+        fields = table_folder.schema(fs, folder)
+        table_folder.rewrite(fs, folder, lambda t: table_folder.conform(
+            to_table(_derived(t.to_pylist(), state["baselines"]), TRIAL_COLUMNS), fields))
+
+
+def part_ids(exp_dir: str) -> list[str]:
+    """The trial ids that have a part, from the folder's listing (no part is read)."""
+    fs, base = resolve(exp_dir)
+    infos = fs.get_file_info(pafs.FileSelector(join(base, PARTS), allow_not_found=True))
+    return sorted(i.base_name[: -len(".json")] for i in infos if i.is_file and i.base_name.endswith(".json"))
+
+
+def catch_up(exp_dir: str) -> list[str]:
+    """Merge every part the tables do not hold yet (a resumed or finished run); return their ids."""
+    todo = [tid for tid in part_ids(exp_dir) if tid not in _state(exp_dir)["ids"]]
+    for tid in todo:
+        merge(exp_dir, [tid])
+    return todo
+
+
+def trial_rows(exp_dir: str) -> list[dict]:
+    """Every finished trial's row: the trials table's, and those of parts not merged yet (a
+    reader beside the driver, which merges a trial after it reports)."""
+    rows = {r["trial_id"]: r for r in read_table(exp_dir, TRIALS).to_pylist()}
+    for tid in part_ids(exp_dir):
+        if tid not in rows:
+            rows.update({r["trial_id"]: r for r in read_part(exp_dir, tid).get("trials", [])})
+    return list(rows.values())
+
+
+def write_tables(exp_dir: str, parts: dict[str, dict[str, list[dict]]]) -> dict[str, pa.Table]:
+    """Write the three tables from ``parts`` alone (whatever they held is replaced), one file
+    each; return them."""
+    _merged.pop(exp_dir, None)
+    out = {}
     for name, columns in SCHEMAS.items():
+        fs, folder = _folder(exp_dir, name)
+        fs.delete_dir_contents(folder, missing_dir_ok=True)
         rows = [r for tid in sorted(parts) for r in parts[tid].get(PART_KEYS[name], [])]
         if name == TRIALS:
             rows = flag_under_attacked(add_robustness(rows))
-        table = to_table(rows, columns)
-        _write_atomic(fs, join(base, name), lambda out, t=table: pq.write_table(t, out))
-        tables[name] = table
-    return tables
+        out[name] = to_table(rows, columns)
+        table_folder.append(fs, folder, out[name], columns)
+    _merged[exp_dir] = {"ids": set(parts), "baselines": [r for r in out[TRIALS].to_pylist() if r.get("kind") == "baseline"]}
+    return out
 
 
-def read_table(exp_dir: str, name: str) -> pa.Table:
-    """Read one of the experiment's tables."""
-    fs, base = resolve(exp_dir)
-    return pq.read_table(join(base, name), filesystem=fs)
+def read_table(exp_dir: str, name: str, columns: list[str] | None = None,
+               filter: ds.Expression | None = None) -> pa.Table:
+    """Read one of the experiment's tables (``columns`` and ``filter`` read only what they
+    name); empty if it has no rows yet."""
+    fs, folder = resolve(exp_dir)
+    path = join(folder, name)
+    if fs.get_file_info(path).type == pafs.FileType.File:  # written whole by an older version
+        return pq.read_table(path, filesystem=fs, columns=columns, filters=filter)
+    t = table_folder.read(fs, path, columns, filter)
+    return t if t is not None else to_table([], SCHEMAS[name])

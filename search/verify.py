@@ -238,8 +238,7 @@ def in_trial(ctx: Context, row: dict, released: StageRef, ref_flops: float, n_ex
     v, first = ctx.cfg.verify, startup(ctx.cfg)
     if not v.enabled or first is None or not candidates([row]):
         return row
-    others = [p["trials"][0] for tid, p in tables.read_parts(ctx.exp_dir).items()
-              if tid != row["trial_id"] and p.get("trials")]
+    others = [r for r in tables.trial_rows(ctx.exp_dir) if r["trial_id"] != row["trial_id"]]
     others = candidates(others)
     if len(others) < first or not near_front(row, others, v.margin):
         return row
@@ -266,11 +265,12 @@ def sweep(exp_dir: str, verify_many: Callable[[list[str]], list[dict]], say: Cal
     those rows, in the order verified."""
     done: list[dict] = []
     for _ in range(max_rounds):
-        rows = [p["trials"][0] for p in tables.read_parts(exp_dir).values() if p.get("trials")]
+        rows = tables.trial_rows(exp_dir)
         todo = [r["trial_id"] for r in front(rows) if not r.get("verified") and not r.get("verify_error")]
         if not todo:
             break
         new = [r for r in verify_many(todo) if r.get("verified")]
+        tables.merge(exp_dir, todo)  # their parts were rewritten
         after = {r["trial_id"] for r in front([*(r for r in rows if r["trial_id"] not in todo), *new])}
         for r in new:
             fell = r["trial_id"] not in after
