@@ -230,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: tables in {tables.redact(exp_dir)}/ are incomplete; continue with --name {name} --resume",
               file=sys.stderr, flush=True)
         return 130
+    except tables.StorageFull as e:  # every write is atomic: the tables hold what was written whole
+        print(f"error: no space left on the device of {tables.redact(e.filename)}; nothing is half-written: "
+              f"free space, then continue with --name {name} --resume", file=sys.stderr, flush=True)
+        return 1
     status, text, code = outcome(exp_dir, cfg.search.trials, name)
     tables.write_run_status(exp_dir, status)
     if status == "complete":  # no trial will be resumed: close what a killed driver left open
