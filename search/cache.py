@@ -231,6 +231,19 @@ def _node_lock(mirror: Path, key: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextmanager
+def computing(cache_dir: str | Path, key: str) -> Iterator[float]:
+    """Hold the right to compute ``key``; yields the seconds spent waiting for it. Processes that
+    share a local cache folder (two drivers, the trials of one, nodes on one shared file
+    system) compute a key once: the others wait here, then find the entry. A remote cache
+    (``s3://``) is locked per node only, in the node's mirror: object stores have no lock. A
+    holder that dies releases the lock with its process."""
+    root = mirror_root(str(cache_dir)) if is_remote(cache_dir) else Path(cache_dir)
+    start = time.perf_counter()
+    with _node_lock(root, f"compute-{key}"):
+        yield time.perf_counter() - start
+
+
 def fetches(mirror: Path) -> list[dict]:
     """The downloads into a mirror so far, one per entry fetched: key, bytes, seconds."""
     log = mirror / FETCH_LOG

@@ -8,6 +8,7 @@ output back as a Ray Train checkpoint, so it also works when the workers sit on 
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -162,6 +163,17 @@ def run_stage(runner: Runner, stage: str, spec: Strict | dict, inputs: dict[str,
     hit = cached(runner, key)
     if hit is not None:
         return hit
+    with cache.computing(runner.cache_dir, key) as waited:
+        hit = cached(runner, key)
+        if hit is not None:  # another process computed it while this one waited
+            print(f"[tamper-search] stage {key}: waited {waited:.1f} s for another process computing it; "
+                  "reusing its result", file=sys.stderr, flush=True)
+            return hit
+        return _compute(runner, stage, spec, key, inputs, execute)
+
+
+def _compute(runner: Runner, stage: str, spec: dict, key: str, inputs: dict[str, StageRef],
+             execute: Callable | None) -> StageRef:
     paths = {role: str(ref.path) for role, ref in inputs.items()}  # materialized where they run
     staged = cache.staging_dir(runner.cache_dir, key)
     start = time.perf_counter()

@@ -152,3 +152,45 @@ def test_a_method_on_a_safeguard_is_a_trial_over_its_suppressed_baseline(tmp_pat
     assert row["compute_frac"] == pytest.approx(row["flops.unlearn"] / reference.result["flops"])
     curves = tables.read_parts(ctx.exp_dir)["t1"]["curves"]
     assert {c["stage"] for c in curves} >= {"unlearn", "unlearn.lat", "attack"}
+
+
+_TWO_PROCESSES = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from search import config
+from search.stages import Runner, run_stage
+from search.trial import pretrain_spec
+from tests.conftest import TINY
+cfg = config.load(None, [*TINY, "pretrain.reference.steps=150"])
+me, other = Path({tmp!r}) / f"ready-{{sys.argv[1]}}", Path({tmp!r}) / f"ready-{{1 - int(sys.argv[1])}}"
+me.touch()
+while not other.exists():  # both imported: ask for the key at the same moment
+    time.sleep(0.01)
+ref = run_stage(Runner({cache!r}, executor="local"), "pretrain", pretrain_spec(cfg, "reference"))
+print(json.dumps({{"key": ref.key, "cached": ref.cached, "result": ref.result}}))
+"""
+
+
+def test_two_processes_needing_one_stage_key_compute_it_once(tmp_path):
+    """Two drivers (or two trials) that need the same stage at once: one computes it, the other
+    waits for it, says so, and reuses the entry; both get the same result."""
+    import subprocess
+    import sys
+
+    code = _TWO_PROCESSES.format(root=str(ROOT), tmp=str(tmp_path), cache=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT) for i in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    got = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    from search import cache
+
+    same = [{k: v for k, v in g["result"].items() if k != cache.MANIFEST} for g in got]  # the commit adds it
+    assert got[0]["key"] == got[1]["key"] and same[0] == same[1]
+    assert sorted(g["cached"] for g in got) == [False, True]  # one computation
+    waiter = [e for (_, e), g in zip(outs, got) if g["cached"]][0]
+    computer = [e for (_, e), g in zip(outs, got) if not g["cached"]][0]
+    assert "waited" in waiter and "for another process computing it" in waiter and "waited" not in computer
+    entries = [d for d in (tmp_path / "cache").iterdir() if not d.name.startswith(".")]
+    assert len(entries) == 1
