@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
@@ -52,10 +53,11 @@ SEARCHES = {
 def searches(request, tmp_path_factory):
     """The selected tests' searches, all started when the module starts, each its own
     ``python search/run.py`` with its own Ray instance as on a laptop. Most of a tiny search is
-    process start-ups and imports that leave a core idle; side by side they overlap (on 2 cores
-    the four take ~1 minute less than one after another). ``searches(name)`` waits for the
-    search of test ``name`` and returns its folder and its finished process (stdout, stderr,
-    code)."""
+    process start-ups and imports that leave a core idle; side by side they overlap. The ctrl-c
+    scenario (three drivers one after another, one trial at a time: half a core idle) runs
+    beside them in a thread. ``searches(name)`` waits for the search of test ``name`` and
+    returns its folder and its finished process (stdout, stderr, code), or for the ctrl-c
+    test what its scenario observed."""
     selected = {item.originalname for item in request.session.items if item.module is request.module}
     logs = tmp_path_factory.mktemp("logs")
     started = {}
@@ -66,8 +68,13 @@ def searches(request, tmp_path_factory):
             proc = subprocess.Popen(tiny_search(folder, "e2e", *extra), cwd=folder, stdout=out, stderr=err,
                                     text=True, env={**os.environ, **env}, start_new_session=True)
             started[test] = (folder, proc, out, err)
+    pool = ThreadPoolExecutor(1)
+    scenario = (pool.submit(_stopped_twice_then_resumed, tmp_path_factory.mktemp("ctrl_c"))
+                if CTRL_C in selected else None)
 
     def finished(test: str) -> tuple:
+        if test == CTRL_C:
+            return scenario.result(timeout=1200)
         folder, proc, out, err = started[test]
         proc.wait(timeout=900)
         out.seek(0), err.seek(0)
@@ -79,6 +86,7 @@ def searches(request, tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         out.close(), err.close()
+    pool.shutdown(wait=True)  # the scenario ends its own drivers, also when it fails
 
 
 @pytest.fixture
@@ -281,39 +289,43 @@ def test_tar_search_over_the_inner_loop_adversary(search):
     assert report.returncode == 0 and "Robustness vs. compute (robustified models" in report.stdout
 
 
-def test_ctrl_c_then_a_killed_driver_then_resume_lands_every_trial_once(tmp_path):
-    """One search, stopped twice. SIGINT (Ctrl-C) after the first trial landed: Ray Tune stops
-    gracefully, the driver writes what finished, marks the run interrupted and exits 130.
-    ``--resume``, then SIGKILL of that driver (and the Ray instance it started) after another
-    trial landed. ``--resume`` again finishes the search: each trial exactly once, the planted
-    NaN trial (a learning rate that blows the weights up) a failed row with its error, the
-    others ok, the run marked complete."""
+CTRL_C = "test_ctrl_c_then_a_killed_driver_then_resume_lands_every_trial_once"
+GRID = ["--set", "search.sampler=grid", "--set", "search.trials=4", "--set", "search.max_concurrent=1",
+        "--set", "defender.params={steps: 5, lam: 1.0}",
+        "--set", "defender.space.lr={values: [1.0e-3, 1.0e+30, 2.0e-3, 3.0e-3]}", *NO_VERIFY]
+
+
+def _stopped_twice_then_resumed(tmp_path) -> dict:
+    """The ctrl-c test's drivers, one after another (run in the ``searches`` fixture's thread):
+    what each stop left behind, for the test to assert on."""
     import json
     import time
 
-    grid = ["--set", "search.sampler=grid", "--set", "search.trials=4", "--set", "search.max_concurrent=1",
-            "--set", "defender.params={steps: 5, lam: 1.0}",
-            "--set", "defender.space.lr={values: [1.0e-3, 1.0e+30, 2.0e-3, 3.0e-3]}", *NO_VERIFY]
-    cmd = tiny_search(tmp_path, "e2e", *grid)
+    cmd = tiny_search(tmp_path, "e2e", *GRID)
     exp = tmp_path / "results" / "e2e"
+    seen: dict = {"tmp_path": tmp_path, "exp": exp}
 
     def landed() -> set[str]:
         return {p.stem for p in (exp / "parts").glob("*.json")} - {"pure", "reference"} if (exp / "parts").exists() else set()
 
     def wait_for(n: int, proc: subprocess.Popen) -> None:
-        deadline = time.time() + 300
+        deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None and len(landed()) < n:
             time.sleep(0.2)
 
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(1, proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
-    assert "interrupted" in (stdout + stderr) and "--resume" in (stdout + stderr)
-    assert json.loads((exp / "run.json").read_text())["run_status"] == "interrupted"
-    first = landed()
-    assert 1 <= len(first) < 4, first
+    try:
+        wait_for(1, proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    seen["interrupted"] = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    seen["status_after_interrupt"] = json.loads((exp / "run.json").read_text())["run_status"]
+    seen["first"] = first = landed()
+    if not 1 <= len(first) < 4:
+        return seen  # the test fails on it; nothing to resume
 
     proc = subprocess.Popen([*cmd, "--resume"], cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -322,9 +334,30 @@ def test_ctrl_c_then_a_killed_driver_then_resume_lands_every_trial_once(tmp_path
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
         proc.wait()
-    assert len(first) < len(landed()) < 4, landed()  # killed mid-search, after progress
+    seen["killed"] = landed()
+    seen["again"] = _run(tmp_path, *GRID, "--resume")
+    return seen
 
-    again = _run(tmp_path, *grid, "--resume")
+
+def test_ctrl_c_then_a_killed_driver_then_resume_lands_every_trial_once(search):
+    """One search, stopped twice. SIGINT (Ctrl-C) after the first trial landed: Ray Tune stops
+    gracefully, the driver writes what finished, marks the run interrupted and exits 130.
+    ``--resume``, then SIGKILL of that driver (and the Ray instance it started) after another
+    trial landed. ``--resume`` again finishes the search: each trial exactly once, the planted
+    NaN trial (a learning rate that blows the weights up) a failed row with its error, the
+    others ok, the run marked complete."""
+    import json
+
+    seen = search
+    stopped, exp = seen["interrupted"], seen["exp"]
+    assert stopped.returncode == 130, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert "interrupted" in (stopped.stdout + stopped.stderr) and "--resume" in (stopped.stdout + stopped.stderr)
+    assert seen["status_after_interrupt"] == "interrupted"
+    first = seen["first"]
+    assert 1 <= len(first) < 4, first
+    assert len(first) < len(seen["killed"]) < 4, seen["killed"]  # killed mid-search, after progress
+
+    again = seen["again"]
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.strip().splitlines()[-1].endswith("1 of 4 defender trials failed")
     assert json.loads((exp / "run.json").read_text())["run_status"] == "complete"
