@@ -125,6 +125,22 @@ def check_location(flag: str, value: str) -> None:
         raise ConfigError(f"{flag} {value}: {e}") from None
 
 
+def check_writable(field: str, location: str) -> None:
+    """A local folder that this process can create and write a file in (a probe, written and
+    removed), or ConfigError naming ``field``: found before any work, not by a stage's commit
+    an hour in. URIs are checked by their first write."""
+    if "://" in location:
+        return
+    path = Path(os.path.expanduser(location))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{field} {location}: cannot write there ({e.strerror})") from None
+
+
 def claim(storage: str, name: str, resume: bool):
     """Claim the experiment folder before any work, so that two runs never write one
     experiment: a new experiment's folder is created atomically (a second run of the same name
@@ -144,14 +160,16 @@ def claim(storage: str, name: str, resume: bool):
     path = os.path.join(base, name)
     if os.path.exists(base) and not os.path.isdir(base):
         raise ConfigError(f"--storage {storage}: is a file, not a folder")
-    os.makedirs(base, exist_ok=True)
-    if not resume:
-        try:
+    try:
+        os.makedirs(base, exist_ok=True)
+        if not resume:
             os.mkdir(path)
-        except FileExistsError:
-            raise ConfigError(f"--name {name}: {path} exists; pass --resume to continue it, "
-                              "or choose another --name") from None
-    lock = open(os.path.join(path, ".lock"), "a")
+        lock = open(os.path.join(path, ".lock"), "a")
+    except FileExistsError:
+        raise ConfigError(f"--name {name}: {path} exists; pass --resume to continue it, "
+                          "or choose another --name") from None
+    except OSError as e:
+        raise ConfigError(f"storage {storage}: cannot write there ({e.strerror})") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -203,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# ok: would write {redact(storage.rstrip('/'))}/{name}/", flush=True)
         return 0
     try:
+        check_writable("cache_dir", cfg.cache_dir)
         lock = claim(storage, name, args.resume)  # noqa: F841 (held until the process ends)
     except ConfigError as e:
         print(f"error: {_redacted(e)}", file=sys.stderr)

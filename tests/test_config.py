@@ -269,3 +269,15 @@ def test_a_bad_base_is_named(tmp_path, text, needle):
     (tmp_path / "loop.yaml").write_text(text)
     with pytest.raises(config.ConfigError, match=needle):
         config.load(tmp_path / "loop.yaml")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--storage", "/sys/tamper-search-test"], "storage /sys/tamper-search-test: cannot write there"),
+    (["--set", "cache_dir=/sys/tamper-search-test"], "cache_dir /sys/tamper-search-test: cannot write there"),
+])
+def test_storage_or_cache_that_cannot_be_written_exits_2_before_any_work(tmp_path, monkeypatch, capsys, args, needle):
+    """/sys refuses new folders even to root (who may write anywhere chmod could forbid)."""
+    monkeypatch.chdir(tmp_path)
+    base = [] if args[0] == "--storage" else ["--storage", str(tmp_path / "results")]
+    _one_line_error(*_cli(capsys, *base, *args), needle)
+    assert not (tmp_path / "results").exists() or list((tmp_path / "results").iterdir()) == []
