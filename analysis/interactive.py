@@ -24,20 +24,20 @@ def _num(v) -> str:
     return "–" if v is None or v != v else f"{v:.3f}"
 
 
-def _interval(row: pd.Series, col: str) -> str:
+def _interval(row: dict | pd.Series, col: str) -> str:
     lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
     return f"{_num(row.get(col))} [{_num(lo)}, {_num(hi)}]" if lo is not None and lo == lo else _num(row.get(col))
 
 
-def _attack_text(attacks: pd.DataFrame, attack_id) -> str:
-    if attack_id is None or attack_id != attack_id or attacks.empty:
+def _attack_text(attacks: dict[str, dict], attack_id) -> str:
+    """``attacks``: attack id → its row."""
+    if attack_id is None or attack_id != attack_id:
         return "strongest attack: none ran"
-    a = attacks[attacks["attack_id"] == attack_id]
-    if a.empty:
+    if attack_id not in attacks:
         return f"strongest attack: {attack_id}"
-    a = a.iloc[0]
+    a = attacks[attack_id]
     family = a.get("attack.family", "finetune")
-    own = [k for k in a.index if k.startswith(f"attack.{family}_")]  # a non-fine-tune family's settings
+    own = [k for k in a.keys() if k.startswith(f"attack.{family}_")]  # a non-fine-tune family's settings
     keys = ("attack.role", "attack.source", "attack.family", "attack.kind", "attack.optimizer", "attack.schedule",
             "attack.lr", "attack.steps", "attack.batch", "attack.data", "attack.n_examples", "attack.lora_r", *own)
     parts = [f"{k.removeprefix('attack.')} {a[k]:.3g}" if isinstance(a.get(k), float) else f"{k.removeprefix('attack.')} {a[k]}"
@@ -45,10 +45,10 @@ def _attack_text(attacks: pd.DataFrame, attack_id) -> str:
     return f"strongest attack {attack_id} (checkpoint step {a.get('best_step')}): " + ", ".join(parts)
 
 
-def tooltip(row: pd.Series, attacks: pd.DataFrame) -> str:
-    """What hovering a model's point shows."""
+def tooltip(row: dict | pd.Series, attacks: dict[str, dict]) -> str:
+    """What hovering a model's point shows (``attacks``: attack id → its row)."""
     params = [f"  {c.removeprefix('param.')} = {row[c]:.4g}" if isinstance(row[c], float) else f"  {c.removeprefix('param.')} = {row[c]}"
-              for c in row.index if c.startswith("param.") and row[c] is not None and row[c] == row[c]]
+              for c in row.keys() if c.startswith("param.") and row[c] is not None and row[c] == row[c]]
     verified = row.get("verified")
     lines = [f"trial {row['trial_id']} ({row['method']})", *params,
              f"retain {_interval(row, 'retain_acc')}", f"forget before attack {_interval(row, 'forget_acc')}",
@@ -82,6 +82,10 @@ def front_svg(trials: pd.DataFrame, front: pd.Series, attacks: pd.DataFrame) -> 
             f'<text transform="translate(14 {(y0 + y1) / 2}) rotate(-90)" text-anchor="middle">retain accuracy</text>']
     ok = trials[(trials["kind"] == "defender") & (trials["status"] == "ok")]
     on_front = front.reindex(ok.index, fill_value=False)
+    # each point's strongest attack, looked up by id (not a scan of every attack per point);
+    # rows as dicts: a pandas row access costs a microsecond per field, thousands of points
+    best_attacks = attacks[attacks["attack_id"].isin(trials["best_attack_id"])].drop_duplicates("attack_id")
+    attacks = {r["attack_id"]: r for r in best_attacks.to_dict("records")}
     best = ok[on_front].sort_values("forget_acc_attacked")
     if len(best):  # the staircase: each front model's retain held until the next
         pts = []
@@ -91,7 +95,7 @@ def front_svg(trials: pd.DataFrame, front: pd.Series, attacks: pd.DataFrame) -> 
                 pts.append(_xy(b["forget_acc_attacked"], a["retain_acc"]))
         out.append('<polyline fill="none" stroke="#000" stroke-width="1.2" points="'
                    + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
-    for idx, row in ok.iterrows():
+    for idx, row in zip(ok.index, ok.to_dict("records")):
         x, y = _xy(row["forget_acc_attacked"], row["retain_acc"])
         verified = bool(row.get("verified") is True or row.get("verified") == 1)
         search = row.get("forget_acc_attacked_search")
@@ -107,7 +111,7 @@ def front_svg(trials: pd.DataFrame, front: pd.Series, attacks: pd.DataFrame) -> 
                    f'fill="{fill}" fill-opacity="{0.9 if front_flag else 0.3}" stroke="#333" stroke-width="{1 if front_flag else 0.3}">'
                    f'<title>{html.escape(tooltip(row, attacks))}</title></circle>')
     base = trials[(trials["kind"] == "baseline") & (trials["status"] == "ok")]
-    for _, row in base.iterrows():
+    for row in base.to_dict("records"):
         x, y = _xy(row["forget_acc_attacked"], row["retain_acc"])
         colour = BASELINE_COLOURS.get(str(row["method"]), "#777")
         out.append(f'<rect class="point baseline" data-trial="{html.escape(str(row["trial_id"]))}" x="{x - 6:.1f}" '

@@ -25,11 +25,35 @@ def _candidates(g: np.ndarray, feasible) -> np.ndarray:
 def _front(g: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The non-dominated subset of ``rows`` (indices into ``g``)."""
     pts = g[rows]
+    if pts.shape[1] == 2:
+        return rows[_front_2d(pts)]
     keep = np.ones(len(rows), dtype=bool)
     for i in range(len(rows)):
         dominators = (pts >= pts[i]).all(axis=1) & (pts > pts[i]).any(axis=1)
         keep[i] = not dominators.any()
     return rows[keep]
+
+
+def _front_2d(pts: np.ndarray) -> np.ndarray:
+    """Mask of the non-dominated points of ``pts`` (n, 2), both maximised, in O(n log n): by
+    first objective, highest first; within one value of it only the points with the highest
+    second objective can be optimal, and they are unless a point with a higher first objective
+    reaches their second (the sweep's best so far)."""
+    keep = np.zeros(len(pts), dtype=bool)
+    order = np.lexsort((-pts[:, 1], -pts[:, 0]))
+    best = -np.inf
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and pts[order[j], 0] == pts[order[i], 0]:
+            j += 1
+        top = pts[order[i], 1]  # the group's highest second objective (sorted so)
+        if top > best:
+            group = order[i:j]
+            keep[group[pts[group, 1] == top]] = True
+            best = top
+        i = j
+    return keep
 
 
 def pareto_mask(values: np.ndarray, maximize, feasible=None) -> np.ndarray:

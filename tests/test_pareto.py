@@ -31,3 +31,14 @@ def test_matches_brute_force_with_duplicates_and_nan(k, seed):
 def test_known_case():
     v = np.array([[0.9, 0.1], [0.8, 0.05], [0.7, 0.2], [0.9, 0.1], [np.nan, 0.0]])
     assert pareto_mask(v, [True, False]).tolist() == [True, True, False, True, False]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 300])
+@pytest.mark.parametrize("seed", range(8))
+def test_the_two_objective_sweep_matches_brute_force(n, seed):
+    """Two objectives take an O(n log n) sweep (thousands of trials in a report); ties in
+    either objective, duplicates and every direction."""
+    rng = np.random.default_rng(100 + seed)
+    v = rng.integers(0, 4 if seed % 2 else 50, size=(n, 2)).astype(float)
+    maximize = [bool(seed & 2), bool(seed & 4)]
+    assert (pareto_mask(v, maximize) == brute_force(v, maximize)).all()
