@@ -109,6 +109,16 @@ def _synthetic_parts(tmp_path, n: int, attacks: int = 3) -> dict:
     return tables.read_parts(src)
 
 
+def _merged_one_by_one(tmp_path, n: int, attacks: int = 3) -> tuple[dict, str]:
+    """A synthetic experiment's parts, each written and merged as the driver does: (parts, folder)."""
+    parts = _synthetic_parts(tmp_path, n, attacks)
+    exp = str(tmp_path / "exp")
+    for tid, part in parts.items():
+        tables.write_part(exp, tid, part)
+        tables.merge(exp, [tid])
+    return parts, exp
+
+
 def _sorted(df, name: str):
     """A table (Arrow or pandas) as a pandas frame in a fixed row and column order."""
     keys = {tables.TRIALS: ["trial_id"], tables.ATTACKS: ["attack_id"],
@@ -163,11 +173,7 @@ def test_trial_by_trial_merges_equal_one_write_and_every_reader_agrees(tmp_path,
 
 
 def test_a_trial_merged_again_replaces_its_rows(tmp_path, small_folders):
-    parts = _synthetic_parts(tmp_path, 8)
-    exp = str(tmp_path / "exp")
-    for tid, part in parts.items():
-        tables.write_part(exp, tid, part)
-        tables.merge(exp, [tid])
+    parts, exp = _merged_one_by_one(tmp_path, 8)
     part = parts["t00003"]
     part["trials"][0]["forget_acc_attacked"] = 0.99
     part["attacks"].append({**part["attacks"][0], "attack_id": "t00003-extra"})
@@ -243,11 +249,7 @@ def test_leftovers_of_a_crashed_merge_are_skipped_by_readers_and_removed_by_the_
 def test_rows_of_a_trial_whose_merge_died_before_its_trial_row_are_removed(tmp_path, small_folders):
     from search import table_folder
 
-    parts = _synthetic_parts(tmp_path, 5)
-    exp = str(tmp_path / "exp")
-    for tid, part in parts.items():
-        tables.write_part(exp, tid, part)
-        tables.merge(exp, [tid])
+    parts, exp = _merged_one_by_one(tmp_path, 5)
     n = tables.read_table(exp, tables.CURVES).num_rows
     fs, base = tables.resolve(exp)
     orphan = [{**parts["t00002"]["curves"][0], "trial_id": "ghost"}]
