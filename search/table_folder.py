@@ -144,20 +144,24 @@ def append(fs: pafs.FileSystem, folder: str, table: pa.Table, fixed: Iterable[st
     if old is not None and not target.equals(old):
         rewrite(fs, folder, lambda t: conform(t, target))
     n = max((f[2] for f in live), default=0) + 1
-    _write(fs, f"{folder}/L0-{n:09d}-{n:09d}.parquet", conform(table, target))
-    compact(fs, folder)
+    path = f"{folder}/L0-{n:09d}-{n:09d}.parquet"
+    _write(fs, path, conform(table, target))
+    _compact(fs, folder, [*live, (0, n, n, path)])
 
 
-def compact(fs: pafs.FileSystem, folder: str) -> None:
-    """Merge the oldest ``FAN_IN`` files of every level below ``TOP`` that has that many."""
+def _compact(fs: pafs.FileSystem, folder: str, live: list[tuple[int, int, int, str]]) -> None:
+    """Merge the oldest ``FAN_IN`` files of every level below ``TOP`` that has that many.
+    ``live``: the folder's live files as listed (kept up to date here, not listed again)."""
     for level in range(TOP):
-        at = [f for f in _listing(fs, folder)[0] if f[0] == level]
+        at = sorted((f for f in live if f[0] == level), key=lambda f: f[1])
         while len(at) >= FAN_IN:
             group, at = at[:FAN_IN], at[FAN_IN:]
             merged = pa.concat_tables(pq.read_table(f[3], filesystem=fs) for f in group)
-            _write(fs, f"{folder}/L{level + 1}-{group[0][1]:09d}-{group[-1][2]:09d}.parquet", merged)
+            out = (level + 1, group[0][1], group[-1][2], f"{folder}/L{level + 1}-{group[0][1]:09d}-{group[-1][2]:09d}.parquet")
+            _write(fs, out[3], merged)
             for f in group:
                 fs.delete_file(f[3])
+            live = [f for f in live if f not in group] + [out]
 
 
 def remove(fs: pafs.FileSystem, folder: str, column: str, values: set[str]) -> int:

@@ -236,10 +236,16 @@ def _derived(rows: list[dict], baselines: list[dict]) -> list[dict]:
 
 def _folder(exp_dir: str, name: str) -> tuple[pafs.FileSystem, str]:
     fs, base = resolve(exp_dir)
-    path = join(base, name)
-    if fs.get_file_info(path).type == pafs.FileType.File:  # a table written whole by an older version
-        fs.delete_file(path)
-    return fs, path
+    return fs, join(base, name)
+
+
+def _drop_old_files(exp_dir: str) -> None:
+    """Delete tables an older version wrote whole, as single files: their rows are in the
+    parts, from which the folders are then built."""
+    for name in SCHEMAS:
+        fs, path = _folder(exp_dir, name)
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            fs.delete_file(path)
 
 
 # What the driver has merged, by experiment folder: {"ids": trial ids, "baselines": baseline rows}.
@@ -252,6 +258,7 @@ def _state(exp_dir: str) -> dict:
     reached ``curves`` or ``attacks`` but not ``trials`` (a driver that died mid-merge) are
     removed: a trial is in every table or in none."""
     if exp_dir not in _merged:
+        _drop_old_files(exp_dir)
         fs, trials = _folder(exp_dir, TRIALS)
         t = table_folder.read(fs, trials, columns=["trial_id", "kind"])
         ids = set(t.column("trial_id").to_pylist()) if t is not None else set()
@@ -301,6 +308,7 @@ def _merge(exp_dir: str, state: dict, parts: dict[str, dict]) -> None:
             table_folder.append(fs, folder, to_table(rows, SCHEMAS[name]), SCHEMAS[name])
     state["ids"] |= set(parts)
     if landed:  # every trial's derived columns depend on the baselines
+        fs, folder = _folder(exp_dir, TRIALS)
         fields = table_folder.schema(fs, folder)
         table_folder.rewrite(fs, folder, lambda t: table_folder.conform(
             to_table(_derived(t.to_pylist(), state["baselines"]), TRIAL_COLUMNS), fields))
@@ -335,6 +343,7 @@ def write_tables(exp_dir: str, parts: dict[str, dict[str, list[dict]]]) -> dict[
     """Write the three tables from ``parts`` alone (whatever they held is replaced), one file
     each; return them."""
     _merged.pop(exp_dir, None)
+    _drop_old_files(exp_dir)
     out = {}
     for name, columns in SCHEMAS.items():
         fs, folder = _folder(exp_dir, name)
@@ -352,8 +361,7 @@ def read_table(exp_dir: str, name: str, columns: list[str] | None = None,
                filter: ds.Expression | None = None) -> pa.Table:
     """Read one of the experiment's tables (``columns`` and ``filter`` read only what they
     name); empty if it has no rows yet."""
-    fs, folder = resolve(exp_dir)
-    path = join(folder, name)
+    fs, path = _folder(exp_dir, name)
     if fs.get_file_info(path).type == pafs.FileType.File:  # written whole by an older version
         return pq.read_table(path, filesystem=fs, columns=columns, filters=filter)
     t = table_folder.read(fs, path, columns, filter)
