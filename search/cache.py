@@ -26,16 +26,18 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DIR = "~/.cache/tamper-search"  # the config's cache_dir unless set
 RESULT_FILE = "result.json"
 MANIFEST = "files"  # key in result.json: {relative path: {"size": bytes, "sha256": hex}}
 FETCH_LOG = "fetches.jsonl"  # in a node's mirror: one line per entry downloaded into it
+RECIPES = ".recipes"  # <cache>/.recipes/<key>.json: how to make an entry with files again
 _verified: set[str] = set()  # entries whose hashes this process has checked
 
 
@@ -159,6 +161,15 @@ def lookup(cache_dir: str | Path, key: str) -> dict | None:
     return result
 
 
+def exists(cache_dir: str | Path, key: str) -> bool:
+    """Entry ``key`` is committed (its marker is there; nothing checked beyond that)."""
+    location = entry(cache_dir, key)
+    if is_remote(location):
+        fs, base = _fs(str(location))
+        return fs.get_file_info(f"{base}/{RESULT_FILE}").type != pafs.FileType.NotFound
+    return (Path(location) / RESULT_FILE).exists()
+
+
 def staging_dir(cache_dir: str | Path, key: str) -> Path:
     """A fresh local folder to write an entry into before committing it."""
     root = mirror_root(str(cache_dir)) if is_remote(cache_dir) else Path(cache_dir)
@@ -179,13 +190,20 @@ def _move_into_place(staged: Path, target: Path) -> Path:
     return target
 
 
-def commit(cache_dir: str | Path, key: str, staged: Path, result: dict) -> str | Path:
+def commit(cache_dir: str | Path, key: str, staged: Path, result: dict, recipe: dict | None = None) -> str | Path:
     """Write ``result`` into ``staged`` and publish it as ``key``; returns the entry's location.
+
+    ``recipe`` (stage, spec, inputs) is kept beside the entry when it holds files (a model):
+    retention may delete such an entry, and a process that needs it again remakes it from
+    its recipe (``search.stages.rebuild``).
 
     Remote: every file is uploaded, ``result.json`` last, then the staged folder becomes this
     node's mirror copy.
     """
-    (staged / RESULT_FILE).write_text(json.dumps({**result, MANIFEST: manifest(staged)}))
+    files = manifest(staged)
+    (staged / RESULT_FILE).write_text(json.dumps({**result, MANIFEST: files}))
+    if recipe is not None and files:
+        write_json(entry(cache_dir, f"{RECIPES}/{key}.json"), recipe)
     if not is_remote(cache_dir):
         return _move_into_place(staged, entry(cache_dir, key))
     uri = entry(cache_dir, key)
@@ -201,6 +219,40 @@ def commit(cache_dir: str | Path, key: str, staged: Path, result: dict) -> str |
     mirror.parent.mkdir(parents=True, exist_ok=True)
     _move_into_place(staged, mirror)
     return uri
+
+
+def write_json(location: str | Path, obj: dict) -> None:
+    """Write a small JSON file, local (atomically: aside, then renamed) or remote (one object)."""
+    text = json.dumps(obj, sort_keys=True)
+    if is_remote(location):
+        fs, path = _fs(str(location))
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(text.encode())
+        return
+    path = Path(location)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_json(location: str | Path) -> dict | None:
+    """A small JSON file, local or remote (None: not there)."""
+    try:
+        if is_remote(location):
+            fs, path = _fs(str(location))
+            with fs.open_input_stream(path) as f:
+                return json.loads(f.read())
+        return json.loads(Path(location).read_text())
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def recipe(cache_dir: str | Path, key: str) -> dict | None:
+    """How entry ``key`` was made (stage, spec, inputs by role: key and location), kept for
+    entries with files; None for one made before recipes were kept or without files."""
+    return read_json(entry(cache_dir, f"{RECIPES}/{key}.json"))
 
 
 def remove(location: str | Path) -> None:
@@ -231,6 +283,63 @@ def _node_lock(mirror: Path, key: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _lock_root(cache_dir: str | Path) -> Path:
+    """Where a cache's locks live: the folder itself, or this node's mirror of a remote cache."""
+    return mirror_root(str(cache_dir)) if is_remote(cache_dir) else Path(cache_dir)
+
+
+@contextmanager
+def using(cache_dir: str | Path, keys: list[str]) -> Iterator[None]:
+    """Hold entries ``keys`` in use (a shared lock each): :func:`release` on this node (or any
+    process sharing the cache folder) does not delete an entry while a process uses it."""
+    import fcntl
+
+    locks = _lock_root(cache_dir) / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        for key in sorted(set(keys)):
+            f = stack.enter_context(open(locks / f"use-{key}", "a"))
+            fcntl.flock(f, fcntl.LOCK_SH)
+        yield
+
+
+def release(cache_dir: str | Path, key: str) -> bool:
+    """Delete entry ``key`` unless a process holds it in use (:func:`using`); its recipe stays,
+    so it can be made again. Returns whether it was deleted (False: in use, or not there).
+
+    Local: the folder is renamed aside first, so no reader ever sees half an entry. Remote: the
+    commit marker goes first, so the entry stops existing before its files do."""
+    import fcntl
+
+    locks = _lock_root(cache_dir) / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"use-{key}", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            location = entry(cache_dir, key)
+            if is_remote(location):
+                fs, base = _fs(str(location))
+                if fs.get_file_info(f"{base}/{RESULT_FILE}").type == pafs.FileType.NotFound:
+                    return False
+                fs.delete_file(f"{base}/{RESULT_FILE}")
+                remove(location)
+                return True
+            aside = Path(cache_dir) / ".staging" / f"released-{key}-{uuid.uuid4().hex[:8]}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(location, aside)
+            except FileNotFoundError:
+                return False
+            _verified.discard(str(location))
+            shutil.rmtree(aside, ignore_errors=True)
+            return True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @contextmanager
 def computing(cache_dir: str | Path, key: str) -> Iterator[float]:
     """Hold the right to compute ``key``; yields the seconds spent waiting for it. Processes that
@@ -238,9 +347,8 @@ def computing(cache_dir: str | Path, key: str) -> Iterator[float]:
     system) compute a key once: the others wait here, then find the entry. A remote cache
     (``s3://``) is locked per node only, in the node's mirror: object stores have no lock. A
     holder that dies releases the lock with its process."""
-    root = mirror_root(str(cache_dir)) if is_remote(cache_dir) else Path(cache_dir)
     start = time.perf_counter()
-    with _node_lock(root, f"compute-{key}"):
+    with _node_lock(_lock_root(cache_dir), f"compute-{key}"):
         yield time.perf_counter() - start
 
 
@@ -287,3 +395,9 @@ def _download(location: str, cache_uri: str, key: str, target: Path) -> Path:
         _discard(location, why)
         raise FileNotFoundError(f"cache entry {location} was damaged ({why}) and is discarded; run again to recompute it")
     return _move_into_place(staged, target)
+
+
+if __name__ == "__main__":  # python -m search.cache du|gc: search/retention.py
+    from search.retention import main
+
+    sys.exit(main())

@@ -17,7 +17,9 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 # Each section's schema lives with what owns it; this module composes them and reads YAML.
+from search.cache import DEFAULT_DIR as DEFAULT_CACHE_DIR
 from search.adversary import AttackConfig
+from search.retention import CacheConfig
 from search.stages import ScalingConfig
 from search.tracking import TrackingConfig
 from search.verify import VerifyConfig, attacker
@@ -74,7 +76,8 @@ class ExperimentConfig(Strict):
     scaling: ScalingConfig = ScalingConfig()
     tracking: TrackingConfig = TrackingConfig()
     storage: str = "results"
-    cache_dir: str = "~/.cache/tamper-search"
+    cache_dir: str = DEFAULT_CACHE_DIR
+    cache: CacheConfig = CacheConfig()  # what the cache keeps (search/retention.py)
     ray_address: str | None = None
     ray_num_cpus: int | None = Field(None, ge=1)
 

@@ -24,8 +24,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search import progress, studies, tables, tracking, verify
 from search.config import ConfigError, ExperimentConfig
+from search.retention import Retention
 from search.stages import Runner, StageRef
-from search.trial import Context, baseline, defender, pretrain, suppressed_id, verify_trial
+from search.trial import Context, baseline, defender, pretrain, suppressed_id, suppressed_key, verify_trial
 from spaces import points
 from spaces.dims import suggest
 
@@ -37,6 +38,9 @@ SAMPLERS = {
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
 }
 
+
+# the running experiment's cache retention (search/retention.py); None outside run_experiment
+retention: Retention | None = None
 
 def quiet() -> None:
     """Silence per-stage chatter (Ray Train's local-mode notice, transformers' progress bars)."""
@@ -197,6 +201,10 @@ class Progress(tune.Callback):
         params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
         say(f"trial {self.done}/{self.total} {trial.trial_id} [{params}] {text}")
         tables.merge(self.ctx.exp_dir, [trial.trial_id])  # the tables stay current, at a cost that does not grow
+        if retention is not None:  # module state, not this object's: a restored Tuner unpickles its callbacks
+            rows = tables.read_part(self.ctx.exp_dir, trial.trial_id).get("trials") or []
+            for row in rows:
+                retention.finished(row)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result
@@ -338,13 +346,29 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     tables.write_text(exp_dir, tables.CONFIG, config_text(cfg))
     tables.write_run_status(exp_dir, "running")
     tables.catch_up(exp_dir)  # resumed: what the last driver did not merge
-    say(f"experiment {name}: results in {exp_dir}")
+    global retention
+    retention = Retention(runner.cache_dir, exp_dir, cfg.cache.mode(cfg.setting.name))
+    retention.start()  # registered in the cache as running: gc leaves what it makes alone
+    try:
+        _run(ctx, concurrency, resume)
+    finally:
+        retention.stop()
+        retention = None
+    return exp_dir
+
+
+def _run(ctx: Context, concurrency: int | None, resume: bool) -> None:
+    """The experiment's work: pre-training, baselines, the search, verification, retention."""
+    cfg, exp_dir = ctx.cfg, ctx.exp_dir
+    say(f"experiment {ctx.experiment}: results in {exp_dir}")
     say("pre-training the reference and pure models (cached after the first run) ...")
     kinds = cfg.baseline_kinds
     # In local mode these tasks run their stages in-process: they hold the stage resources.
     tasks = cfg.scaling.task_options()
     models = dict(zip(kinds, ray.get([_pretrain_task.options(**tasks).remote(ctx, k) for k in kinds])))
     reference = models["reference"]
+    retention.pin({m.key for m in models.values()} | {suppressed_key(cfg, m, reference) for m in cfg.defender.methods
+                                                      if cfg.defender.robust(m)})
     for kind, ref in models.items():
         m = ref.result["metrics"]
         how = "cached" if ref.cached else f"{ref.result['wall_s']:.0f} s"
@@ -381,7 +405,10 @@ def run_experiment(cfg: ExperimentConfig, name: str, storage: str, resume: bool 
     if not cfg.scaling.use_gpu:
         _report(baselines, exp_dir)
     tables.catch_up(exp_dir)  # a failed baseline's row, say
-    return exp_dir
+    retention.close(tables.trial_rows(exp_dir))
+    if retention.deleted:
+        say(f"cache.keep: {retention.mode}: deleted {len(retention.deleted)} models off the front from the stage cache "
+            "(each is made again from its recipe if needed)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,7 +83,7 @@ def experiment_name(args: argparse.Namespace, experiment: str, storage: str) -> 
 # What a resumed run may change: where things run and how many at once, never what is computed.
 # (More trials are not among them: Tune restores the search with its original sample count.)
 RESUMABLE = ("search.max_concurrent", "search.max_failures", "scaling.max_failures", "scaling.cluster_gpus",
-             "storage", "cache_dir", "ray_address", "ray_num_cpus")
+             "storage", "cache_dir", "cache.keep", "ray_address", "ray_num_cpus")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -169,7 +169,45 @@ def run_stage(runner: Runner, stage: str, spec: Strict | dict, inputs: dict[str,
             print(f"[tamper-search] stage {key}: waited {waited:.1f} s for another process computing it; "
                   "reusing its result", file=sys.stderr, flush=True)
             return hit
-        return _compute(runner, stage, spec, key, inputs, execute)
+        # the inputs stay in use while the stage reads them; one that retention deleted since
+        # its ref was taken is made again first
+        with cache.using(runner.cache_dir, [ref.key for ref in inputs.values() if _in_cache(runner, ref)]):
+            inputs = {role: present(runner, ref) for role, ref in inputs.items()}
+            return _compute(runner, stage, spec, key, inputs, execute)
+
+
+def _in_cache(runner: Runner, ref: StageRef) -> bool:
+    """``ref`` is an entry of the runner's cache (not a hub id or a user's folder)."""
+    return str(ref.path) == str(cache.entry(runner.cache_dir, ref.key))
+
+
+def present(runner: Runner, ref: StageRef) -> StageRef:
+    """``ref`` as it is in the cache now: itself if its entry is there (or it is not a cache
+    entry), else the entry made again from its recipe (:func:`rebuild`)."""
+    if not _in_cache(runner, ref) or cache.exists(runner.cache_dir, ref.key):
+        return ref
+    return rebuild(runner, ref.key)
+
+
+def rebuild(runner: Runner, key: str) -> StageRef:
+    """Entry ``key`` from the cache, or made again from its recipe when retention deleted it
+    (its inputs made again first, where they were deleted too). Raises LookupError when it is
+    gone and no recipe says how to make it."""
+    hit = cached(runner, key)
+    if hit is not None:
+        return hit
+    how = cache.recipe(runner.cache_dir, key)
+    if how is None:
+        raise LookupError(f"cache entry {key} is gone and has no recipe to make it again")
+    print(f"[tamper-search] stage {key}: deleted by retention and needed again; recomputing it",
+          file=sys.stderr, flush=True)
+    inputs = {role: StageRef(i["key"], cache.entry(runner.cache_dir, i["key"]) if i["cached"] else i["path"], {})
+              for role, i in how["inputs"].items()}
+    ref = run_stage(runner, how["stage"], how["spec"], inputs)
+    if ref.key != key:
+        raise LookupError(f"cache entry {key} is gone and its recipe now makes {ref.key} (the training code "
+                          "changed since): run the experiment again")
+    return ref
 
 
 def _compute(runner: Runner, stage: str, spec: dict, key: str, inputs: dict[str, StageRef],
@@ -190,7 +228,10 @@ def _compute(runner: Runner, stage: str, spec: dict, key: str, inputs: dict[str,
     result["wall_s"] = time.perf_counter() - start
     result["inputs"] = {role: ref.key for role, ref in inputs.items()}  # provenance: what it was built from
     result.setdefault("node", node_id())  # set by a Ray Train worker where it ran elsewhere
-    path = cache.commit(runner.cache_dir, key, staged, result)
+    recipe = {"stage": stage, "spec": spec,
+              "inputs": {role: {"key": ref.key, "path": str(ref.path), "cached": _in_cache(runner, ref)}
+                         for role, ref in inputs.items()}}
+    path = cache.commit(runner.cache_dir, key, staged, result, recipe)
     return StageRef(key, path, result)
 
 

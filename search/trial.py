@@ -22,7 +22,7 @@ from search import archive, cache, tables, verify
 from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text, family_worst
 from search.families import family_columns
 from search.config import ExperimentConfig
-from search.stages import Runner, StageRef, run_stage
+from search.stages import Runner, StageRef, cache_key, run_stage
 from spaces import points
 from trainables import evaluate as evaluate_stage, heldout, settings, wmdp
 from trainables import pretrain as pretrain_stage, unlearn as unlearn_stage
@@ -60,7 +60,7 @@ class Context:
 def config_hash(cfg: ExperimentConfig, params: dict | None = None) -> str:
     """Hash of what determines a trial: the experiment config (less where it is stored) and
     the trial's own parameters."""
-    body = cfg.model_dump(exclude={"storage", "cache_dir", "ray_address", "ray_num_cpus"})
+    body = cfg.model_dump(exclude={"storage", "cache_dir", "cache", "ray_address", "ray_num_cpus"})
     blob = json.dumps({"cfg": body, "params": params or {}}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -271,6 +271,13 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
 def verify_trial(ctx: Context, trial_id: str, ref_flops: float) -> dict:
     """Verify a finished trial's model (``search/verify.py``); its part is rewritten."""
     return verify.verify_trial(ctx, trial_id, ref_flops, len(_data(ctx.cfg).forget_T))
+
+
+def suppressed_key(cfg: ExperimentConfig, method: str, reference: StageRef) -> str:
+    """Cache key of the suppressed model of ``method`` at its fixed and default hyperparameters
+    (the ``suppressed`` baseline's model, the teacher its robustified trials share)."""
+    step = cfg.defender.suppressor(common(cfg), method, {})
+    return cache_key(step.stage, step.spec, {"model": reference.key})
 
 
 def suppressed_id(cfg: ExperimentConfig, method: str) -> str:

@@ -44,7 +44,7 @@ from analysis.pareto import pareto_mask
 from search import tables
 from search.adversary import AttackConfig, AttackOutcome, PastPeak, adversary_search, error_text, family_worst, seed_of
 from search.families import family_columns
-from search.stages import StageRef, cached
+from search.stages import StageRef, rebuild
 from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES
 from spaces.dims import MAX_COUNT
 from trainables import heldout
@@ -215,12 +215,11 @@ def verify_trial(ctx: Context, trial_id: str, ref_flops: float, n_examples: int 
                  released: StageRef | None = None, where: str = "sweep") -> dict:
     """Attack trial ``trial_id``'s released model with the verification attacker and rewrite its
     part with the outcome folded in (:func:`apply`). ``released`` defaults to the cache entry of
-    the row's ``model_key``. Returns the new row."""
+    the row's ``model_key`` (remade from its recipe if it was deleted). Returns the new row."""
     part = tables.read_part(ctx.exp_dir, trial_id)
     row = part["trials"][0]
-    released = released or cached(ctx.runner, row["model_key"])
-    if released is None:
-        raise RuntimeError(f"trial {trial_id}: its model {row['model_key']} is no longer in the stage cache")
+    # retention (cache.keep) may have deleted a model that was off the front: made again
+    released = released or rebuild(ctx.runner, row["model_key"])
     start = time.perf_counter()
     cfg = ctx.cfg.model_copy(update={"attack": attacker(ctx.cfg, _search_flops(part.get("attacks", [])), ref_flops)})
     outcome = adversary_search(ctx.runner, cfg, released, trial_id, ctx.experiment, n_examples,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from analysis.report import front_mask
-from search import tables
+from search import cache, retention, tables
 from tests.conftest import ROOT, tiny_search
 from search.families import training_free
 from trainables.families import FAMILIES
@@ -32,11 +32,11 @@ TOKEN = "wandb-secret-0123456789abcdef0123456789abcdef"
 NO_VERIFY = ["--set", "verify.enabled=false"]
 # The searches of the tests below that depend on nothing else: (arguments, environment).
 SEARCHES = {
-    "test_search_writes_all_tables_and_resumes": (["--set", "tracking.backend=mlflow"], {}),
+    "test_search_writes_all_tables_and_resumes": (["--set", "tracking.backend=mlflow", "--set", "cache.keep=front"], {}),
     "test_several_methods_in_one_search_and_one_plot": (
         ["--set", "defender.method=[graddiff,maxent,npo,rmu]", "--set", "search.trials=4",
          "--set", "search.sampler=random", "--set", "attack.budget=1", "--set", "search.retain_floor=0.5",
-         "--set", "tracking.backend=wandb", "--set", "attack.families=null", *NO_VERIFY], {"WANDB_API_KEY": TOKEN}),
+         "--set", "tracking.backend=wandb", "--set", "attack.families=null", "--set", "cache.keep=front", *NO_VERIFY], {"WANDB_API_KEY": TOKEN}),
     "test_undo_alpha_sweep_through_the_driver": (
         ["--config", str(ROOT / "configs" / "undo_arithmetic.yaml"),
          "--set", "defender.undo.space.alpha={values: [0.3, 0.9]}", "--set", "search.trials=2",
@@ -116,13 +116,14 @@ def test_search_writes_all_tables_and_resumes(search):
     assert len(search) == 3 * len(trials)
     assert (search.groupby("trial_id")["attack.source"].agg(lambda s: sorted(s)) .map(tuple) == ("reseed", "search", "search")).all()
     t = trials.set_index("trial_id")
-    assert (t["attacks_run"] == attacks.groupby("trial_id").size()).all()
+    # (aligned on trial id: the tables' row order is the order trials finished in)
+    assert (t["attacks_run"] == attacks.groupby("trial_id").size().reindex(t.index)).all()
     on_front = set(trials.loc[front_mask(trials), "trial_id"])
     assert on_front and t.loc[list(on_front), "verified"].all()
     verified = set(attacks.loc[attacks["attack.role"] == "verify", "trial_id"])
     assert verified == set(t.index[t["verified"].fillna(False).astype(bool)]) <= set(t.index[t["kind"] == "defender"])
     assert (t.loc[list(verified), "verified_in"] == "sweep").all()
-    assert (t["flops.attack"] == attacks.groupby("trial_id")["flops"].sum()).all()
+    assert (t["flops.attack"] == attacks.groupby("trial_id")["flops"].sum().reindex(t.index)).all()
     assert (t["forget_acc_attacked"] >= t["forget_acc_attacked_search"]).all()
     # the attack is chosen on V_sel over what was searched, and reported on V_rep over its seeds
     by_search = t[t["attacked_by"] == "search"]
@@ -143,6 +144,8 @@ def test_search_writes_all_tables_and_resumes(search):
 
     _mlflow_holds_each_trial_and_its_attacks(exp, trials, attacks)
 
+    _cache_holds_the_front_and_the_baselines(tmp_path / "cache", trials, attacks, out.stdout)
+
     again = _run(tmp_path, "--set", "tracking.backend=mlflow", "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "nothing to resume, the run was complete" in again.stdout and "Pareto set" in again.stdout
@@ -161,6 +164,23 @@ def test_search_writes_all_tables_and_resumes(search):
                              capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert studies.returncode == 0 and "defender: 2 complete" in studies.stdout, studies.stderr
     assert all(f"{name}: 2 complete" in studies.stdout for name in resumed["attack_study"])
+
+
+def _cache_holds_the_front_and_the_baselines(cache_dir, trials, attacks, stdout) -> None:
+    """After a search with ``cache.keep: front``: the cache holds the front's models and the
+    baselines', and every attack result (no weights); the other trials' models are gone, their
+    recipes kept; the experiment's record in the cache keeps exactly those models."""
+    cached = retention.entries(cache_dir)
+    with_files = {e.key for e in cached if e.has_files}
+    on_front = set(trials.loc[front_mask(trials), "model_key"])
+    baselines = set(trials.loc[trials["kind"] == "baseline", "model_key"])
+    assert with_files == on_front | baselines
+    gone = set(trials.loc[trials["kind"] == "defender", "model_key"]) - with_files
+    assert all(cache.recipe(cache_dir, k) for k in gone)
+    assert (f"deleted {len(gone)} models off the front" in stdout) == bool(gone)
+    assert {FAMILIES[f].STAGE for f in attacks["attack.family"]} <= {e.stage for e in cached if not e.has_files}
+    record = retention.records(cache_dir)[0]
+    assert record["state"] == "finished" and set(record["keep"]) == on_front | baselines
 
 
 def _mlflow_holds_each_trial_and_its_attacks(exp, trials, attacks) -> None:
@@ -248,6 +268,9 @@ def test_several_methods_in_one_search_and_one_plot(search):
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert report.returncode == 0, report.stderr
     assert "Which attack family breaks which model" in (tmp_path / "fig" / "report.md").read_text()
+    # cache.keep: front, every trial below the retain floor: no front, every trial's model deleted
+    assert not front_mask(trials).any()
+    _cache_holds_the_front_and_the_baselines(tmp_path / "cache", trials, attacks, out.stdout)
 
 
 def test_undo_alpha_sweep_through_the_driver(search):
