@@ -10,6 +10,7 @@ would hand truncated values to a multi-objective study.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pyarrow.fs as pafs
 import ray
 import yaml
 from ray import tune
@@ -24,6 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search import progress, studies, tables, tracking, verify
 from search.config import ConfigError, ExperimentConfig
+from search.disk import storage_full
 from search.retention import Retention
 from search.stages import Runner, StageRef
 from search.trial import Context, baseline, defender, pretrain, suppressed_id, suppressed_key, verify_trial
@@ -140,6 +143,8 @@ def _verify_front(ctx: Context, ref_flops: float, tasks: dict) -> None:
             try:
                 rows.append(ray.get(task))
             except ray.exceptions.RayTaskError as e:
+                if storage_full(e) is not None:
+                    raise storage_full(e) from e
                 say(f"verification of {trial_id} FAILED: {e.cause!r} (its search-time score stands, unverified)")
                 rows.append(verify.mark_failed(ctx.exp_dir, trial_id, str(e.cause)))
         return rows
@@ -213,6 +218,9 @@ class Progress(tune.Callback):
                           f"{attacked_text(r, r['attacked'])}{verified}" + ("" if r["feasible"] else "  (below retain floor)"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        full = storage_full(_trial_error(trial))
+        if full is not None:  # the run stops (search/run.py); --resume runs the trial again
+            raise full
         # A trial that raised has written its own failed row; one whose process died has not.
         if not tables.read_part(self.ctx.exp_dir, trial.trial_id):
             tables.write_part(self.ctx.exp_dir, trial.trial_id, {"trials": [{
@@ -231,6 +239,18 @@ def attacked_text(row: dict, value: float) -> str:
     and the optimistic V_sel figure it was chosen by."""
     return (f"attacked {value:.3f} [{row['forget_acc_attacked_lo']:.3f}, {row['forget_acc_attacked_hi']:.3f}]"
             f" (sel {row['forget_acc_attacked_sel']:.3f})")
+
+
+def _trial_error(trial) -> BaseException | None:
+    """The exception a trial raised, from the file Tune pickled it to on this node (the copy
+    in the experiment's storage comes later)."""
+    import cloudpickle
+
+    try:
+        with open(trial.pickled_error_file, "rb") as f:
+            return cloudpickle.load(f)
+    except (OSError, TypeError, ValueError, AttributeError, ImportError):
+        return None
 
 
 def _error_text(trial) -> str:
@@ -288,7 +308,12 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool, concurrency: int | N
     # trials it had already started, and run their configurations again under new ids.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if resume and tune.Tuner.can_restore(tune_dir):
-        return tune.Tuner.restore(tune_dir, trainable, resume_errored=False, restart_errored=False)
+        # A trial stopped by a full disk wrote no row: run it again (and so, Tune allowing no
+        # finer choice, every errored trial: a failure that is not the disk's fails again)
+        retry = errored_without_row(tune_dir, ctx.exp_dir)
+        if retry:
+            say(f"running again the {len(retry)} trial(s) that a full disk stopped: {', '.join(retry)}")
+        return tune.Tuner.restore(tune_dir, trainable, resume_errored=bool(retry), restart_errored=False)
     param_space, search_alg = _search(cfg, ctx.exp_dir)
     return tune.Tuner(
         trainable,
@@ -304,6 +329,20 @@ def _tuner(ctx: Context, reference: StageRef, resume: bool, concurrency: int | N
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
         ),
     )
+
+
+def errored_without_row(tune_dir: str, exp_dir: str) -> list[str]:
+    """The trials Tune's saved state marks errored that have no part (a full disk stopped them
+    before they wrote one)."""
+    fs, path = tables.resolve(tune_dir)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    states = sorted(i.path for i in infos if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
+    if not states:
+        return []
+    with fs.open_input_stream(states[-1]) as f:
+        trials = [json.loads(t) for t, _ in json.loads(f.read())["trial_data"]]
+    have = set(tables.part_ids(exp_dir))
+    return [t["trial_id"] for t in trials if t.get("status") == "ERROR" and t["trial_id"] not in have]
 
 
 def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
@@ -325,6 +364,8 @@ def _report(tasks: dict, exp_dir: str) -> None:
             say(f"baseline {kind}: retain {row['retain_acc']:.3f}  forget {row['forget_acc']:.3f}  "
                 f"{attacked_text(row, row['forget_acc_attacked'])}")
         except ray.exceptions.RayTaskError as e:
+            if storage_full(e) is not None:
+                raise storage_full(e) from e
             say(f"baseline {kind} FAILED: {e.cause!r} (row kept in trials.parquet)")
 
 

@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from analysis.report import summarize
+    from search.disk import storage_full
     from search.driver import run_experiment, say
 
     from search import tables
@@ -249,8 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: tables in {tables.redact(exp_dir)}/ are incomplete; continue with --name {name} --resume",
               file=sys.stderr, flush=True)
         return 130
-    except tables.StorageFull as e:  # every write is atomic: the tables hold what was written whole
-        print(f"error: no space left on the device of {tables.redact(e.filename)}; nothing is half-written: "
+    except Exception as e:  # a full disk, raised where it was hit or wrapped by Ray and Tune
+        full = storage_full(e)
+        if full is None:
+            raise
+        # every write is atomic (tables, cache entries): what was written is whole
+        print(f"error: no space left on the device of {tables.redact(full.filename)}; nothing is half-written: "
               f"free space, then continue with --name {name} --resume", file=sys.stderr, flush=True)
         return 1
     status, text, code = outcome(exp_dir, cfg.search.trials, name)

@@ -18,6 +18,7 @@ from typing import Callable, Literal
 from pydantic import Field, model_validator
 
 from search import cache
+from search.disk import storage_full
 from trainables.loop import world
 from trainables.stages import SPECS, STAGES
 from trainables.strict import Strict
@@ -213,25 +214,29 @@ def rebuild(runner: Runner, key: str) -> StageRef:
 def _compute(runner: Runner, stage: str, spec: dict, key: str, inputs: dict[str, StageRef],
              execute: Callable | None) -> StageRef:
     paths = {role: str(ref.path) for role, ref in inputs.items()}  # materialized where they run
-    staged = cache.staging_dir(runner.cache_dir, key)
-    start = time.perf_counter()
+    staged, start = None, time.perf_counter()
     try:
+        staged = cache.staging_dir(runner.cache_dir, key)
         if execute is not None:
             result = execute(stage, spec, paths, staged)
         elif runner.executor == "local":
             result = STAGES[stage](spec, _local(paths), staged)
         else:
             result = _fit(runner, stage, spec, paths, staged)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
+        result["wall_s"] = time.perf_counter() - start
+        result["inputs"] = {role: ref.key for role, ref in inputs.items()}  # provenance: what it was built from
+        result.setdefault("node", node_id())  # set by a Ray Train worker where it ran elsewhere
+        recipe = {"stage": stage, "spec": spec,
+                  "inputs": {role: {"key": ref.key, "path": str(ref.path), "cached": _in_cache(runner, ref)}
+                             for role, ref in inputs.items()}}
+        path = cache.commit(runner.cache_dir, key, staged, result, recipe)
+    except BaseException as e:
+        if staged is not None:  # nothing half-written stays: the key is not committed
+            shutil.rmtree(staged, ignore_errors=True)
+        full = storage_full(e, str(cache.entry(runner.cache_dir, key)))
+        if full is not None and e is not full:
+            raise full from e  # the run stops on it (search/driver.py); --resume computes it again
         raise
-    result["wall_s"] = time.perf_counter() - start
-    result["inputs"] = {role: ref.key for role, ref in inputs.items()}  # provenance: what it was built from
-    result.setdefault("node", node_id())  # set by a Ray Train worker where it ran elsewhere
-    recipe = {"stage": stage, "spec": spec,
-              "inputs": {role: {"key": ref.key, "path": str(ref.path), "cached": _in_cache(runner, ref)}
-                         for role, ref in inputs.items()}}
-    path = cache.commit(runner.cache_dir, key, staged, result, recipe)
     return StageRef(key, path, result)
 
 

@@ -30,16 +30,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from search.disk import StorageFull
+
 FAN_IN = 16
 TOP = 2
 _NAME = re.compile(r"^L(\d+)-(\d+)-(\d+)\.parquet$")
-
-
-class StorageFull(OSError):
-    """A write found no space left on its device (``filename``: what it was writing)."""
-
-    def __init__(self, path: str):
-        super().__init__(errno.ENOSPC, "no space left on device", path)
 
 
 def write_atomic(fs: pafs.FileSystem, path: str, write: Callable) -> None:

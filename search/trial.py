@@ -22,6 +22,7 @@ from search import archive, cache, tables, verify
 from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text, family_worst
 from search.families import family_columns
 from search.config import ExperimentConfig
+from search.disk import storage_full
 from search.stages import Runner, StageRef, cache_key, run_stage
 from spaces import points
 from trainables import evaluate as evaluate_stage, heldout, settings, wmdp
@@ -261,7 +262,8 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
         row["wall_s"] = time.perf_counter() - start
         row = _finish(ctx, row, released, outcome, defence_flops(row), ref_flops, curves)
     except Exception as e:
-        _fail(ctx, row, e, start)
+        if storage_full(e) is None:  # a full disk stops the run; --resume runs the trial again
+            _fail(ctx, row, e, start)
         raise
     # near the front: attacked again by the verification attacker before the sampler sees it
     # (its part is written, so a failure here leaves the search-time row for the sweep)
@@ -314,5 +316,6 @@ def baseline(
         defence = {"pure": model.result["flops"], "reference": 0.0}.get(kind, defence_flops(row))
         return _finish(ctx, row, model, outcome, defence, ref_flops, curves)
     except Exception as e:
-        _fail(ctx, row, e, start)
+        if storage_full(e) is None:  # a full disk stops the run; --resume runs the trial again
+            _fail(ctx, row, e, start)
         raise

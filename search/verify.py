@@ -42,6 +42,7 @@ from pydantic import Field, ValidationError
 from analysis.pareto import pareto_mask
 
 from search import tables
+from search.disk import storage_full
 from search.adversary import AttackConfig, AttackOutcome, PastPeak, adversary_search, error_text, family_worst, seed_of
 from search.families import family_columns
 from search.stages import StageRef, rebuild
@@ -244,6 +245,8 @@ def in_trial(ctx: Context, row: dict, released: StageRef, ref_flops: float, n_ex
     try:
         return verify_trial(ctx, row["trial_id"], ref_flops, n_examples, released, "trial")
     except Exception as e:  # the search-time row stands, marked; the trial still reports
+        if storage_full(e) is not None:
+            raise  # the run stops; --resume verifies it
         return mark_failed(ctx.exp_dir, row["trial_id"], error_text(e))
 
 

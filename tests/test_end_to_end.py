@@ -46,6 +46,8 @@ SEARCHES = {
         ["--config", str(ROOT / "configs" / "tar_arithmetic.yaml"), "--set", "search.trials=2",
          "--set", "defender.params={lr: 3.0e-4, steps: 3}", "--set", "defender.space.inner_steps=[4, 8]",
          "--set", "defender.safeguard.params.steps=5", "--set", "defender.params.adversary_batch_size=8", *NO_VERIFY], {}),
+    "test_a_full_disk_at_a_stage_commit_stops_the_run_and_resume_completes": (
+        NO_VERIFY, {"PYTHONPATH": str(ROOT / "tests" / "full_disk"), "TAMPER_SEARCH_TEST_SPACE": "{folder}/space"}),
 }
 
 
@@ -65,6 +67,7 @@ def searches(request, tmp_path_factory):
         if test in selected:
             folder = tmp_path_factory.mktemp(test.removeprefix("test_")[:24])
             out, err = open(logs / f"{test}.out", "w+"), open(logs / f"{test}.err", "w+")  # a pipe could fill up
+            env = {k: v.format(folder=folder) for k, v in env.items()}
             proc = subprocess.Popen(tiny_search(folder, "e2e", *extra), cwd=folder, stdout=out, stderr=err,
                                     text=True, env={**os.environ, **env}, start_new_session=True)
             started[test] = (folder, proc, out, err)
@@ -404,3 +407,31 @@ def test_ctrl_c_then_a_killed_driver_then_resume_lands_every_trial_once(search):
         searched = attacks[(attacks["trial_id"] == row["trial_id"]) & (attacks["attack.source"] == "search")
                            & (attacks["attack.role"] == "search")]
         assert sorted(t.value for t in study.trials) == pytest.approx(sorted(searched["forget_acc_sel_max"]))
+
+
+def test_a_full_disk_at_a_stage_commit_stops_the_run_and_resume_completes(search):
+    """The disk fills up as a trial commits its unlearned model (``tests/full_disk``: ENOSPC
+    injected in every process until ``space`` exists): the run stops with one line naming the
+    cache, leaves no half-written entry and no failed row; once there is space, ``--resume``
+    runs the stopped trials again and completes."""
+    tmp_path, out = search
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no space left on the device of" in errors[0], out.stderr[-3000:]
+    assert str(tmp_path / "cache" / "unlearn-") in errors[0] and "--name e2e --resume" in errors[0]
+    cache_dir = tmp_path / "cache"
+    folders = [d for d in cache_dir.iterdir() if not d.name.startswith(".")]
+    assert all((d / "result.json").is_file() for d in folders)  # every entry whole
+    assert not [d for d in folders if d.name.startswith("unlearn-")]
+    assert not [d for d in (cache_dir / ".staging").iterdir() if d.name.startswith("unlearn-")]
+    exp = tmp_path / "results" / "e2e"
+    parts = tables.read_parts(str(exp))
+    assert not [p for p in parts.values() if p["trials"][0]["kind"] == "defender"]  # no failed trial row
+    (tmp_path / "space").touch()  # space freed
+    env = {"PYTHONPATH": str(ROOT / "tests" / "full_disk"), "TAMPER_SEARCH_TEST_SPACE": str(tmp_path / "space")}
+    again = _run(tmp_path, *NO_VERIFY, "--resume", env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    trials = pd.read_parquet(exp / tables.TRIALS)
+    defenders = trials[trials["kind"] == "defender"]
+    assert len(defenders) == 2 and (defenders["status"] == "ok").all() and defenders["trial_id"].is_unique
+    assert set(trials.loc[trials["kind"] == "baseline", "method"]) == {"pure", "reference"}
