@@ -3,7 +3,8 @@ attack (10 M curve rows), written trial by trial through the project's own write
 writes them: each trial's part (``tables.write_part``, what a trial does), then the driver's
 bookkeeping (``tables.merge``), timed per trial. Then, on the finished experiment:
 
-* reading the three tables (``tables.read_table``, pandas-ready Arrow);
+* reading the three tables (``tables.read_table``, pandas-ready Arrow), with strings as plain
+  strings and dictionary-encoded (``dictionary=True``), each in a fresh process;
 * ``python -m analysis`` (the report: plots, Markdown, HTML), in a fresh process;
 * a resume in a fresh process (``tables.catch_up``: what a new driver reads before it runs), its
   peak memory.
@@ -103,6 +104,11 @@ import time; from search import tables
 t = time.perf_counter()
 n = {{name: tables.read_table({exp!r}, name).num_rows for name in (tables.TRIALS, tables.ATTACKS, tables.CURVES)}}
 out = {{"read_s": time.perf_counter() - t, "rows": n}}""")
+        coded = in_fresh_process(f"""
+import time; from search import tables
+t = time.perf_counter()
+n = {{name: tables.read_table({exp!r}, name, dictionary=True).num_rows for name in (tables.TRIALS, tables.ATTACKS, tables.CURVES)}}
+out = {{"read_s": time.perf_counter() - t}}""")
         t = time.perf_counter()
         report = subprocess.run([sys.executable, "-m", "analysis", exp, "--out", f"{tmp}/report"], cwd=ROOT,
                                 capture_output=True, text=True)
@@ -121,6 +127,7 @@ out = {{"resume_s": time.perf_counter() - t, "merged_on_resume": len(todo)}}""")
         "merge_ratio_last_to_first": last.mean() / first.mean(),
         "merge_ms_median": 1e3 * float(np.median(merge_s)), "merge_ms_p99": 1e3 * float(np.percentile(merge_s, 99)),
         "merge_ms_max": 1e3 * max(merge_s), "read_tables_s": read["read_s"], "read_peak_rss_mb": read["peak_rss_mb"],
+        "read_tables_dictionary_s": coded["read_s"], "read_dictionary_peak_rss_mb": coded["peak_rss_mb"],
         "report_s": report_s, "resume_s": resume["resume_s"], "resume_peak_rss_mb": resume["peak_rss_mb"],
     }
     print(json.dumps(figures, indent=1))

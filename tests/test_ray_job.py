@@ -19,7 +19,7 @@ import pytest
 from search import tables
 from tests.readme_blocks import ROOT, of_kind, tiny_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # not in the default run: pytest -m cluster
 
 
 def _free_port() -> int:

@@ -338,3 +338,26 @@ def test_run_py_stops_on_a_full_disk_with_one_line_naming_the_file(tmp_path, mon
     code = run.main(["--storage", str(tmp_path), "--name", "full"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "no space left" in err[0] and "L0-000000007" in err[0] and "--resume" in err[0]
+
+
+def test_reading_string_columns_dictionary_encoded_gives_the_same_values(tmp_path):
+    """``read_table(..., dictionary=True)``: the same rows and values, strings as dictionaries
+    (categorical in pandas), a filter on one still pushed down."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    parts = _synthetic_parts(tmp_path, 5)
+    exp = str(tmp_path / "exp")
+    for tid, part in parts.items():
+        tables.write_part(exp, tid, part)
+        tables.merge(exp, [tid])
+    for name in (tables.TRIALS, tables.ATTACKS, tables.CURVES):
+        plain, coded = tables.read_table(exp, name), tables.read_table(exp, name, dictionary=True)
+        assert [f.name for f in plain.schema] == [f.name for f in coded.schema]
+        for f, g in zip(plain.schema, coded.schema):
+            assert g.type == (pa.dictionary(pa.int32(), pa.string()) if pa.types.is_string(f.type) else f.type)
+        assert coded.cast(plain.schema).equals(plain)
+    tid = next(t for t in sorted(parts) if parts[t].get("curves"))
+    one = tables.read_table(exp, tables.CURVES, filter=ds.field("trial_id") == tid, dictionary=True).to_pandas()
+    assert len(one) == len(parts[tid]["curves"]) and set(one["trial_id"]) == {tid}
+    assert str(one["metric"].dtype) == "category"
