@@ -46,8 +46,6 @@ SEARCHES = {
         ["--config", str(ROOT / "configs" / "tar_arithmetic.yaml"), "--set", "search.trials=2",
          "--set", "defender.params={lr: 3.0e-4, steps: 3}", "--set", "defender.space.inner_steps=[4, 8]",
          "--set", "defender.safeguard.params.steps=5", "--set", "defender.params.adversary_batch_size=8", *NO_VERIFY], {}),
-    "test_a_full_disk_at_a_stage_commit_stops_the_run_and_resume_completes": (
-        NO_VERIFY, {"PYTHONPATH": str(ROOT / "tests" / "full_disk"), "TAMPER_SEARCH_TEST_SPACE": "{folder}/space"}),
 }
 
 
@@ -56,8 +54,8 @@ def searches(request, tmp_path_factory):
     """The selected tests' searches, all started when the module starts, each its own
     ``python search/run.py`` with its own Ray instance as on a laptop. Most of a tiny search is
     process start-ups and imports that leave a core idle; side by side they overlap. The ctrl-c
-    scenario (three drivers one after another, one trial at a time: half a core idle) runs
-    beside them in a thread. ``searches(name)`` waits for the search of test ``name`` and
+    and full-disk scenarios (drivers one after another, one trial at a time: half a core idle)
+    run beside them in threads. ``searches(name)`` waits for the search of test ``name`` and
     returns its folder and its finished process (stdout, stderr, code), or for the ctrl-c
     test what its scenario observed."""
     selected = {item.originalname for item in request.session.items if item.module is request.module}
@@ -67,17 +65,16 @@ def searches(request, tmp_path_factory):
         if test in selected:
             folder = tmp_path_factory.mktemp(test.removeprefix("test_")[:24])
             out, err = open(logs / f"{test}.out", "w+"), open(logs / f"{test}.err", "w+")  # a pipe could fill up
-            env = {k: v.format(folder=folder) for k, v in env.items()}
             proc = subprocess.Popen(tiny_search(folder, "e2e", *extra), cwd=folder, stdout=out, stderr=err,
                                     text=True, env={**os.environ, **env}, start_new_session=True)
             started[test] = (folder, proc, out, err)
-    pool = ThreadPoolExecutor(1)
-    scenario = (pool.submit(_stopped_twice_then_resumed, tmp_path_factory.mktemp("ctrl_c"))
-                if CTRL_C in selected else None)
+    pool = ThreadPoolExecutor(len(SCENARIOS))
+    scenarios = {test: pool.submit(run, tmp_path_factory.mktemp(test.removeprefix("test_")[:24]))
+                 for test, run in SCENARIOS.items() if test in selected}
 
     def finished(test: str) -> tuple:
-        if test == CTRL_C:
-            return scenario.result(timeout=1200)
+        if test in SCENARIOS:
+            return scenarios[test].result(timeout=1200)
         folder, proc, out, err = started[test]
         proc.wait(timeout=900)
         out.seek(0), err.seek(0)
@@ -409,29 +406,38 @@ def test_ctrl_c_then_a_killed_driver_then_resume_lands_every_trial_once(search):
         assert sorted(t.value for t in study.trials) == pytest.approx(sorted(searched["forget_acc_sel_max"]))
 
 
+def _full_disk_then_resumed(tmp_path) -> tuple:
+    """A search whose disk fills up at a stage commit, then ``--resume`` once there is space:
+    (folder, the first run, the cache's entry folders after it, the resumed run)."""
+    env = {"PYTHONPATH": str(ROOT / "tests" / "full_disk"), "TAMPER_SEARCH_TEST_SPACE": str(tmp_path / "space")}
+    first = _run(tmp_path, *NO_VERIFY, env=env)
+    folders = {d.name: (d / "result.json").is_file() for d in (tmp_path / "cache").iterdir() if not d.name.startswith(".")}
+    parts = tables.read_parts(str(tmp_path / "results" / "e2e"))
+    (tmp_path / "space").touch()  # space freed
+    return tmp_path, first, folders, parts, _run(tmp_path, *NO_VERIFY, "--resume", env=env)
+
+
 def test_a_full_disk_at_a_stage_commit_stops_the_run_and_resume_completes(search):
     """The disk fills up as a trial commits its unlearned model (``tests/full_disk``: ENOSPC
     injected in every process until ``space`` exists): the run stops with one line naming the
     cache, leaves no half-written entry and no failed row; once there is space, ``--resume``
     runs the stopped trials again and completes."""
-    tmp_path, out = search
+    tmp_path, out, folders, parts, again = search
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no space left on the device of" in errors[0], out.stderr[-3000:]
     assert str(tmp_path / "cache" / "unlearn-") in errors[0] and "--name e2e --resume" in errors[0]
-    cache_dir = tmp_path / "cache"
-    folders = [d for d in cache_dir.iterdir() if not d.name.startswith(".")]
-    assert all((d / "result.json").is_file() for d in folders)  # every entry whole
-    assert not [d for d in folders if d.name.startswith("unlearn-")]  # (a staging folder of the
-    # other trial, ended mid-stage as the run stopped, may stay: gc removes those a day old)
-    exp = tmp_path / "results" / "e2e"
-    parts = tables.read_parts(str(exp))
+    assert folders and all(folders.values())  # every entry whole (a staging folder of the other
+    # trial, ended mid-stage as the run stopped, may stay: gc removes those a day old)
+    assert not [k for k in folders if k.startswith("unlearn-")]
     assert not [p for p in parts.values() if p["trials"][0]["kind"] == "defender"]  # no failed trial row
-    (tmp_path / "space").touch()  # space freed
-    env = {"PYTHONPATH": str(ROOT / "tests" / "full_disk"), "TAMPER_SEARCH_TEST_SPACE": str(tmp_path / "space")}
-    again = _run(tmp_path, *NO_VERIFY, "--resume", env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    exp = tmp_path / "results" / "e2e"
     trials = pd.read_parquet(exp / tables.TRIALS)
     defenders = trials[trials["kind"] == "defender"]
     assert len(defenders) == 2 and (defenders["status"] == "ok").all() and defenders["trial_id"].is_unique
     assert set(trials.loc[trials["kind"] == "baseline", "method"]) == {"pure", "reference"}
+
+
+SCENARIOS = {CTRL_C: _stopped_twice_then_resumed,
+             "test_a_full_disk_at_a_stage_commit_stops_the_run_and_resume_completes": _full_disk_then_resumed}
