@@ -124,9 +124,6 @@ class Retention:
     deleted: list[str] = field(default_factory=list)
     _stop: threading.Event | None = field(default=None, repr=False)
 
-    def __getstate__(self) -> dict:  # pickled with Tune's callbacks: not the heartbeat thread
-        return {**self.__dict__, "_stop": None}
-
     def start(self) -> None:
         """Register the experiment as running, and keep its heartbeat going."""
         register(self.cache_dir, self.exp_dir, "running", self.pinned, self.started)

@@ -221,3 +221,26 @@ def test_du_and_gc_on_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "search.cache", "du", "--cache", str(tmp_path / "nope")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--cache: no such folder" in bad.stderr
+
+
+def test_retention_and_gc_on_a_storage_uri(tmp_path):
+    """The same on a cache at a URI (``file://`` through ``pyarrow.fs``, as ``s3://``): entries
+    listed and sized, the experiment's record written and read, deletion by commit marker first."""
+    uri = f"file://{tmp_path / 'bucket'}"
+    for key in ("pretrain-ref", "unlearn-0000", "unlearn-0001"):
+        staged = cache.staging_dir(uri, key)
+        (staged / "model.safetensors").write_bytes(b"\0" * 100)
+        cache.commit(uri, key, staged, {"metrics": {}}, {"stage": key.split("-")[0], "spec": {}, "inputs": {}})
+    assert {e.key for e in retention.entries(uri) if e.has_files} == {"pretrain-ref", "unlearn-0000", "unlearn-0001"}
+    rows = [_row(0, 0.9, 0.1), _row(1, 0.8, 0.3)]
+    keep = Retention(uri, "s3://results/exp", "front", pinned={"pretrain-ref"})
+    keep.start()
+    for r in rows:
+        keep.finished(r)
+    keep.close(rows)
+    assert {e.key for e in retention.entries(uri)} == {"pretrain-ref", "unlearn-0000"}
+    assert not cache.exists(uri, "unlearn-0001") and cache.recipe(uri, "unlearn-0001")["stage"] == "unlearn"
+    (record,) = retention.records(uri)
+    assert record["exp_dir"] == "s3://results/exp" and set(record["keep"]) == {"pretrain-ref", "unlearn-0000"}
+    assert retention.du(uri)["experiment"]["s3://results/exp (finished)"][0] == 2
+    assert not retention.collectable(uri)
