@@ -123,6 +123,7 @@ class Retention:
     started: float = field(default_factory=time.time)
     deleted: list[str] = field(default_factory=list)
     _stop: threading.Event | None = field(default=None, repr=False)
+    _writing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(self) -> None:
         """Register the experiment as running, and keep its heartbeat going."""
@@ -131,22 +132,27 @@ class Retention:
 
         def beat() -> None:
             while not self._stop.wait(HEARTBEAT_S):
-                try:
-                    register(self.cache_dir, self.exp_dir, "running", self.pinned, self.started)
-                except OSError:
-                    pass  # the next beat tries again
+                with self._writing:  # never after close() has written the finished record
+                    if self._stop.is_set():
+                        return
+                    try:
+                        register(self.cache_dir, self.exp_dir, "running", self.pinned, self.started)
+                    except OSError:
+                        pass  # the next beat tries again
 
         threading.Thread(target=beat, daemon=True, name="cache-heartbeat").start()
 
     def stop(self) -> None:
         """Stop the heartbeat (the record stays: finished by :meth:`close`, else it goes stale)."""
-        if self._stop is not None:
-            self._stop.set()
+        with self._writing:
+            if self._stop is not None:
+                self._stop.set()
 
     def pin(self, keys: set[str]) -> None:
         """Keep ``keys`` (baselines) for as long as the experiment's record says so."""
-        self.pinned |= keys
-        register(self.cache_dir, self.exp_dir, "running", self.pinned, self.started)
+        with self._writing:
+            self.pinned |= keys
+            register(self.cache_dir, self.exp_dir, "running", self.pinned, self.started)
 
     def _delete(self, keys: set[str]) -> None:
         needed = self.pinned | {k for r in self.front.values() for k in _models(r)}
