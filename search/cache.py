@@ -222,19 +222,13 @@ def commit(cache_dir: str | Path, key: str, staged: Path, result: dict, recipe: 
 
 
 def write_json(location: str | Path, obj: dict) -> None:
-    """Write a small JSON file, local (atomically: aside, then renamed) or remote (one object)."""
-    text = json.dumps(obj, sort_keys=True)
-    if is_remote(location):
-        fs, path = _fs(str(location))
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path) as f:
-            f.write(text.encode())
-        return
-    path = Path(location)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write a small JSON file, local or remote, atomically (``table_folder.write_atomic``)."""
+    from search.table_folder import write_atomic
+
+    fs, path = _fs(str(location)) if is_remote(location) else (pafs.LocalFileSystem(), os.path.abspath(location))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    data = json.dumps(obj, sort_keys=True).encode()
+    write_atomic(fs, path, lambda out: out.write(data))
 
 
 def read_json(location: str | Path) -> dict | None:

@@ -143,8 +143,8 @@ def _verify_front(ctx: Context, ref_flops: float, tasks: dict) -> None:
             try:
                 rows.append(ray.get(task))
             except ray.exceptions.RayTaskError as e:
-                if storage_full(e) is not None:
-                    raise storage_full(e) from e
+                if (full := storage_full(e)) is not None:
+                    raise full from e
                 say(f"verification of {trial_id} FAILED: {e.cause!r} (its search-time score stands, unverified)")
                 rows.append(verify.mark_failed(ctx.exp_dir, trial_id, str(e.cause)))
         return rows
@@ -205,9 +205,8 @@ class Progress(tune.Callback):
         self.done += 1
         params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
         say(f"trial {self.done}/{self.total} {trial.trial_id} [{params}] {text}")
-        tables.merge(self.ctx.exp_dir, [trial.trial_id])  # the tables stay current, at a cost that does not grow
+        rows = tables.merge(self.ctx.exp_dir, [trial.trial_id])  # the tables stay current, at a cost that does not grow
         if retention is not None:  # module state, not this object's: a restored Tuner unpickles its callbacks
-            rows = tables.read_part(self.ctx.exp_dir, trial.trial_id).get("trials") or []
             for row in rows:
                 retention.finished(row)
 
@@ -364,8 +363,8 @@ def _report(tasks: dict, exp_dir: str) -> None:
             say(f"baseline {kind}: retain {row['retain_acc']:.3f}  forget {row['forget_acc']:.3f}  "
                 f"{attacked_text(row, row['forget_acc_attacked'])}")
         except ray.exceptions.RayTaskError as e:
-            if storage_full(e) is not None:
-                raise storage_full(e) from e
+            if (full := storage_full(e)) is not None:
+                raise full from e
             say(f"baseline {kind} FAILED: {e.cause!r} (row kept in trials.parquet)")
 
 

@@ -93,19 +93,6 @@ def _listing(location: str | Path) -> list[str]:
     return [str(p) for p in folder.iterdir()] if folder.is_dir() else []
 
 
-def candidate(row: dict) -> bool:
-    """A row that may stand on the front (as ``verify.candidates``)."""
-    from search.verify import candidates
-
-    return bool(candidates([row]))
-
-
-def _dominates(a: dict, b: dict) -> bool:
-    """``a`` is at least as good as ``b`` on retain (↑) and attacked forget (↓), better on one."""
-    ra, fa, rb, fb = a["retain_acc"], a["forget_acc_attacked"], b["retain_acc"], b["forget_acc_attacked"]
-    return ra >= rb and fa <= fb and (ra > rb or fa < fb)
-
-
 def _models(row: dict) -> set[str]:
     return {k for k in (row.get("model_key"), row.get("suppressed_key")) if isinstance(k, str)}
 
@@ -165,11 +152,13 @@ class Retention:
         models if the front dominates it, and those of the front models it dominates."""
         if self.mode == "all" or row.get("kind") != "defender":
             return
+        from search.verify import candidates, dominates, near_front  # (not at import: the CLI stays light)
+
         self.front.pop(row["trial_id"], None)  # a re-merge (resume) replaces it
-        if not candidate(row) or any(_dominates(f, row) for f in self.front.values()):
+        if not candidates([row]) or not near_front(row, list(self.front.values()), 0.0):
             self._delete(_models(row))
             return
-        fell = [t for t, f in self.front.items() if _dominates(row, f)]
+        fell = [t for t, f in self.front.items() if dominates(row, f)]
         self.front[row["trial_id"]] = row
         gone = {k for t in fell for k in _models(self.front.pop(t))}
         self._delete(gone)

@@ -274,11 +274,12 @@ def _state(exp_dir: str) -> dict:
     return _merged[exp_dir]
 
 
-def merge(exp_dir: str, trial_ids: list[str]) -> None:
+def merge(exp_dir: str, trial_ids: list[str]) -> list[dict]:
     """Append these trials' parts to the three tables, replacing the rows of any already merged
-    (a verified trial's new rows, a resumed trial). What it costs does not grow with the
-    trials already in the tables, except where a baseline lands: every trial's derived columns
-    depend on the baselines, so the trials table is rewritten then."""
+    (a verified trial's new rows, a resumed trial); return their parts' trials rows. What it
+    costs does not grow with the trials already in the tables, except where a baseline lands:
+    every trial's derived columns depend on the baselines, so the trials table is rewritten
+    then."""
     state = _state(exp_dir)
     parts = {tid: read_part(exp_dir, tid) for tid in trial_ids}
     parts = {tid: p for tid, p in parts.items() if p}
@@ -287,6 +288,7 @@ def merge(exp_dir: str, trial_ids: list[str]) -> None:
     except BaseException:  # a full disk, say: read the tables afresh next time (the rows of a
         _merged.pop(exp_dir, None)  # half-merged trial are then removed, and it merges again)
         raise
+    return [row for p in parts.values() for row in p.get("trials", [])]
 
 
 def _merge(exp_dir: str, state: dict, parts: dict[str, dict]) -> None:

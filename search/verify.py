@@ -136,13 +136,18 @@ def attacker(cfg: ExperimentConfig, base_flops: float, ref_flops: float) -> Atta
         raise ValueError(f"verify.{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}") from None
 
 
+def dominates(a: dict, b: dict, margin: float = 0.0) -> bool:
+    """Model ``a`` dominates ``b`` with ``margin`` taken off ``b``'s attacked score: at least as
+    high a retain accuracy and an attacked score at least ``margin`` lower, one of them strictly."""
+    rb, fb = b["retain_acc"], b["forget_acc_attacked"] - margin
+    ra, fa = a["retain_acc"], a["forget_acc_attacked"]
+    return ra >= rb and fa <= fb and (ra > rb or fa < fb)
+
+
 def near_front(row: dict, others: list[dict], margin: float) -> bool:
-    """True when no other model dominates ``row`` with ``margin`` taken off its attacked score:
-    at least as high a retain accuracy and an attacked score at least ``margin`` lower, one of
-    them strictly. With margin 0 that is ``row`` being on the front of ``row`` + ``others``."""
-    r, a = row["retain_acc"], row["forget_acc_attacked"] - margin
-    return not any(o["retain_acc"] >= r and o["forget_acc_attacked"] <= a
-                   and (o["retain_acc"] > r or o["forget_acc_attacked"] < a) for o in others)
+    """True when no other model dominates ``row`` with ``margin`` taken off its attacked score.
+    With margin 0 that is ``row`` being on the front of ``row`` + ``others``."""
+    return not any(dominates(o, row, margin) for o in others)
 
 
 def candidates(rows: list[dict]) -> list[dict]:
