@@ -42,9 +42,10 @@ from search.trial import Context, common, pretrain, suppress, unlearn_spec  # no
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def panel(cache: Path, runner: Runner, names: list[str]) -> tuple[dict, float]:
-    """The defender models (stage refs, cached) and the reference's pre-training FLOPs."""
-    quick = config.load(None, [f"cache_dir={cache}"])
+def panel(cache: Path, runner: Runner, names: list[str], overrides: list[str] = ()) -> tuple[dict, float]:
+    """The defender models (stage refs, cached) and the reference's pre-training FLOPs;
+    ``overrides`` (``--set`` strings, e.g. ``model.arch=llama``) apply to every config."""
+    quick = config.load(None, [f"cache_dir={cache}", *overrides])
     ctx = Context(quick, "bench", "/tmp/bench-adversary", runner)
     reference = pretrain(ctx, "reference")
     models = {}
@@ -52,11 +53,11 @@ def panel(cache: Path, runner: Runner, names: list[str]) -> tuple[dict, float]:
         if name in ("graddiff", "npo", "rmu"):
             models[name] = suppress(ctx, name, {}, reference)
         elif name == "undo":
-            cfg = config.load(CONFIGS / "undo_arithmetic.yaml", [f"cache_dir={cache}"])
+            cfg = config.load(CONFIGS / "undo_arithmetic.yaml", [f"cache_dir={cache}", *overrides])
             teacher = suppress(Context(cfg, "bench", "/tmp/bench-adversary", runner), "maxent", {}, reference)
             models["undo α0.6"] = run_stage(runner, "distill", cfg.defender.undo.spec(common(cfg), {"alpha": 0.6}), {"teacher": teacher})
         elif name == "tar":
-            cfg = config.load(CONFIGS / "tar_arithmetic.yaml", [f"cache_dir={cache}"])
+            cfg = config.load(CONFIGS / "tar_arithmetic.yaml", [f"cache_dir={cache}", *overrides])
             safeguard = suppress(Context(cfg, "bench", "/tmp/bench-adversary", runner), "tar", {}, reference)
             models["tar"] = run_stage(runner, "tar", unlearn_spec(cfg, "tar", {}),
                                       {"model": safeguard, "reference": reference})

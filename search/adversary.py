@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from search import archive, resident, studies
 from search.stages import Runner, StageRef, run_stage
@@ -100,15 +100,18 @@ class AttackConfig(Strict):
     # FLOPs budget (the verification attacker's) then spends on the next point.
     past_peak: PastPeak | None = None
     # attack families searched (trainables/families/: finetune, quantize, prune, ...); None:
-    # every registered family. With more than one, the family is a searched dimension and each
-    # family's dimensions are drawn only for it; training-free families' informed points run
-    # first and do not count against a run-count budget.
+    # every registered family that the model can take (a family that puts tokens before each
+    # question needs positions for them: search/families.py fit_families). With more than one,
+    # the family is a searched dimension and each family's dimensions are drawn only for it;
+    # training-free families' informed points run first and do not count against a run-count budget.
     families: list[str] | None = None
+    _every_family: bool = PrivateAttr(False)  # families was None: every family that fits
 
     @model_validator(mode="after")
     def _check(self) -> "AttackConfig":
         if self.families is None:
             self.families = list(FAMILIES)
+            self._every_family = True
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
             raise ValueError(f"families: unknown family {unknown[0]!r} (one of {sorted(FAMILIES)})" if unknown

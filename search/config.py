@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 # Each section's schema lives with what owns it; this module composes them and reads YAML.
 from search.cache import DEFAULT_DIR as DEFAULT_CACHE_DIR
+from search.families import fit_families
 from search.adversary import AttackConfig
 from search.retention import CacheConfig
 from search.stages import ScalingConfig
@@ -125,6 +126,7 @@ class ExperimentConfig(Strict):
             self.setting.tokenizer = m.pretrained
         if self.search.sampler == "grid":
             self._check_grid()
+        fit_families(self.attack, self, "attack.")
         if self.verify.enabled:
             attacker(self, 1.0, 1.0)  # its params, space and batteries, named verify.<field>
         for m in self.defender.methods:

@@ -26,6 +26,38 @@ def training_free(family: str) -> bool:
     return getattr(FAMILIES[family], "TRAINING_FREE", False)
 
 
+def needs_context(family: str) -> bool:
+    """Whether an attack of ``family`` puts tokens before each question (``CONTEXT``)."""
+    return getattr(FAMILIES[family], "CONTEXT", False)
+
+
+def context_room(cfg: ExperimentConfig) -> str | None:
+    """Why ``cfg``'s model has no positions before a question, or None where it has: a fresh
+    GPT-2 learns one absolute position per token of the setting's row and no more (a rotary
+    model has no position table; a pretrained model's own is checked when an attack runs)."""
+    if cfg.model.pretrained or cfg.model.arch != "gpt2":
+        return None
+    return ("a fresh model.arch gpt2 learns one position per token of the setting's row, so nothing "
+            "fits before a question (use model.arch llama or gemma2, or a model.pretrained)")
+
+
+def fit_families(a, cfg: ExperimentConfig, prefix: str) -> None:
+    """Leave out of ``a.families`` (an AttackConfig's) the families that put tokens before each
+    question where ``cfg``'s model has no room for them, when the families were left to the
+    default (every family); raise ValueError naming ``<prefix>families`` (or ``params.family``)
+    where one was named."""
+    why = context_room(cfg)
+    named = [f for f in a.families if needs_context(f)]
+    if why is None or not named:
+        return
+    fixed = a.params.get("family")
+    if fixed is not None and needs_context(fixed):
+        raise ValueError(f"{prefix}params.family: {fixed} puts tokens before each question; {why}")
+    if not a._every_family:
+        raise ValueError(f"{prefix}families: {named[0]} puts tokens before each question; {why}")
+    a.families = [f for f in a.families if not needs_context(f)]
+
+
 def family_of(cfg: ExperimentConfig, params: dict) -> str:
     """The family of a point of the attack space: its own ``family``, else the fixed
     ``attack.params.family``, else the search's only family, else the fine-tune."""

@@ -44,7 +44,7 @@ from analysis.pareto import pareto_mask
 from search import tables
 from search.disk import storage_full
 from search.adversary import AttackConfig, AttackOutcome, PastPeak, adversary_search, error_text, family_worst, seed_of
-from search.families import family_columns
+from search.families import family_columns, fit_families
 from search.stages import StageRef, rebuild
 from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES
 from spaces.dims import MAX_COUNT
@@ -129,11 +129,13 @@ def attacker(cfg: ExperimentConfig, base_flops: float, ref_flops: float) -> Atta
     else:  # nothing measured (a search whose every attack failed): a multiple of its run count
         raw.update(budget=max(1, math.ceil(v.budget_multiple * (a.budget or 1))), budget_flops=None)
     try:
-        return AttackConfig(**raw)
+        out = AttackConfig(**raw)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ValueError(f"verify.{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}") from None
+    fit_families(out, cfg, "verify.")
+    return out
 
 
 def dominates(a: dict, b: dict, margin: float = 0.0) -> bool:

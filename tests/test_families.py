@@ -9,7 +9,7 @@ import torch
 
 from search import config
 from search.adversary import adversary_search, informed_start
-from search.families import training_free
+from search.families import needs_context, training_free
 from search.stages import Runner
 from search.trial import Context, pretrain, score_columns
 from tests.conftest import TINY
@@ -17,6 +17,7 @@ from trainables import arithmetic as A
 from trainables import models
 from trainables.families import FAMILIES, quantize, prune
 from trainables.families._base import calibration_rows
+from spaces.attacks import PRIORS as FAMILY_PRIORS_
 
 
 def _model(arch="gpt2", seed=0):
@@ -210,7 +211,9 @@ def test_unlearning_under_a_quarter_of_a_4bit_step_rounds_back_under_4bit_not_8b
 
 def test_cross_family_search_runs_training_free_families_first_and_reports_each(tmp_path):
     cfg = config.load(None, [*TINY, "attack.families=null", f"cache_dir={tmp_path / 'cache'}"])
-    assert cfg.attack.families == sorted(FAMILIES)  # default: every family
+    # default: every family the model takes (a fresh GPT-2 has no position before a question)
+    assert cfg.attack.families == sorted(f for f in FAMILIES if not needs_context(f))
+    assert config.load(None, [*TINY, "attack.families=null", "model.arch=llama"]).attack.families == sorted(FAMILIES)
     runner = Runner(tmp_path / "cache", "local")
     ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "reference")
     start = informed_start(cfg, None, ref.key)
@@ -239,6 +242,9 @@ def test_cross_family_search_runs_training_free_families_first_and_reports_each(
     ("attack.params.quantize_bits=true", "params.quantize_bits"),
     ("attack.params.family=prune", "params.family"),
     ("attack.space.prune_sparsity=[0.5, 0.1]", "space.prune_sparsity"),
+    ("attack.families=[finetune,few_shot]", "attack.families"),  # a fresh GPT-2: no room before a question
+    ("attack.params.family=prefix", "attack.params.family"),
+    ("verify.families=[soft_prompt]", "verify.families"),
 ])
 def test_bad_family_config_names_the_field(override, field):
     extra = ["attack.families=[finetune]"] if field == "params.family" else []
@@ -405,14 +411,16 @@ def test_no_family_feeds_a_scoring_question_to_the_model_outside_scoring(family,
     from search.adversary import family_spec
     from trainables.stages import STAGES
 
-    cfg = config.load(None, [*TINY, "attack.families=null", f"cache_dir={tmp_path / 'cache'}"])
+    arch = "llama" if needs_context(family) else "gpt2"  # GPT-2's positions are full
+    cfg = config.load(None, [*TINY, "attack.families=null", f"model.arch={arch}", f"cache_dir={tmp_path / 'cache'}"])
     d = A.build(cfg.setting)
-    model = _model()
+    model = _model(arch)
     path = tmp_path / "m"
     model.save_pretrained(str(path))
-    fed = []
-    model.register_forward_pre_hook(lambda m, args, kw: fed.append(kw.get("input_ids", args[0] if args else None)),
-                                    with_kwargs=True)
+    fed, drawn = [], []  # every token row embedded, its last SEQ_LEN tokens (a context family's prefix
+    # aside); single tokens embedded (a soft prompt's start, drawn from T's tokens)
+    model.get_input_embeddings().register_forward_pre_hook(
+        lambda m, args: fed.append(args[0][:, -A.SEQ_LEN:]) if args[0].dim() == 2 else drawn.append(args[0]))
     stub = {"retain_acc": 0.0, "forget_acc": 0.0, "forget_acc_sel": 0.0, "forget_acc_rep": 0.0}
     monkeypatch.setattr(A, "score", lambda m, data: dict(stub))  # scoring reads V; nothing else may
     point = {"lr": 1e-3, "data": "mix", "steps": 4} if family == "finetune" else FAMILY_PRIORS[family][0]
@@ -422,8 +430,9 @@ def test_no_family_feeds_a_scoring_question_to_the_model_outside_scoring(family,
     allowed = {tuple(r.tolist()) for r in torch.cat([d.forget_T, d.retain_train])}
     V = {tuple(r.tolist()) for r in d.forget_V}
     rows = [tuple(r.tolist()) for batch in fed for r in batch]
-    assert rows or family == "quantize"  # quantization reads no data at all
+    assert rows or family in ("quantize", "few_shot")  # no data but scoring's (few_shot's context: below)
     assert not any(r in V for r in rows) and all(r in allowed for r in rows)
+    assert all(set(t.tolist()) <= set(d.forget_T.unique().tolist()) for t in drawn)
 
 
 @pytest.mark.parametrize("family", ["quantize", "ablate"])
@@ -434,3 +443,117 @@ def test_a_search_of_one_family_runs_that_family_only(family, tmp_path):
     out = adversary_search(runner, cfg, ref, "t", "e", 400)
     assert out.attacks and {a["attack.family"] for a in out.attacks} == {family}
     assert all(a["flops"] < 0.05 * ref.result["flops"] for a in out.attacks)  # no fine-tune (≥ 17 %) slipped in
+
+
+# ---------------------------------------------------------------- families that put a context first
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+def test_a_context_before_padded_questions_scores_as_the_joined_sequence_question_by_question(wmdp_paths, arch):
+    """``Prepended``: the batched, padded letter predictions with a context in front equal each
+    question scored alone on [context, question] without padding; a context given as token ids
+    and the same tokens given as input embeddings give the same logits."""
+    from tests import wmdp_fixtures as F
+    from trainables import wmdp
+    from trainables.families._context import Prepended
+
+    d = wmdp.build(wmdp.Config(**F.setting(wmdp_paths)))
+    model = models.load_model(wmdp_paths[arch]).eval()
+    ctx = d.forget_T[0][d.forget_T[0] != d.pad_id][:9]
+    qs = d.retain_eval
+    expect = []
+    with torch.no_grad():
+        for i in range(len(qs)):
+            seq = torch.cat([ctx, qs.ids[i, : qs.lengths[i]]])[None]
+            last = model(input_ids=seq).logits[0, -1, qs.letters]
+            expect.append(int(last[: int(qs.n_choices[i])].argmax()))
+        assert wmdp.letter_predictions(Prepended(model, ctx), qs, batch_size=5).tolist() == expect
+        rows = qs.ids[:4, :12]
+        by_ids = Prepended(model, ctx)(input_ids=rows).logits
+        by_embeds = Prepended(model, model.get_input_embeddings()(ctx))(input_ids=rows).logits
+    assert by_ids.shape == (*rows.shape, by_ids.shape[-1])
+    torch.testing.assert_close(by_embeds, by_ids, rtol=1e-4, atol=1e-5)
+
+
+def test_few_shot_contexts_hold_exactly_k_examples_all_from_T_and_fit_a_model_s_positions(wmdp_paths):
+    from tests import wmdp_fixtures as F
+    from trainables import wmdp
+    from trainables.families import few_shot
+
+    d = wmdp.build(wmdp.Config(**F.setting(wmdp_paths)))
+    T = [tuple(r[r != d.pad_id].tolist()) for r in d.forget_T]
+    V = {tuple(d.forget_V.ids[i, : d.forget_V.lengths[i]].tolist()) for i in range(len(d.forget_V))}
+    for shots, seed in ((1, 0), (3, 1), (5, 2), (len(T), 0)):
+        spec = few_shot.Spec(setting={}, shots=shots, seed=seed)
+        rows = [tuple(r.tolist()) for r in few_shot.context(d, spec)]
+        idx = few_shot.examples(d.forget_T, shots, seed).tolist()
+        assert len(rows) == shots and len(set(idx)) == shots and rows == [T[i] for i in idx]
+        assert not any(r[: len(v)] == v for r in rows for v in V)  # no question of V, answered or not
+    assert few_shot.examples(d.forget_T, 3, 1).tolist() != few_shot.examples(d.forget_T, 3, 2).tolist()
+    # a GPT-2 of 96 positions takes the examples that fit before the widest scored row, in draw order
+    gpt2 = models.load_model(wmdp_paths["gpt2"])
+    spec = few_shot.Spec(setting={}, shots=16)
+    fitted = few_shot.fitted(gpt2, spec, d)
+    width = max(d.forget_V.ids.shape[1], d.retain_eval.ids.shape[1], d.forget_T.shape[1])
+    assert 0 < len(fitted) < 16 and sum(map(len, fitted)) + width <= gpt2.config.n_positions
+    assert [tuple(r.tolist()) for r in fitted] == [tuple(r.tolist()) for r in few_shot.context(d, spec)][: len(fitted)]
+    # arithmetic: solved problems of T, back to back
+    arith = A.build(config.load(None, list(TINY)).setting)
+    rows = few_shot.context(arith, few_shot.Spec(setting={}, shots=4, seed=3))
+    facts = {tuple(r.tolist()) for r in arith.forget_T}
+    assert len(rows) == 4 and all(len(r) == A.SEQ_LEN and tuple(r.tolist()) in facts for r in rows)
+
+
+@pytest.mark.parametrize("family", ["few_shot", "soft_prompt", "prefix"])
+def test_context_families_leave_every_weight_bit_identical(family, tmp_path):
+    from search.adversary import family_spec
+    from trainables.stages import STAGES
+
+    cfg = config.load(None, [*TINY, "model.arch=llama", "attack.families=null"])
+    model = _model("llama")
+    model.lm_head.weight.requires_grad_(False)  # a frozen weight stays frozen, the others trainable
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.requires_grad for p in model.parameters()]
+    short = {"soft_prompt": {"soft_prompt_steps": 6, "soft_prompt_tokens": 3, "soft_prompt_lr": 0.1},
+             "prefix": {"prefix_steps": 4, "prefix_tokens": 3, "prefix_topk": 4, "prefix_candidates": 4}}
+    point = {**FAMILY_PRIORS_[family][0], **short.get(family, {}), "family": family}
+    stage, spec = family_spec(cfg, point, 0)
+    out = STAGES[stage](spec, {"model": "unused"}, tmp_path, model=model)
+    assert out["flops"] > 0 and 0 <= out["metrics"]["forget_acc_rep_at_best"] <= 1
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == grads and all(p.grad is None for p in model.parameters())
+
+
+def test_gcg_one_hot_gradient_ranks_swaps_and_keeps_a_prefix_only_when_it_lowers_the_loss():
+    """The one-hot gradient is the embedding gradient projected on every token's embedding
+    (GCG's first-order swap score); a step returns the batch's loss before and after, the
+    after recomputed by hand on [prefix, row], never above the before."""
+    from trainables.families import prefix as gcg
+    from trainables.families._context import Prepended
+
+    cfg = config.load(None, list(TINY))
+    d = A.build(cfg.setting)
+    model = _model("llama", seed=1).eval()
+    spec = gcg.Spec(setting={}, tokens=4, topk=8, candidates=16)
+    emb = model.get_input_embeddings().weight
+    current = torch.tensor([3, 7, 1, 12])
+    idx = torch.arange(16)
+    batch = d.forget_T[idx]
+
+    def loss(p: torch.Tensor) -> float:
+        logits = model(input_ids=torch.cat([p.expand(len(batch), -1), batch], 1)).logits[:, len(p):]
+        return A.answer_loss(logits, batch).item()
+
+    onehot = torch.nn.functional.one_hot(current, emb.shape[0]).float().requires_grad_()
+    ctx = (onehot @ emb).detach().requires_grad_()
+    A.answer_loss(Prepended(model, onehot @ emb)(input_ids=batch).logits, batch).backward()
+    A.answer_loss(Prepended(model, ctx)(input_ids=batch).logits, batch).backward()
+    torch.testing.assert_close(onehot.grad, ctx.grad @ emb.detach().t(), rtol=1e-4, atol=1e-6)
+    gen, allowed, lowered = torch.Generator().manual_seed(0), torch.ones(emb.shape[0], dtype=torch.bool), 0
+    for _ in range(6):
+        new, before, after = gcg.step(model, A, d, current, idx, spec, allowed, gen)
+        assert before == pytest.approx(loss(current), rel=1e-5) and after == pytest.approx(loss(new), rel=1e-5)
+        assert after <= before and (torch.equal(new, current) or (new != current).sum() == 1)
+        lowered += after < before
+        current = new
+    assert lowered >= 1

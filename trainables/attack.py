@@ -167,8 +167,8 @@ def scorer(spec: Spec, setting, d):
                        **{k: v for k, v in spec.then.items() if k != "family"})
 
     def score(m: torch.nn.Module) -> dict[str, float]:
-        with torch.no_grad(), family.applied(m, post, d):
-            return setting.score(m, d)
+        with torch.no_grad(), family.applied(m, post, d) as scored:
+            return setting.score(scored, d)
 
     return score
 

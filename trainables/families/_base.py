@@ -36,19 +36,21 @@ def run(family: ModuleType, spec, inputs: dict[str, str], model: torch.nn.Module
     model = models.load(inputs["model"], spec.load) if model is None else model
     model.to(loop.device())
     setting, d = settings.load(spec.setting)
-    with family.applied(model, spec, d):
-        metrics = setting.score(model, d)
-    return result(metrics, family.flops(model, spec, d.forget_T.shape[1]), model)
+    with family.applied(model, spec, d) as scored:  # the model itself, or a wrapper of it (few_shot)
+        metrics = setting.score(scored, d)
+    used = family.n_examples(model, spec, d) if hasattr(family, "n_examples") else 0
+    return result(metrics, family.flops(model, spec, d), model, used)
 
 
-def result(metrics: dict[str, float], cost: float, model: torch.nn.Module) -> dict:
+def result(metrics: dict[str, float], cost: float, model: torch.nn.Module, n_examples: int = 0) -> dict:
     """The result dict of a training-free attack: one evaluation at step 0 (chosen on V_sel and
-    reported on V_rep there, like a fine-tune's checkpoint), ``cost`` FLOPs."""
+    reported on V_rep there, like a fine-tune's checkpoint), ``cost`` FLOPs, ``n_examples`` rows
+    of T it showed the model (few_shot's)."""
     return {
         "metrics": {"forget_acc_sel_max": metrics["forget_acc_sel"], "best_step": 0,
                     "forget_acc_rep_at_best": metrics["forget_acc_rep"], "forget_acc_max": metrics["forget_acc"],
                     "forget_acc_final": metrics["forget_acc"], "retain_acc_final": metrics["retain_acc"]},
         "curve": [(0, k, v) for k, v in metrics.items()],
         "flops": cost, "n_params": sum(p.numel() for p in model.parameters()),
-        "train_wall_s": 0.0, "steps": 0, "n_examples": 0,
+        "train_wall_s": 0.0, "steps": 0, "n_examples": n_examples,
     }

@@ -134,9 +134,9 @@ def applied(model: torch.nn.Module, spec: Spec, d=None) -> Iterator[torch.nn.Mod
         yield m
 
 
-def flops(model: torch.nn.Module, spec: Spec, tokens: int) -> float:
-    """Two calibration passes (forget and retain rows) of ``tokens`` per row."""
-    return 2 * compute.forward_flops(sum(p.numel() for p in model.parameters()), spec.calibration * tokens)
+def flops(model: torch.nn.Module, spec: Spec, d) -> float:
+    """Two calibration passes (forget and retain rows) of the data's row width each."""
+    return 2 * compute.forward_flops(sum(p.numel() for p in model.parameters()), spec.calibration * d.forget_T.shape[1])
 
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.nn.Module | None = None) -> dict:

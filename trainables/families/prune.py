@@ -144,11 +144,11 @@ def applied(model: torch.nn.Module, spec: Spec, d=None) -> Iterator[torch.nn.Mod
         yield model
 
 
-def flops(model: torch.nn.Module, spec: Spec, tokens: int) -> float:
-    """Calibration forward passes (``tokens`` per row; none for magnitude) and the scoring."""
+def flops(model: torch.nn.Module, spec: Spec, d) -> float:
+    """Calibration forward passes (the data's row width per row; none for magnitude) and the scoring."""
     n = sum(p.numel() for p in model.parameters())
     passes = {"magnitude": 0, "wanda": 1, "importance": 2}[spec.score]
-    return passes * compute.forward_flops(n, spec.calibration * tokens) + 4.0 * n
+    return passes * compute.forward_flops(n, spec.calibration * d.forget_T.shape[1]) + 4.0 * n
 
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.nn.Module | None = None) -> dict:

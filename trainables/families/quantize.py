@@ -134,8 +134,9 @@ def applied(model: torch.nn.Module, spec: Spec, d=None) -> Iterator[torch.nn.Mod
         yield model
 
 
-def flops(model: torch.nn.Module, spec: Spec | None = None, tokens: int = 0) -> float:
-    """What quantizing costs: a few operations per quantized weight (no forward pass)."""
+def flops(model: torch.nn.Module, spec: Spec | None = None, d=None) -> float:
+    """What quantizing costs: a few operations per quantized weight (no forward pass; neither
+    ``spec`` nor the data ``d`` matter)."""
     return 8.0 * sum(w.numel() for _, w, _ in quantized_weights(model))
 
 
