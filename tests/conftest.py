@@ -13,6 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the hub fails loudly
+# Ray starts one idle worker per CPU for the first driver; a test's short search leaves them idle
+# (a tiny search: 2 of its 6 workers), and each costs a process start on 2 busy cores
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 # remote-cache mirrors of tests (and of the Ray workers they start) stay out of ~/.cache
 os.environ.setdefault("TAMPER_SEARCH_MIRROR", tempfile.mkdtemp(prefix="tamper-search-mirror-"))
 

@@ -77,7 +77,8 @@ def tiny_config(tmp_path: Path) -> Path:
     from tests.conftest import TINY
 
     raw = yaml.safe_load((ROOT / "configs" / "quick.yaml").read_text())
-    for text in [*TINY, f"storage={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}"]:
+    # one trial at a time: a second trial actor costs a torch import on 2 busy cores (test_end_to_end.py)
+    for text in [*TINY, "search.max_concurrent=1", f"storage={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}"]:
         apply_override(raw, *parse_override(text))
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
