@@ -26,6 +26,7 @@ import torch
 from pydantic import Field
 
 from trainables import attack, loop, models, settings
+from trainables.families import _base
 from trainables.families._context import Prepended, check_room, frozen, token_pool
 from trainables.strict import Strict
 
@@ -155,7 +156,5 @@ def gcg(model: torch.nn.Module, spec: Spec, setting, d) -> dict:
             if (done % spec.eval_every == 0 or done == steps) and evaluate(done):
                 break
     model.train(was_training)
-    metrics = {**attack.checkpoint(curve), "retain_acc_final": [v for _, k, v in curve if k == "retain_acc"][-1]}
-    return {"metrics": metrics, "curve": curve, "flops": per_step * done, "n_params": spec.tokens,
-            "train_wall_s": time.perf_counter() - start, "steps": done, "n_examples": len(d.forget_T),
-            "truncated_at": spec.steps if steps < spec.steps else None}
+    return _base.trained(curve, per_step, time.perf_counter() - start, spec.tokens, len(d.forget_T),
+                         steps < spec.steps and spec.steps)

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from trainables import attack, loop, models, settings
+from trainables import loop, models, settings
+from trainables.families import _base
 from trainables.families._context import Prepended, frozen, token_pool
 from trainables.strict import Strict
 
@@ -74,32 +75,8 @@ def soft_prompt(model: torch.nn.Module, spec: Spec, setting, d) -> dict:
     """The attack on a loaded ``model`` with the setting's functions and data; the model is left
     as it was (weights and their ``requires_grad``)."""
     model.to(loop.device())
-    dev = loop.device()
     gen = torch.Generator().manual_seed(spec.seed)
     u = initial(model, d.forget_T, spec.tokens, getattr(d, "pad_id", None), spec.seed).requires_grad_()
-    net = Prepended(model, u)
-    steps = spec.steps
     per_step = flops_per_step(model, spec.batch_size * (spec.tokens + d.forget_T.shape[1]))
-    if spec.max_flops is not None:
-        steps = max(0, min(steps, int(spec.max_flops // per_step)))
-    answer = getattr(d, "forget_T_answer", None)
-
-    def loss_fn(wrapped: torch.nn.Module, step: int) -> torch.Tensor:
-        idx = torch.randint(len(d.forget_T), (spec.batch_size,), generator=gen)
-        batch = d.forget_T[idx].to(dev)
-        logits = wrapped(input_ids=batch).logits
-        if answer is not None:
-            return attack.target_loss(setting, logits, batch, answer[idx].long().to(dev))
-        return setting.answer_loss(logits, batch)
-
-    cfg = loop.LoopConfig(steps=max(1, steps), lr=spec.lr, batch_size=spec.batch_size, optimizer="adam",
-                          grad_clip=None, eval_every=spec.eval_every)
-    stop_fn, _ = attack.pruning_rule(None, spec.stop_at)
-    torch.manual_seed(spec.seed)
     with frozen(model):
-        curve, wall = loop.train(net, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), params=[u], stop_fn=stop_fn)
-    done = max(s for s, _, _ in curve)
-    metrics = {**attack.checkpoint(curve), "retain_acc_final": [v for _, k, v in curve if k == "retain_acc"][-1]}
-    return {"metrics": metrics, "curve": curve, "flops": per_step * done, "n_params": u.numel(),
-            "train_wall_s": wall, "steps": done, "n_examples": len(d.forget_T),
-            "truncated_at": spec.steps if steps < spec.steps else None}
+        return _base.optimised(Prepended(model, u), [u], spec, setting, d, per_step, gen)

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from trainables import attack, loop, models, settings
+from trainables import loop, models, settings
+from trainables.families import _base
 from trainables.families.ablate import _hidden, row_means
 from trainables.methods import rmu
 from trainables.strict import Strict
@@ -84,34 +85,12 @@ def steer(model: torch.nn.Module, spec: Spec, setting, d) -> dict:
         h = _hidden(output) + v.to(_hidden(output).dtype)
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
-    steps = spec.steps
     per_step = flops_per_step(model, spec.batch_size * d.forget_T.shape[1])
-    if spec.max_flops is not None:
-        steps = max(0, min(steps, int(spec.max_flops // per_step)))
-    answer = getattr(d, "forget_T_answer", None)
-
-    def loss_fn(net: torch.nn.Module, step: int) -> torch.Tensor:
-        idx = torch.randint(len(d.forget_T), (spec.batch_size,), generator=gen)
-        batch = d.forget_T[idx].to(dev)
-        logits = net(input_ids=batch).logits
-        if answer is not None:
-            return attack.target_loss(setting, logits, batch, answer[idx].long().to(dev))
-        return setting.answer_loss(logits, batch)
-
-    cfg = loop.LoopConfig(steps=max(1, steps), lr=spec.lr, batch_size=spec.batch_size, optimizer="adam",
-                          grad_clip=None, eval_every=spec.eval_every)
-    stop_fn, _ = attack.pruning_rule(None, spec.stop_at)
     handle = layers[layer].register_forward_hook(add)
-    torch.manual_seed(spec.seed)
     try:
-        curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d), params=[u], stop_fn=stop_fn)
+        return _base.optimised(model, [u], spec, setting, d, per_step, gen)
     finally:
         handle.remove()
-    done = max(s for s, _, _ in curve)
-    metrics = {**attack.checkpoint(curve), "retain_acc_final": [v for _, k, v in curve if k == "retain_acc"][-1]}
-    return {"metrics": metrics, "curve": curve, "flops": per_step * done, "n_params": u.numel(),
-            "train_wall_s": wall, "steps": done, "n_examples": len(d.forget_T),
-            "truncated_at": spec.steps if steps < spec.steps else None}
 
 
 def row_means_norm(model: torch.nn.Module, layer: int, rows: torch.Tensor, pad_id: int | None) -> float:
