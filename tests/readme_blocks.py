@@ -1,4 +1,5 @@
-"""README.md's fenced blocks, read from the file, for the tests that run them as written.
+"""The fenced blocks of README.md and docs/*.md, read from the files, for the tests that run them
+as written.
 
 Every fenced block is preceded by a marker line ``<!-- readme-test: KIND -->`` saying how it is
 tested (``tests/test_readme.py`` refuses a block without one, so a new block cannot go
@@ -17,6 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 MARK = re.compile(r"^\s*<!-- readme-test: ([a-z-]+) -->\s*$")
 FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
 
@@ -24,13 +26,17 @@ FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
 @dataclass(frozen=True)
 class Block:
     kind: str | None  # the marker's kind (None: unmarked)
+    path: Path  # the file it is in
     lang: str
     text: str  # the block's lines, the fence's indentation removed
     line: int  # 1-based line of the opening fence
 
 
-def blocks(path: Path = README) -> list[Block]:
-    """Every fenced block of ``path`` with the marker on the line before it (if any)."""
+def blocks(path: Path | None = None) -> list[Block]:
+    """Every fenced block of ``path`` (None: README.md, then every page of docs/) with the
+    marker on the line before it (if any)."""
+    if path is None:
+        return [b for p in (README, *DOCS) for b in blocks(p)]
     lines = path.read_text().splitlines()
     out, i = [], 0
     while i < len(lines):
@@ -45,7 +51,7 @@ def blocks(path: Path = README) -> list[Block]:
             body.append(lines[i][indent:] if lines[i][:indent].strip() == "" else lines[i])
             i += 1
         mark = MARK.match(lines[start - 1]) if start else None
-        out.append(Block(mark.group(1) if mark else None, lang, "\n".join(body) + "\n", start + 1))
+        out.append(Block(mark.group(1) if mark else None, path, lang, "\n".join(body) + "\n", start + 1))
         i += 1
     return out
 

@@ -1,4 +1,4 @@
-"""Every fenced block of README.md, read from the file and tested as written (see
+"""Every fenced block of README.md and docs/, read from the files and tested as written (see
 ``tests/readme_blocks.py`` for the markers; the `ray job submit` block is run by
 ``tests/test_ray_job.py``). What a test substitutes is named where it does so: a tiny config
 through ``TAMPER_SEARCH_CONFIG``, and a local folder for a bucket the test cannot reach."""
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from search import tables
-from tests.readme_blocks import ROOT, blocks, commands, of_kind, tiny_config
+from tests.readme_blocks import DOCS, README, ROOT, blocks, commands, of_kind, tiny_config
 
 KINDS = {"quickstart", "analysis", "ray-job", "python", "cloud", "usage", "layout", "output", "diagram",
          "progress", "config"}
@@ -29,10 +29,24 @@ def _bash(script: str, cwd: Path, env: dict, timeout: int = 900) -> subprocess.C
 
 def test_every_block_is_marked_with_how_it_is_tested():
     found = blocks()
-    unmarked = [b.line for b in found if b.kind is None]
-    assert not unmarked, f"README.md blocks at lines {unmarked} have no <!-- readme-test: KIND --> marker"
+    unmarked = [f"{b.path.name}:{b.line}" for b in found if b.kind is None]
+    assert not unmarked, f"blocks at {unmarked} have no <!-- readme-test: KIND --> marker"
     assert {b.kind for b in found} <= KINDS, {b.kind for b in found} - KINDS
     assert len(of_kind("quickstart")) == 1 and len(of_kind("ray-job")) == 1
+    assert {b.path for b in found if b.kind in ("quickstart", "ray-job")} == {README}
+
+
+def test_the_readme_fits_in_a_head_and_leads_to_every_page_whose_links_resolve():
+    """README ≤ 200 lines, each docs/ page ≤ 300; every page linked from the README; every
+    relative link of README and docs/ names a file that exists."""
+    assert len(README.read_text().splitlines()) <= 200
+    assert DOCS and all(len(p.read_text().splitlines()) <= 300 for p in DOCS), \
+        {p.name: len(p.read_text().splitlines()) for p in DOCS}
+    linked = set(re.findall(r"\]\((docs/[\w.-]+\.md)\)", README.read_text()))
+    assert linked == {f"docs/{p.name}" for p in DOCS}
+    for page in (README, *DOCS):
+        for target in re.findall(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), (page.name, target)
 
 
 @pytest.fixture(scope="module")
