@@ -1,5 +1,5 @@
 """Cluster files and paper-scale configs: valid against Ray's own cluster schema and the
-project's config, with the properties the README promises (CPU head, spot GPU workers from 0,
+project's config, with the properties docs/cluster.md promises (CPU head, spot GPU workers from 0,
 the pinned Ray version, tokens never in a file)."""
 
 from __future__ import annotations

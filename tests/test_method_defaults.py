@@ -6,7 +6,7 @@ tests/calibrated.py).
 
 Trained models differ across CPUs and thread counts (float reduction order), so every bound is
 set from the spread measured at seed 0 with 1 and 2 torch threads on two CPU models (and seed 1
-for context), with a margin; the figures are in the comments and in the README."""
+for context), with a margin; the figures are in the comments and in docs/defences.md."""
 
 import pytest
 
@@ -47,7 +47,7 @@ def test_tar_resists_an_attack_of_its_training_adversarys_kind(reference):
     # The adversary TAR trains against (defaults): AdamW at lr 3.3e-4…3e-3, K = 16 steps on
     # forget data. An attack of that kind — lr 1e-3, 20 steps — recovers 0.32–0.43 V accuracy
     # from the safeguard and 0.09–0.17 from the TAR model (seeds 0 and 1, two CPU models; margin
-    # 0.19–0.31); longer attacks recover more from both (see README), so the margin is asserted
+    # 0.19–0.31); longer attacks recover more from both (see docs/defences.md), so the margin is asserted
     # for this kind only, at 0.10. TAR's retain accuracy: 0.86 / 0.69 (seed 0, 1 / 2 threads),
     # 0.77 (seed 1).
     tarred, attacked = calibrated.tar_attacked(*reference)
