@@ -1,6 +1,6 @@
 """Search spaces: one per defender method, one for attacks."""
 
-from spaces import attack, batteries, gradascent, graddiff, lat, maxent, npo, random_mapping, repnoise, rmu, tar, undo
+from spaces import attack, batteries, gradascent, graddiff, lat, maxent, npo, random_mapping, repnoise, rmu, tar
 from spaces.dims import Dim
 
 DEFENDER_SPACES: dict[str, dict[str, Dim]] = {
@@ -20,4 +20,3 @@ ATTACK_SPACE: dict[str, Dim] = attack.SPACE
 LORA_SPACE: dict[str, Dim] = attack.LORA_SPACE
 ATTACK_PRIOR: list[dict] = attack.PRIOR
 BATTERIES = batteries.BATTERIES
-UNDO_SPACE: dict[str, Dim] = undo.SPACE

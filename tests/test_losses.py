@@ -44,5 +44,5 @@ def test_graddiff_loss_matches_formula():
 
 def test_registry_lists_graddiff_with_reference():
     assert METHODS["graddiff"] is graddiff
-    assert "Liu" in graddiff.REFERENCE
+    assert "Liu" in graddiff.CITATION
     assert graddiff.Params().lam == 5.0 and graddiff.DEFAULT_LOOP["steps"] > 0

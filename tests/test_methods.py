@@ -44,7 +44,7 @@ def test_registry_spaces_and_references():
     assert set(METHODS) == {"gradascent", "graddiff", "lat", "maxent", "npo", "random_mapping", "repnoise", "rmu"}
     assert set(DEFENDERS) == set(DEFENDER_SPACES) == set(METHODS) | {"tar"}
     for name, m in DEFENDERS.items():
-        assert m.REFERENCE and {"lr", "steps"} <= set(m.DEFAULT_LOOP)
+        assert m.CITATION and {"lr", "steps"} <= set(m.DEFAULT_LOOP)
         m.Params()  # defaults validate
         assert {"lr", "steps"} <= set(DEFENDER_SPACES[name])
         assert STAGE[name] == ("tar" if name == "tar" else "unlearn")

@@ -1,7 +1,7 @@
 """Registry of defenders the outer search can pick: every shallow unlearning method (one
 ``unlearn`` stage) and TAR (a ``tar`` stage on top of an initial safeguard).
 
-Each module gives ``REFERENCE``, ``DEFAULT_LOOP`` (its loop on arithmetic) and ``Params`` (its
+Each module gives ``CITATION``, ``DEFAULT_LOOP`` (its loop on arithmetic) and ``Params`` (its
 hyperparameters and their defaults); ``STAGE`` names the stage that makes the released model.
 
 A defender is a pipeline of stages (``DefenderConfig.pipeline``): the unlearning that makes the

@@ -50,7 +50,7 @@ from trainables import common
 from trainables.strict import Strict
 from trainables.unlearn import Spec  # TAR's stage spec is the unlearning stage's (method: tar)
 
-REFERENCE = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), arXiv 2408.00761"
+CITATION = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), arXiv 2408.00761"
 # TAR trains on top of a safeguard (``defender.safeguard``; the authors' random mapping unless
 # the config names another), the frozen reference beside it for the retain term.
 DEFAULT_SAFEGUARD = "random_mapping"
@@ -59,7 +59,6 @@ INPUTS = {"model": common.SUPPRESSED, "reference": common.REFERENCE}
 NOT_WITH_STRATEGY = {"fsdp": "its inner-loop snapshot and first-order gradient assume full parameters; use ddp"}
 # The outer loop on arithmetic (TAR on Llama-3-8B: lr 2e-5, 750 steps, 32 warmup steps).
 DEFAULT_LOOP = {"lr": 3e-4, "steps": 100, "schedule": "warmup_constant", "warmup_steps": 10}
-TASK_KINDS = ("forget", "retain_forget")
 
 
 class Params(Strict):

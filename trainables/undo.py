@@ -32,7 +32,7 @@ from trainables.common import Common, split_params
 from trainables.loop import LoopConfig
 from trainables.strict import Strict
 
-REFERENCE = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), arXiv 2506.06278"
+CITATION = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), arXiv 2506.06278"
 INITS = ("corrupt", "fresh")
 
 

@@ -7,7 +7,7 @@ and its own fields), ``run(spec, inputs, out_dir, model=None) -> result`` (score
 attack: a curve of V_sel / V_rep / retain evaluations, the checkpoint chosen on V_sel, its
 FLOPs), ``STAGE`` (its stage name in ``trainables/stages.py``), ``SEEDED`` (whether a re-run
 with another seed can differ: a deterministic family's chosen attack is not re-run) and
-``REFERENCE`` (the paper it follows); optionally ``TRAINING_FREE`` (it trains nothing: then
+``CITATION`` (the paper it follows); optionally ``TRAINING_FREE`` (it trains nothing: then
 also ``applied(model, spec, d)``, a context manager yielding the model to score, and
 ``flops(model, spec, d)``) and ``CONTEXT`` (it puts tokens before each question, so the model
 needs positions for them).

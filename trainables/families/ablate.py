@@ -31,7 +31,7 @@ from trainables.families._base import calibration_rows
 from trainables.methods import rmu
 from trainables.strict import Strict
 
-REFERENCE = "Arditi et al. 2024 (difference-in-means directions); Łucki et al. 2024 (ablation recovers RMU)"
+CITATION = "Arditi et al. 2024 (difference-in-means directions); Łucki et al. 2024 (ablation recovers RMU)"
 STAGE = "ablate"
 SEEDED = True  # the calibration rows are a seeded draw
 TRAINING_FREE = True

@@ -26,7 +26,7 @@ from trainables.families import _base
 from trainables.families._context import Prepended, learned_positions, real_tokens, row_width
 from trainables.strict import Strict
 
-REFERENCE = "Łucki et al. 2024 (in-context relearning); Brown et al. 2020 (k-shot prompting)"
+CITATION = "Łucki et al. 2024 (in-context relearning); Brown et al. 2020 (k-shot prompting)"
 STAGE = "few_shot"
 SEEDED = True  # the examples are a seeded draw from T
 TRAINING_FREE = True

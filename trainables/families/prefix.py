@@ -30,7 +30,7 @@ from trainables.families import _base
 from trainables.families._context import Prepended, check_room, frozen, token_pool
 from trainables.strict import Strict
 
-REFERENCE = "Zou et al. 2023 (GCG); Łucki et al. 2024 (universal prefixes recover unlearned knowledge)"
+CITATION = "Zou et al. 2023 (GCG); Łucki et al. 2024 (universal prefixes recover unlearned knowledge)"
 STAGE = "prefix"
 SEEDED = True
 TRAINING_FREE = False

@@ -36,7 +36,7 @@ from trainables.families._base import calibration_rows, restored
 from trainables.families.quantize import quantized_weights
 from trainables.strict import Strict
 
-REFERENCE = "Łucki et al. 2024, An adversarial perspective on machine unlearning for AI safety; Sun et al. 2024 (Wanda)"
+CITATION = "Łucki et al. 2024, An adversarial perspective on machine unlearning for AI safety; Sun et al. 2024 (Wanda)"
 STAGE = "prune"
 SEEDED = True  # the calibration rows are a seeded draw (magnitude pruning ignores them)
 TRAINING_FREE = True

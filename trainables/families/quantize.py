@@ -35,7 +35,7 @@ from trainables.families import _base
 from trainables.families._base import restored
 from trainables.strict import Strict
 
-REFERENCE = "Zhang et al., ICLR 2025, Catastrophic failure of LLM unlearning via quantization"
+CITATION = "Zhang et al., ICLR 2025, Catastrophic failure of LLM unlearning via quantization"
 STAGE = "quantize"
 SEEDED = False  # deterministic: a re-run gives the same model
 TRAINING_FREE = True

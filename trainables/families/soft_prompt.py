@@ -25,7 +25,7 @@ from trainables.families import _base
 from trainables.families._context import Prepended, frozen, token_pool
 from trainables.strict import Strict
 
-REFERENCE = "Schwinn et al. 2024 (soft prompt threats); Lester et al. 2021 (prompt tuning)"
+CITATION = "Schwinn et al. 2024 (soft prompt threats); Lester et al. 2021 (prompt tuning)"
 STAGE = "soft_prompt"
 SEEDED = True
 TRAINING_FREE = False

@@ -28,7 +28,7 @@ from trainables.families.ablate import _hidden, row_means
 from trainables.methods import rmu
 from trainables.strict import Strict
 
-REFERENCE = "Che et al. 2025 (latent-space tampering); Turner et al. 2023 (activation addition)"
+CITATION = "Che et al. 2025 (latent-space tampering); Turner et al. 2023 (activation addition)"
 STAGE = "steer"
 SEEDED = True
 TRAINING_FREE = False

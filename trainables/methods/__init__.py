@@ -1,7 +1,7 @@
 """Registry of unlearning methods: one file per method, each with its loss, defaults and paper.
 
 A method module provides
-  REFERENCE      the paper (and code) it follows
+  CITATION       the paper (and code) it follows
   DEFAULT_LOOP   its default learning rate and steps on the arithmetic setting
   Params         pydantic model of its hyperparameters and their defaults
   setup(model, params, seed) -> state      frozen copies, control vectors (may return None)

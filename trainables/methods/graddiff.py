@@ -17,7 +17,7 @@ from trainables.methods.common import all_parameters as trainable  # noqa: F401
 from trainables.methods.common import no_setup as setup  # noqa: F401
 from trainables.strict import Strict
 
-REFERENCE = "Liu et al. 2022 (GradDiff), as used in TOFU (Maini et al. 2024) and UNDO (Lee et al. 2025)"
+CITATION = "Liu et al. 2022 (GradDiff), as used in TOFU (Maini et al. 2024) and UNDO (Lee et al. 2025)"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

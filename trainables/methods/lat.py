@@ -36,7 +36,7 @@ from trainables.methods.common import unwrap
 from trainables.methods.rmu import decoder_layers, layer_index
 from trainables.strict import Strict
 
-REFERENCE = "Sheshadri et al. 2024, targeted latent adversarial training (LAT), aengusl/latent-adversarial-training"
+CITATION = "Sheshadri et al. 2024, targeted latent adversarial training (LAT), aengusl/latent-adversarial-training"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

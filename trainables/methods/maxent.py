@@ -19,7 +19,7 @@ from trainables.methods.common import all_parameters as trainable  # noqa: F401
 from trainables.methods.common import no_setup as setup  # noqa: F401
 from trainables.strict import Strict
 
-REFERENCE = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), MaxEnt baseline"
+CITATION = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), MaxEnt baseline"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

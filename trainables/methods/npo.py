@@ -22,7 +22,7 @@ from trainables.methods.common import all_parameters as trainable  # noqa: F401
 from trainables.methods.common import frozen_copy
 from trainables.strict import Strict
 
-REFERENCE = "Zhang et al. 2024, Negative Preference Optimization (NPO)"
+CITATION = "Zhang et al. 2024, Negative Preference Optimization (NPO)"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

@@ -27,7 +27,7 @@ from trainables.methods.common import all_parameters as trainable  # noqa: F401
 from trainables.methods.common import unwrap
 from trainables.strict import Strict
 
-REFERENCE = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), random mapping"
+CITATION = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), random mapping"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

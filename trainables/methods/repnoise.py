@@ -32,7 +32,7 @@ from trainables.methods.common import unwrap
 from trainables.methods.rmu import decoder_layers
 from trainables.strict import Strict
 
-REFERENCE = "Rosati et al. 2024, Representation noising (RepNoise), domenicrosati/representation-noising"
+CITATION = "Rosati et al. 2024, Representation noising (RepNoise), domenicrosati/representation-noising"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

@@ -23,7 +23,7 @@ from pydantic import Field
 from trainables.methods.common import frozen_copy, unwrap
 from trainables.strict import Strict
 
-REFERENCE = "Li et al. 2024, The WMDP Benchmark (RMU), rmu/unlearn.py"
+CITATION = "Li et al. 2024, The WMDP Benchmark (RMU), rmu/unlearn.py"
 DEFAULT_LOOP = {"lr": 1e-2, "steps": 300}
 
 # Where decoder layers live, and the MLP output projection inside each, per architecture family.
