@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
-from search.stages import Runner, run_stage  # noqa: E402
+from search.runner import Runner, run_stage  # noqa: E402
 from search.trial import Context, common, pretrain, suppress, unlearn_spec  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

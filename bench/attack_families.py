@@ -39,7 +39,7 @@ from bench.adversary_search import panel  # noqa: E402
 from search import config  # noqa: E402
 from search.adversary import adversary_search, family_worst  # noqa: E402
 from search.families import training_free  # noqa: E402
-from search.stages import Runner  # noqa: E402
+from search.runner import Runner  # noqa: E402
 from search.trial import Context, pretrain  # noqa: E402
 from trainables import compute, heldout, settings  # noqa: E402
 from trainables.families import FAMILIES  # noqa: E402

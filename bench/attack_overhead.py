@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import pyarrow.parquet as pq  # noqa: E402
 
 from search import config  # noqa: E402
-from search.stages import Runner  # noqa: E402
+from search.runner import Runner  # noqa: E402
 from search.trial import Context, pretrain  # noqa: E402
 
 SCORES = ("forget_acc_sel_max", "forget_acc_rep_at_best", "best_step", "retain_acc_final")

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis.report import front_mask, load_trials  # noqa: E402
 from search import config, tables  # noqa: E402
 from search.adversary import adversary_search, seed_of  # noqa: E402
-from search.stages import Runner, cached  # noqa: E402
+from search.runner import Runner, cached  # noqa: E402
 from trainables import heldout  # noqa: E402
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
-from search.stages import Runner, run_stage  # noqa: E402
+from search.runner import Runner, run_stage  # noqa: E402
 from search.trial import Context, baseline, common, pretrain  # noqa: E402
 from trainables.methods import METHODS  # noqa: E402
 

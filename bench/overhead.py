@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import optuna  # noqa: E402
 
 from search import config  # noqa: E402
-from search.stages import Runner  # noqa: E402
+from search.runner import Runner  # noqa: E402
 from search.trial import Context, defender, pretrain  # noqa: E402
 from spaces.dims import suggest  # noqa: E402
 

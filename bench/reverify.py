@@ -29,7 +29,7 @@ from front_check import experiment_config  # noqa: E402
 
 from search import tables, verify  # noqa: E402
 from search.adversary import adversary_search, seed_of  # noqa: E402
-from search.stages import Runner, cached  # noqa: E402
+from search.runner import Runner, cached  # noqa: E402
 
 
 def reverify(results: str, trial_id: str, overrides: list[str]) -> dict:

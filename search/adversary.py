@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import optuna
 from pydantic import Field, PrivateAttr, model_validator
 
-from search import archive, resident, studies
-from search.stages import Runner, StageRef, run_stage
+from search import archive, attack_workers, studies
+from search.runner import Runner, StageRef, run_stage
 from trainables import attack as attack_stage
 from search.families import all_family_dims, family_of, named, training_free
 from trainables.families import FAMILIES, spec_fields, stage_of
@@ -320,7 +320,7 @@ def adversary_search(
                 out.search_flops += ref.result["flops"]
         return ref.result
 
-    pool = resident.pool_for(runner, str(released.path), a.concurrency)
+    pool = attack_workers.pool_for(runner, str(released.path), a.concurrency)
     try:
         for name in a.batteries:
             for i, params in enumerate(BATTERIES[name](a.battery_steps, cfg.setting.name)):

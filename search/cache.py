@@ -195,7 +195,7 @@ def commit(cache_dir: str | Path, key: str, staged: Path, result: dict, recipe: 
 
     ``recipe`` (stage, spec, inputs) is kept beside the entry when it holds files (a model):
     retention may delete such an entry, and a process that needs it again remakes it from
-    its recipe (``search.stages.rebuild``).
+    its recipe (``search.runner.rebuild``).
 
     Remote: every file is uploaded, ``result.json`` last, then the staged folder becomes this
     node's mirror copy.

@@ -21,7 +21,7 @@ from search.cache import DEFAULT_DIR as DEFAULT_CACHE_DIR
 from search.families import fit_families
 from search.adversary import AttackConfig
 from search.retention import CacheConfig
-from search.stages import ScalingConfig
+from search.runner import ScalingConfig
 from search.tracking import TrackingConfig
 from search.verify import VerifyConfig, attacker
 from spaces import points

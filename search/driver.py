@@ -1,7 +1,7 @@
 """The experiment driver: Ray, the baselines, the outer Tune + Optuna search, the tables.
 
 Ray 2.60 wiring: each Tune trial is a *function* trainable that runs its stages through
-``search.stages`` (a Ray Train ``TorchTrainer`` per stage, local mode by default), because
+``search.runner`` (a Ray Train ``TorchTrainer`` per stage, local mode by default), because
 ``Tuner(trainer)`` is deprecated. Multi-objective ``OptunaSearch`` (maximise retain accuracy,
 minimise attacked forget accuracy) proposes the defenders; no early-stopping scheduler, since it
 would hand truncated values to a multi-objective study.
@@ -28,7 +28,7 @@ from search import progress, studies, tables, tracking, verify
 from search.config import ConfigError, ExperimentConfig
 from search.disk import storage_full
 from search.retention import Retention
-from search.stages import Runner, StageRef
+from search.runner import Runner, StageRef
 from search.trial import Context, baseline, defender, pretrain, suppressed_id, suppressed_key, verify_trial
 from spaces import points
 from spaces.dims import suggest

@@ -265,7 +265,7 @@ def _merge(rows: list[Row]) -> list[Row]:
 
 def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Row]:
     """Every stage the experiment will run (typical points for searched dimensions)."""
-    from search.stages import cache_key
+    from search.runner import cache_key
     from search.trial import common as trial_common, pretrain_spec
 
     seq = settings.load(cfg.setting.model_dump())[1].seq_len if cfg.setting.name == "arithmetic" else cfg.setting.seq_len

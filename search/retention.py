@@ -11,7 +11,7 @@ reference and pure models, the shared suppressed teacher) and every attack resul
 
 A deleted entry keeps its recipe (``cache.RECIPES``), so a process that needs it again — the
 verification sweep when verification lifts a front model and a dominated one enters in its
-place, another experiment — makes it again (``search.stages.rebuild``). A stage holds its inputs
+place, another experiment — makes it again (``search.runner.rebuild``). A stage holds its inputs
 in use while it runs (``cache.using``), and deletion skips an entry in use.
 
 Each experiment that runs against a cache registers itself there (``.experiments/<id>.json``): its

@@ -23,7 +23,7 @@ from search.adversary import AttackOutcome, adversary_search, curve_rows, error_
 from search.families import family_columns
 from search.config import ExperimentConfig
 from search.disk import storage_full
-from search.stages import Runner, StageRef, cache_key, run_stage
+from search.runner import Runner, StageRef, cache_key, run_stage
 from spaces import points
 from trainables import evaluate as evaluate_stage, heldout, settings, wmdp
 from trainables import pretrain as pretrain_stage, unlearn as unlearn_stage

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from search import config
 from search.adversary import attack_spec
-from search.stages import Runner, StageRef, run_stage
+from search.runner import Runner, StageRef, run_stage
 from search.trial import common, pretrain_spec, unlearn_spec
 
 # Each method at its defaults on the reference (GradAscent: see its test).

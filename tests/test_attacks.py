@@ -8,7 +8,7 @@ import torch
 
 from search import config, tables
 from search.adversary import adversary_search, attack_spec
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import Context, pretrain
 from spaces import BATTERIES
 from spaces.batteries import UNDO_LRS

@@ -11,7 +11,7 @@ import pytest
 
 from search import cache, tables
 from search.disk import StorageFull, storage_full
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import Context, defender, pretrain, pretrain_spec
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from search import tables
-from search.stages import Runner
+from search.runner import Runner
 from search.trial import Context, defender, pretrain
 
 

@@ -10,7 +10,7 @@ import torch
 from search import config
 from search.adversary import adversary_search, informed_start
 from search.families import needs_context, training_free
-from search.stages import Runner
+from search.runner import Runner
 from search.trial import Context, pretrain, score_columns
 from tests.conftest import TINY
 from trainables import arithmetic as A

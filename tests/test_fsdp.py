@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from search.adversary import attack_spec
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import pretrain_spec, unlearn_spec
 from trainables import models
 from trainables.stages import STAGES

@@ -15,7 +15,7 @@ import torch
 from search import config
 from search.adversary import attack_spec, family_spec
 from spaces.attacks import PRIORS as FAMILY_PRIORS
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import Context, defender, common, pretrain, pretrain_spec, unlearn_spec
 from tests.conftest import TINY
 from trainables import loop, models

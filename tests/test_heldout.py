@@ -14,7 +14,7 @@ import torch
 from search import archive, config, tables
 from search.adversary import adversary_search, choose, informed_start, prune_rule
 from search.families import all_family_dims
-from search.stages import Runner
+from search.runner import Runner
 from search.trial import Context, pretrain
 from trainables import attack, heldout
 from spaces.dims import point_in

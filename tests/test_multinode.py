@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from search import cache, tables
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import pretrain_spec, unlearn_spec
 from tests.conftest import ROOT, forget_cluster, tiny_search
 from trainables import models

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from search import config, plan
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import pretrain_spec
 from tests.conftest import TINY
 

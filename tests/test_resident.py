@@ -1,4 +1,4 @@
-"""Resident attack workers (search/resident.py, trainables/resident.py): a released model loaded
+"""Resident attack workers (search/attack_workers.py, trainables/resident.py): a released model loaded
 once, restored bit for bit after every attack, the same results as a fresh load per attack,
 and a worker killed mid-search replaced with nothing lost or counted twice."""
 
@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from search import config, resident, trial
+from search import attack_workers, config, trial
 from search.adversary import adversary_search
-from search.stages import Runner
+from search.runner import Runner
 from tests.conftest import ROOT, TINY
 from trainables import models
 from trainables.resident import ResidentModel
@@ -86,8 +86,8 @@ def test_a_resident_worker_killed_mid_search_is_replaced_and_nothing_is_lost_or_
     ctx = trial.Context(cfg, "e", str(tmp_path / "e"), Runner(tmp_path / "cache", "local"))
     reference = trial.pretrain(ctx, "reference")
     pools = []
-    real = resident.pool_for
-    monkeypatch.setattr(resident, "pool_for", lambda *a: pools.append(real(*a)) or pools[-1])
+    real = attack_workers.pool_for
+    monkeypatch.setattr(attack_workers, "pool_for", lambda *a: pools.append(real(*a)) or pools[-1])
     killed = {}
 
     def kill_during_the_second_attack() -> None:
@@ -132,7 +132,7 @@ def test_resident_workers_leave_the_trials_placement_group(tmp_path, local_ray):
 
     @local_ray.remote(num_cpus=0.25)
     def like_a_trial() -> dict:
-        pool = resident.AttackPool(path, 1, {"num_workers": 1, "resources_per_worker": {"CPU": 1}})
+        pool = attack_workers.AttackPool(path, 1, {"num_workers": 1, "resources_per_worker": {"CPU": 1}})
         try:
             return pool.execute("attack", spec, {"model": path}, tmp_path)
         finally:

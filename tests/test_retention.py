@@ -16,7 +16,7 @@ import torch
 
 from search import cache, retention
 from search.retention import Retention
-from search.stages import Runner, StageRef, rebuild, run_stage
+from search.runner import Runner, StageRef, rebuild, run_stage
 from search.trial import pretrain_spec, unlearn_spec
 from search.verify import front
 from tests.conftest import ROOT
@@ -144,7 +144,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 from search import cache, config
 from search.adversary import attack_spec
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import pretrain_spec, unlearn_spec
 from tests.conftest import TINY
 cfg = config.load(None, TINY)

@@ -5,7 +5,7 @@ import torch
 
 import json
 
-from search.stages import Runner, cache_key, canonical, run_stage
+from search.runner import Runner, cache_key, canonical, run_stage
 from search.trial import common, pretrain_spec, unlearn_spec
 from search.adversary import attack_spec
 from trainables import data as data_mod
@@ -159,7 +159,7 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from search import config
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import pretrain_spec
 from tests.conftest import TINY
 cfg = config.load(None, [*TINY, "pretrain.reference.steps=150"])

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from search import cache
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import Context, pretrain, suppress
 
 

@@ -11,7 +11,7 @@ import torch
 
 from search import config, tables
 from search.trial import Context, baseline, defender, pretrain, suppress, unlearn_spec
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from spaces import DEFENDER_SPACES
 from trainables import arithmetic as A
 from trainables import models, tar

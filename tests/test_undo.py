@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from search import config, tables
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import Context, baseline, decode, defender, common, pretrain, suppress
 from trainables import arithmetic as A
 from trainables import loop, models, undo

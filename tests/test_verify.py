@@ -18,7 +18,7 @@ import pytest
 from analysis.pareto import pareto_mask
 from analysis.report import front_mask, write_report
 from search import config, tables, trial, verify
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from trainables import attack
 from trainables.stages import STAGES
 

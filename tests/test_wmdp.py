@@ -13,7 +13,7 @@ import torch
 from search import config, tables
 from search.adversary import attack_spec, family_spec
 from spaces.attacks import PRIORS as FAMILY_PRIORS
-from search.stages import Runner, run_stage
+from search.runner import Runner, run_stage
 from search.trial import Context, common, pretrain, suppress, unlearn_spec
 from tests import wmdp_fixtures as F
 from trainables import models, wmdp

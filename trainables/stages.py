@@ -4,7 +4,7 @@ given) and ``run(spec, inputs, out_dir) -> result``.
 A stage is a plain function of its ``Spec`` (or the spec's JSON dump) and its input
 checkpoints (paths by role); it writes its output checkpoint (if any) into ``out_dir`` and
 returns a result dict with ``metrics``, ``curve`` [(step, metric, value)], ``flops`` and
-``train_wall_s``. A stage's cache key is its spec's canonical dump (``search/stages.py``).
+``train_wall_s``. A stage's cache key is its spec's canonical dump (``search/runner.py``).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ class Runner:
     scaling: dict = field(default_factory=lambda: {"num_workers": 0})
     max_failures: int = 0
     strategy: Literal["ddp", "fsdp"] = "ddp"  # how the workers of one stage share the model
-    resident: bool = True  # attacks run on resident copies of their model (search/resident.py)
+    resident: bool = True  # attacks run on resident copies of their model (search/attack_workers.py)
 
 
 def canonical(stage: str, spec: Strict | dict) -> dict:
@@ -157,7 +157,7 @@ def run_stage(runner: Runner, stage: str, spec: Strict | dict, inputs: dict[str,
     """Run ``stage`` on ``spec`` (its ``Spec``, or a dict of its fields) and ``inputs`` unless
     its key is cached; return its output. An invalid spec fails here, before anything is written.
     ``execute(stage, spec, input paths, staging folder) -> result`` runs it instead of the
-    runner's executor (a resident attack worker, ``search/resident.py``)."""
+    runner's executor (a resident attack worker, ``search/attack_workers.py``)."""
     inputs = inputs or {}
     spec = canonical(stage, spec)
     key = cache.stage_key(stage, spec, {role: ref.key for role, ref in inputs.items()})

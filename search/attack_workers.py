@@ -49,7 +49,7 @@ class _ActorBody(ResidentModel):
 
 class AttackPool:
     """Up to ``size`` resident copies of the released model at ``path``, made on first use;
-    ``execute`` runs one attack on a free copy (the signature ``search.stages.run_stage`` takes).
+    ``execute`` runs one attack on a free copy (the signature ``search.runner.run_stage`` takes).
 
     ``scaling``: the Runner's Ray Train arguments; ``num_workers`` 1 puts the copies in Ray
     actors with its ``resources_per_worker``, 0 keeps them in this process."""
