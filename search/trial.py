@@ -27,7 +27,7 @@ from search.runner import Runner, StageRef, cache_key, run_stage
 from spaces import points
 from trainables import evaluate as evaluate_stage, heldout, settings, wmdp
 from trainables import pretrain as pretrain_stage, unlearn as unlearn_stage
-from trainables.common import Common
+from trainables.defence_spec import Common
 from trainables.defenders import REFERENCE, SUPPRESSED
 from trainables.stages import STAGES
 

@@ -27,7 +27,7 @@ from pydantic import field_validator, model_validator
 from spaces import DEFENDER_SPACES, SUPERSEDED, points
 from spaces.dims import Choice, Dim, check_space, searched, with_bounds
 from trainables import tar, unlearn
-from trainables.common import REFERENCE, SUPPRESSED, Common
+from trainables.defence_spec import REFERENCE, SUPPRESSED, Common
 from trainables.loop import LoopConfig, check_params
 from trainables.methods import METHODS
 from trainables.strict import Strict

@@ -46,7 +46,7 @@ import torch
 from pydantic import Field, model_validator
 
 from trainables import compute, data, loop, memory, models, settings
-from trainables import common
+from trainables import defence_spec
 from trainables.strict import Strict
 from trainables.unlearn import Spec  # TAR's stage spec is the unlearning stage's (method: tar)
 
@@ -54,7 +54,7 @@ CITATION = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LL
 # TAR trains on top of a safeguard (``defender.safeguard``; the authors' random mapping unless
 # the config names another), the frozen reference beside it for the retain term.
 DEFAULT_SAFEGUARD = "random_mapping"
-INPUTS = {"model": common.SUPPRESSED, "reference": common.REFERENCE}
+INPUTS = {"model": defence_spec.SUPPRESSED, "reference": defence_spec.REFERENCE}
 # Parallel strategies TAR cannot run under, and why (checked when the config loads).
 NOT_WITH_STRATEGY = {"fsdp": "its inner-loop snapshot and first-order gradient assume full parameters; use ddp"}
 # The outer loop on arithmetic (TAR on Llama-3-8B: lr 2e-5, 750 steps, 32 warmup steps).

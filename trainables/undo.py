@@ -28,7 +28,7 @@ from spaces import points
 from spaces.dims import Choice, Dim, check_fixed, check_space, searched, with_bounds
 from spaces.undo import SPACE as UNDO_SPACE
 from trainables import compute, data, loop, memory, models, settings
-from trainables.common import Common, split_params
+from trainables.defence_spec import Common, split_params
 from trainables.loop import LoopConfig
 from trainables.strict import Strict
 

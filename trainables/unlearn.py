@@ -11,7 +11,7 @@ from trainables import compute, data, loop, memory, models, settings
 from trainables.loop import LoopConfig
 from trainables.methods import METHODS
 from trainables.strict import Strict
-from trainables.common import Common, split_params
+from trainables.defence_spec import Common, split_params
 
 
 class Spec(Strict):

@@ -12,8 +12,8 @@ from types import ModuleType
 
 import torch
 
-from trainables.methods.common import all_parameters as trainable  # noqa: F401
-from trainables.methods.common import no_setup as setup  # noqa: F401
+from trainables.methods.shared import all_parameters as trainable  # noqa: F401
+from trainables.methods.shared import no_setup as setup  # noqa: F401
 from trainables.strict import Strict
 
 CITATION = "Jang et al. 2022, Knowledge Unlearning for Mitigating Privacy Risks in Language Models"

@@ -13,8 +13,8 @@ from types import ModuleType
 import torch
 from pydantic import Field
 
-from trainables.methods.common import all_parameters as trainable  # noqa: F401
-from trainables.methods.common import no_setup as setup  # noqa: F401
+from trainables.methods.shared import all_parameters as trainable  # noqa: F401
+from trainables.methods.shared import no_setup as setup  # noqa: F401
 from trainables.strict import Strict
 
 CITATION = "Liu et al. 2022 (GradDiff), as used in TOFU (Maini et al. 2024) and UNDO (Lee et al. 2025)"

@@ -30,9 +30,9 @@ from typing import Iterator
 import torch
 from pydantic import Field
 
-from trainables.methods.common import all_parameters as trainable  # noqa: F401
-from trainables.methods.common import no_setup as setup  # noqa: F401
-from trainables.methods.common import unwrap
+from trainables.methods.shared import all_parameters as trainable  # noqa: F401
+from trainables.methods.shared import no_setup as setup  # noqa: F401
+from trainables.methods.shared import unwrap
 from trainables.methods.rmu import decoder_layers, layer_index
 from trainables.strict import Strict
 

@@ -15,8 +15,8 @@ from types import ModuleType
 import torch
 from pydantic import Field
 
-from trainables.methods.common import all_parameters as trainable  # noqa: F401
-from trainables.methods.common import no_setup as setup  # noqa: F401
+from trainables.methods.shared import all_parameters as trainable  # noqa: F401
+from trainables.methods.shared import no_setup as setup  # noqa: F401
 from trainables.strict import Strict
 
 CITATION = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), MaxEnt baseline"

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from trainables.methods.common import all_parameters as trainable  # noqa: F401
-from trainables.methods.common import frozen_copy
+from trainables.methods.shared import all_parameters as trainable  # noqa: F401
+from trainables.methods.shared import frozen_copy
 from trainables.strict import Strict
 
 CITATION = "Zhang et al. 2024, Negative Preference Optimization (NPO)"

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from trainables.methods.common import all_parameters as trainable  # noqa: F401
-from trainables.methods.common import unwrap
+from trainables.methods.shared import all_parameters as trainable  # noqa: F401
+from trainables.methods.shared import unwrap
 from trainables.strict import Strict
 
 CITATION = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), random mapping"

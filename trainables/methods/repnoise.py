@@ -26,9 +26,9 @@ from types import ModuleType
 import torch
 from pydantic import Field
 
-from trainables.methods.common import all_parameters as trainable  # noqa: F401
-from trainables.methods.common import no_setup as setup  # noqa: F401
-from trainables.methods.common import unwrap
+from trainables.methods.shared import all_parameters as trainable  # noqa: F401
+from trainables.methods.shared import no_setup as setup  # noqa: F401
+from trainables.methods.shared import unwrap
 from trainables.methods.rmu import decoder_layers
 from trainables.strict import Strict
 

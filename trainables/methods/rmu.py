@@ -20,7 +20,7 @@ from types import ModuleType
 import torch
 from pydantic import Field
 
-from trainables.methods.common import frozen_copy, unwrap
+from trainables.methods.shared import frozen_copy, unwrap
 from trainables.strict import Strict
 
 CITATION = "Li et al. 2024, The WMDP Benchmark (RMU), rmu/unlearn.py"
