@@ -152,3 +152,12 @@ def test_config_blocks_load_as_written_onto_the_quick_config(tmp_path):
         path.write_text(yaml.safe_dump(raw))
         cfg = config.load(path)
         assert tracking.check(cfg.tracking, str(tmp_path / "results" / "x")) is None
+
+
+def test_the_configuration_reference_is_what_the_config_models_say():
+    """docs/configuration.md is generated (``python -m search.config_reference``): a field added,
+    removed or changed without regenerating it fails here."""
+    from search import config_reference
+
+    assert (ROOT / "docs" / "configuration.md").read_text() == config_reference.page(), \
+        "regenerate: .venv/bin/python -m search.config_reference > docs/configuration.md"
