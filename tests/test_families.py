@@ -504,8 +504,8 @@ def test_few_shot_contexts_hold_exactly_k_examples_all_from_T_and_fit_a_model_s_
     assert len(rows) == 4 and all(len(r) == A.SEQ_LEN and tuple(r.tolist()) in facts for r in rows)
 
 
-@pytest.mark.parametrize("family", ["few_shot", "soft_prompt", "prefix"])
-def test_context_families_leave_every_weight_bit_identical(family, tmp_path):
+@pytest.mark.parametrize("family", ["few_shot", "soft_prompt", "prefix", "steer"])
+def test_context_and_vector_families_leave_every_weight_and_its_requires_grad_as_they_were(family, tmp_path):
     from search.adversary import family_spec
     from trainables.stages import STAGES
 
@@ -515,6 +515,7 @@ def test_context_families_leave_every_weight_bit_identical(family, tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grads = [p.requires_grad for p in model.parameters()]
     short = {"soft_prompt": {"soft_prompt_steps": 6, "soft_prompt_tokens": 3, "soft_prompt_lr": 0.1},
+             "steer": {"steer_steps": 6},
              "prefix": {"prefix_steps": 4, "prefix_tokens": 3, "prefix_topk": 4, "prefix_candidates": 4}}
     point = {**FAMILY_PRIORS_[family][0], **short.get(family, {}), "family": family}
     stage, spec = family_spec(cfg, point, 0)

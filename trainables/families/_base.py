@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from trainables import attack, loop, models, settings
+from trainables.families._context import frozen
 
 
 def calibration_rows(tokens: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -81,14 +82,16 @@ def optimised(net: torch.nn.Module, params: list[torch.Tensor], spec, setting, d
     """Adam on ``params`` (a vector or soft tokens; ``net`` uses them) for ``spec.steps`` steps
     of ``spec.lr`` on T batches (``t_loss``), cut to what ``spec.max_flops`` buys at
     ``per_step`` FLOPs a step, evaluated every ``spec.eval_every`` steps and stopped at
-    ``spec.stop_at``; the result, scored like a fine-tune's."""
+    ``spec.stop_at``; the result, scored like a fine-tune's. ``net``'s weights are left as they
+    were, their ``requires_grad`` too."""
     steps = spec.steps if spec.max_flops is None else max(0, min(spec.steps, int(spec.max_flops // per_step)))
     cfg = loop.LoopConfig(steps=max(1, steps), lr=spec.lr, batch_size=spec.batch_size, optimizer="adam",
                           grad_clip=None, eval_every=spec.eval_every)
     stop_fn, _ = attack.pruning_rule(None, spec.stop_at)
     torch.manual_seed(spec.seed)
-    curve, wall = loop.train(net, t_loss(setting, d, spec.batch_size, gen), cfg,
-                             eval_fn=lambda m: setting.score(m, d), params=params, stop_fn=stop_fn)
+    with frozen(net):  # the loop freezes every weight but ``params``; the caller's flags come back
+        curve, wall = loop.train(net, t_loss(setting, d, spec.batch_size, gen), cfg,
+                                 eval_fn=lambda m: setting.score(m, d), params=params, stop_fn=stop_fn)
     return trained(curve, per_step, wall, sum(p.numel() for p in params), len(d.forget_T), steps < spec.steps and spec.steps)
 
 

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from trainables import loop, models, settings
 from trainables.families import _base
-from trainables.families._context import Prepended, frozen, token_pool
+from trainables.families._context import Prepended, token_pool
 from trainables.strict import Strict
 
 CITATION = "Schwinn et al. 2024 (soft prompt threats); Lester et al. 2021 (prompt tuning)"
@@ -78,5 +78,4 @@ def soft_prompt(model: torch.nn.Module, spec: Spec, setting, d) -> dict:
     gen = torch.Generator().manual_seed(spec.seed)
     u = initial(model, d.forget_T, spec.tokens, getattr(d, "pad_id", None), spec.seed).requires_grad_()
     per_step = flops_per_step(model, spec.batch_size * (spec.tokens + d.forget_T.shape[1]))
-    with frozen(model):
-        return _base.optimised(Prepended(model, u), [u], spec, setting, d, per_step, gen)
+    return _base.optimised(Prepended(model, u), [u], spec, setting, d, per_step, gen)
