@@ -102,26 +102,23 @@ def models_in(ann) -> list[type]:
     return [m for arg in typing.get_args(ann) for m in models_in(arg)]
 
 
-def sections(cls: type = ExperimentConfig, path: str = "") -> list[tuple[str, type]]:
-    """(dotted path, model) of ``cls`` and of every section below it, depth first; a setting's
-    alternatives (``arithmetic``, ``wmdp``) each under ``setting``."""
-    out, seen = [(path, cls)], {cls}
+def sections(cls: type = ExperimentConfig, path: str = "", seen: set | None = None) -> list[tuple[str, type]]:
+    """(dotted path, model) of ``cls`` and of every section below it, depth first, each model at
+    its first place only; a setting's alternatives (``arithmetic``, ``wmdp``) each under ``setting``."""
+    seen = set() if seen is None else seen
+    seen.add(cls)
+    out = [(path, cls)]
     for name, field in cls.model_fields.items():
-        ann = field.annotation
-        if typing.get_origin(ann) is typing.Annotated:
-            ann = typing.get_args(ann)[0]
-        for arg in typing.get_args(ann) or (ann,):
-            for sub in typing.get_args(arg) or (arg,):
-                if inspect.isclass(sub) and issubclass(sub, BaseModel) and sub not in seen:
-                    seen.add(sub)
-                    out += [s for s in sections(sub, f"{path}.{name}".lstrip(".")) if s[1] not in {c for _, c in out}]
+        for sub in models_in(field.annotation):
+            if sub not in seen:
+                out += sections(sub, f"{path}.{name}".lstrip("."), seen)
     return out
 
 
 def page() -> str:
     """The whole reference page."""
     parts = [HEADER]
-    documented = {cls: path for path, cls in reversed(sections()) if path}  # each model's first place
+    documented = {cls: path for path, cls in sections() if path}
     for path, cls in sections():
         doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].replace("\n", " ")
         name = getattr(cls.model_fields.get("name"), "default", None) if path == "setting" else None
