@@ -9,8 +9,9 @@ most ``TOP`` times, and no merge reads more than ``FAN_IN ** TOP`` appends, howe
 table grows.
 
 A merged file is written, atomically, before its inputs are deleted. After a crash, a file whose
-range lies inside a higher level's file is a leftover: readers skip it and the next append
-deletes it.
+range lies inside a higher level's file is a leftover, and so is a hidden half-written file
+(``.<name>.tmp-<id>``) of a writer that was killed: readers skip both and the next append deletes
+them (one driver writes a folder at a time).
 
 Every file has the table's one schema, because readers that list the folder (pandas,
 ``pyarrow.dataset``, DuckDB, polars) take the schema from a single file. A new column, or a type
@@ -35,13 +36,17 @@ from search.disk import StorageFull
 FAN_IN = 16
 TOP = 2
 _NAME = re.compile(r"^L(\d+)-(\d+)-(\d+)\.parquet$")
+_ASIDE = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 
 
 def write_atomic(fs: pafs.FileSystem, path: str, write: Callable) -> None:
     """Write ``path`` through ``write(stream)`` aside, then move it into place: a reader sees the
     old file or the new one, never half of one. A full disk raises :class:`StorageFull` naming
-    ``path``, and leaves nothing behind."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    ``path``, and leaves nothing behind. The file aside is hidden (``.<name>.tmp-<id>``) because
+    readers that list a folder (pandas, ``pyarrow.dataset``, DuckDB) skip names that start with a
+    dot: one that a killed writer leaves behind is never read as a table file."""
+    folder, slash, name = path.rpartition("/")
+    tmp = f"{folder}{slash}.{name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with fs.open_output_stream(tmp) as out:
             write(out)
@@ -64,7 +69,7 @@ def write_atomic(fs: pafs.FileSystem, path: str, write: Callable) -> None:
 def _listing(fs: pafs.FileSystem, folder: str) -> tuple[list[tuple[int, int, int, str]], list[str]]:
     """(live files as (level, first, last, path) in append order, leftover paths)."""
     infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    found = []
+    found, aside = [], [i.path for i in infos if i.is_file and _ASIDE.match(i.base_name)]
     for info in infos:
         m = _NAME.match(info.base_name)
         if info.is_file and m:
@@ -72,7 +77,7 @@ def _listing(fs: pafs.FileSystem, folder: str) -> tuple[list[tuple[int, int, int
     inside = lambda a, b: b[0] > a[0] and b[1] <= a[1] and a[2] <= b[2]  # noqa: E731  (a inside b)
     leftovers = [a for a in found if any(inside(a, b) for b in found)]
     live = sorted((a for a in found if a not in leftovers), key=lambda f: f[1])
-    return live, [a[3] for a in leftovers]
+    return live, [a[3] for a in leftovers] + aside
 
 
 def paths(fs: pafs.FileSystem, folder: str) -> list[str]:

@@ -246,6 +246,44 @@ def test_leftovers_of_a_crashed_merge_are_skipped_by_readers_and_removed_by_the_
     assert not (folder / first.name).exists() and tables.read_table(exp, tables.ATTACKS).num_rows == n + 1
 
 
+def test_a_half_written_file_of_a_killed_writer_is_skipped_by_every_reader_and_removed(tmp_path, small_folders, monkeypatch):
+    """A driver SIGKILLed inside ``write_atomic`` leaves its file aside, half written. pandas,
+    ``pyarrow.dataset`` and DuckDB read the folder as if it were not there (CI once read such a
+    file as a table file: "Parquet magic bytes not found"); the next append deletes it."""
+    import pandas as pd
+
+    from search import table_folder
+
+    parts, exp = _merged_one_by_one(tmp_path, 4)
+    folder = tmp_path / "exp" / tables.TRIALS
+    seen = []
+
+    def write(out):  # what lies in the folder while a writer is half way
+        out.write(b"PAR1 half a file")
+        out.flush()
+        seen.extend(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+    table_folder.write_atomic(table_folder.pafs.LocalFileSystem(), f"{folder}/x.json", write)
+    (name,) = seen
+    assert name.startswith(".x.json.tmp-") and (folder / "x.json").exists()
+    (folder / "x.json").unlink()
+    aside = folder / ".L0-000000099-000000099.parquet.tmp-0123abcd"  # as a killed writer leaves it
+    aside.write_bytes(b"PAR1 half a file")
+    want = _sorted(tables.read_table(exp, tables.TRIALS), tables.TRIALS)
+    readers = [pd.read_parquet(folder), ds.dataset(str(folder)).to_table().to_pandas()]
+    try:
+        import duckdb
+
+        readers.append(duckdb.sql(f"select * from '{folder}'").df())
+    except ImportError:
+        pass
+    for other in readers:
+        assert _same(_sorted(other, tables.TRIALS), want)
+    tables.write_part(exp, "late", {"trials": [{"trial_id": "late", "kind": "defender", "status": "ok"}]})
+    tables.merge(exp, ["late"])
+    assert aside.exists() is False and tables.read_table(exp, tables.TRIALS).num_rows == len(want) + 1
+
+
 def test_rows_of_a_trial_whose_merge_died_before_its_trial_row_are_removed(tmp_path, small_folders):
     from search import table_folder
 
