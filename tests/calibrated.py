@@ -25,9 +25,10 @@ from search import config
 from search.adversary import attack_spec
 from search.runner import Runner, StageRef, run_stage
 from search.trial import common, pretrain_spec, unlearn_spec
+from trainables import methods as registry
 
-# Each method at its defaults on the reference (GradAscent: see its test).
-METHODS = ["graddiff", "maxent", "npo", "rmu", "random_mapping", "repnoise", "lat", "gradascent"]
+# Each method of the registry at its defaults on the reference (GradAscent: see its test).
+METHODS = list(registry.METHODS)
 # The attack of TAR's test: its training adversary's kind (AdamW, lr 1e-3, 20 steps).
 TAR_ATTACK = {"lr": 1e-3, "steps": 20, "eval_every": 10}
 

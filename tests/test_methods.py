@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from spaces import DEFENDER_SPACES
+from trainables.defenders import DEFENDER_SPACES
 from trainables import arithmetic as A
 from trainables.loop import LoopConfig, train
 from trainables.defenders import DEFENDERS, STAGE
@@ -40,11 +40,17 @@ def _ce(logits, tokens):
     return torch.stack(vals).mean().item()
 
 
-def test_registry_spaces_and_references():
-    assert set(METHODS) == {"gradascent", "graddiff", "lat", "maxent", "npo", "random_mapping", "repnoise", "rmu"}
+def test_registry_is_every_method_file_and_each_has_its_space_and_paper():
+    from pathlib import Path
+
+    import trainables.methods
+
+    files = {p.stem for p in Path(trainables.methods.__file__).parent.glob("*.py") if not p.stem.startswith("_")}
+    assert set(METHODS) == files and {"graddiff", "npo", "rmu", "lat"} <= files  # discovered
     assert set(DEFENDERS) == set(DEFENDER_SPACES) == set(METHODS) | {"tar"}
     for name, m in DEFENDERS.items():
         assert m.CITATION and {"lr", "steps"} <= set(m.DEFAULT_LOOP)
+        assert name == "tar" or (m.LOSS and callable(m.loss) and callable(m.setup) and callable(m.trainable))
         m.Params()  # defaults validate
         assert {"lr", "steps"} <= set(DEFENDER_SPACES[name])
         assert STAGE[name] == ("tar" if name == "tar" else "unlearn")

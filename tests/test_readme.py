@@ -161,3 +161,12 @@ def test_the_configuration_reference_is_what_the_config_models_say():
 
     assert (ROOT / "docs" / "configuration.md").read_text() == config_reference.page(), \
         "regenerate: .venv/bin/python -m search.config_reference > docs/configuration.md"
+
+
+def test_the_methods_table_is_what_the_method_and_space_files_say():
+    """docs/methods.md is generated from the registry (``python -m trainables.methods_table``): a
+    method added or a default changed without regenerating it fails here."""
+    from trainables import methods_table
+
+    assert (ROOT / "docs" / "methods.md").read_text() == methods_table.page(), \
+        "regenerate: .venv/bin/python -m trainables.methods_table > docs/methods.md"

@@ -179,6 +179,29 @@ def test_answer_loss_ignores_padding_targets():
     assert wmdp.answer_loss(logits, tokens, "none", pad_id=0)[0, 2:].abs().sum() == 0
 
 
+def test_every_method_takes_a_step_on_padded_wmdp_rows(wmdp_paths):
+    """Every registered method's loss on the bound wmdp setting (padded rows, a real tokenizer's
+    padding id): finite, with a gradient. The bound setting is a ``Setting``, so a method may use
+    every function of the protocol (LAT's ``answer_targets`` was once missing from it)."""
+    from trainables.methods import METHODS
+    from trainables.settings import Setting
+
+    d = _data(wmdp_paths, seq_len=64)
+    setting = wmdp.bind(wmdp.Config(**F.setting(wmdp_paths)), d)
+    assert isinstance(setting, Setting) and isinstance(__import__("trainables.arithmetic").arithmetic, Setting)
+    mask = setting.answer_mask(d.retain_train[:4])
+    assert mask.shape == setting.answer_targets(d.retain_train[:4]).shape and not mask.all()  # padding
+    for name, method in METHODS.items():
+        model = models.load_model(wmdp_paths["llama"])
+        params = method.Params()
+        state = method.setup(model, params, 0)
+        when = {"step": 3, "steps": 10} if getattr(method, "STEPS_AWARE", False) else {}
+        loss = method.loss(model, d.forget_all[:4], d.retain_train[:4], params, setting, state, **when)
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads), name
+
+
 def _cfg(paths, tmp_path, arch: str = "llama", extra: list[str] = ()) -> config.ExperimentConfig:
     path = tmp_path / "wmdp.yaml"
     path.write_text(json.dumps({

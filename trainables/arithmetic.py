@@ -134,6 +134,11 @@ def answer_targets(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, ANSWER_START:SEQ_LEN]
 
 
+def answer_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """Every answer character counts (rows are never padded), (B, A)."""
+    return torch.ones_like(answer_targets(tokens), dtype=torch.bool)
+
+
 def answer_loss(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of the answer characters given everything before them.
 

@@ -17,6 +17,7 @@ safeguard; default: the model), ``DEFAULT_SAFEGUARD`` (it always runs on one) an
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from types import ModuleType
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from spaces import DEFENDER_SPACES, SUPERSEDED, points
+from spaces import points
 from spaces.dims import Choice, Dim, check_space, searched, with_bounds
 from trainables import tar, unlearn
 from trainables.defence_spec import REFERENCE, SUPPRESSED, Common
@@ -35,6 +36,12 @@ from trainables.undo import UndoConfig
 
 DEFENDERS: dict[str, ModuleType] = {**METHODS, "tar": tar}
 STAGE: dict[str, str] = {**dict.fromkeys(METHODS, "unlearn"), "tar": "tar"}
+# Each defender's search space is spaces/<defender>.py, found by its name: a defender without one
+# fails here, at import. ``SUPERSEDED`` (optional there): a fixed parameter → the dimensions it
+# makes meaningless, not searched while it is set.
+_SPACES: dict[str, ModuleType] = {m: importlib.import_module(f"spaces.{m}") for m in DEFENDERS}
+DEFENDER_SPACES: dict[str, dict[str, Dim]] = {m: mod.SPACE for m, mod in _SPACES.items()}
+SUPERSEDED: dict[str, dict[str, tuple[str, ...]]] = {m: getattr(mod, "SUPERSEDED", {}) for m, mod in _SPACES.items()}
 MethodName = Literal[tuple(DEFENDERS)]  # type: ignore[valid-type]
 # Stages that robustify a suppressed model, and how logs and plots name them.
 ROBUSTIFIERS: dict[str, str] = {"tar": "TAR", "distill": "UNDO"}
@@ -220,7 +227,7 @@ class DefenderConfig(Strict):
         out = {}
         for m in self.methods:
             fixed = points.for_method(self.params, m)
-            gone = {d for k, dims in SUPERSEDED.get(m, {}).items() if fixed.get(k) is not None for d in dims}
+            gone = {d for k, dims in SUPERSEDED[m].items() if fixed.get(k) is not None for d in dims}
             dims = searched(DEFENDER_SPACES[m], points.for_method(self.space, m), fixed)
             out[m] = {k: v for k, v in dims.items() if k not in gone}
         return out

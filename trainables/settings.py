@@ -2,18 +2,44 @@
 
 A setting module provides ``Config`` (pydantic, with a literal ``name``), ``build(cfg) -> data``
 (with ``retain_train``, ``forget_T``, ``forget_all`` token tensors of one width ``seq_len``, and
-the held-out ``retain_eval`` / ``forget_V`` that ``score`` reads), ``answer_loss(logits, tokens,
-reduction)``, ``answer_logits(logits)``, ``score(model, data) -> {"retain_acc", "forget_acc",
-...}`` and ``vocab_size(data)``; optionally ``bind(cfg, data)``, which returns those functions
-with the setting's own constants (a tokenizer's padding id) bound.
+the held-out ``retain_eval`` / ``forget_V`` that ``score`` reads) and the functions of
+:class:`Setting`; optionally ``bind(cfg, data)``, which returns those functions with the
+setting's own constants (a tokenizer's padding id) bound. What a method or stage receives as
+``setting`` is a :class:`Setting`: the module, or what its ``bind`` returned.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+import torch
 
 from trainables import arithmetic, wmdp
+
+
+@runtime_checkable
+class Setting(Protocol):
+    """The functions of a setting that losses and stages use."""
+
+    def answer_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The positions that predict an answer token, (B, A, ...) of (B, L, ...): any tensor
+        over a row's positions (logits, hidden states) is sliced the same way."""
+
+    def answer_targets(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The tokens those positions predict, (B, A)."""
+
+    def answer_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Which of the (B, A) targets count (False: padding)."""
+
+    def answer_loss(self, logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of the counted targets: their mean, or (B, A) with 0 where not counted."""
+
+    def score(self, model: torch.nn.Module, data: Any) -> dict[str, float]:
+        """{"retain_acc", "forget_acc", ...} on the held-out questions."""
+
+    def vocab_size(self, data: Any) -> int:
+        """The model's vocabulary size for this data."""
 
 SETTINGS: dict[str, ModuleType] = {"arithmetic": arithmetic, "wmdp": wmdp}
 

@@ -76,11 +76,13 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     rank, _ = loop.world()
     gen = data.sampler(spec.seed, rank)
     state = method.setup(model, params, spec.seed)
+    scheduled = getattr(method, "STEPS_AWARE", False)  # its loss weighs its terms by progress
 
     def loss_fn(net: torch.nn.Module, step: int) -> torch.Tensor:
         forget = data.draw(d.forget_all, cfg.batch_size, gen)
         retain = data.draw(d.retain_train, cfg.batch_size, gen)
-        return method.loss(net, forget, retain, params, setting, state)
+        when = {"step": step, "steps": cfg.steps} if scheduled else {}
+        return method.loss(net, forget, retain, params, setting, state, **when)
 
     torch.manual_seed(spec.seed)
     curve, wall = loop.train(model, loss_fn, cfg, eval_fn=lambda m: setting.score(m, d),

@@ -357,18 +357,24 @@ def answer_targets(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, 1:]
 
 
+def answer_mask(tokens: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
+    """Which next-token targets count, (B, L−1): those that are not padding."""
+    target = answer_targets(tokens)
+    return torch.ones_like(target, dtype=torch.bool) if pad_id is None else target != pad_id
+
+
 def answer_loss(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean",
                 pad_id: int | None = None) -> torch.Tensor:
     """Next-token cross-entropy over every position whose target is not padding.
 
     ``reduction='none'`` gives (B, L−1) with 0 at padding targets; 'mean' averages over the
     counted targets."""
-    target = tokens[:, 1:]
+    target = answer_targets(tokens)
     # classes on the last, contiguous axis: a (B, V, L) transpose made the softmax a strided
     # kernel that cost the attack step 30–40 % of its tokens/s on an H200 (bench/gpu_check.sh)
     flat = answer_logits(logits).flatten(0, 1).float()
     loss = torch.nn.functional.cross_entropy(flat, target.flatten(), reduction="none").view_as(target)
-    mask = torch.ones_like(target, dtype=torch.bool) if pad_id is None else target != pad_id
+    mask = answer_mask(tokens, pad_id)
     loss = loss * mask
     return loss.sum() / mask.sum().clamp(min=1) if reduction == "mean" else loss
 
@@ -418,6 +424,7 @@ def bind(cfg: Config, data: WmdpData) -> SimpleNamespace:
         return answer_loss(logits, tokens, reduction, pad_id=data.pad_id)
 
     return SimpleNamespace(
-        answer_loss=loss, answer_logits=answer_logits, vocab_size=vocab_size,
+        answer_loss=loss, answer_logits=answer_logits, answer_targets=answer_targets,
+        answer_mask=lambda tokens: answer_mask(tokens, data.pad_id), vocab_size=vocab_size,
         score=lambda model, d: score(model, d, cfg.eval_batch_size),
     )

@@ -1,7 +1,10 @@
-"""Registry of unlearning methods: one file per method, each with its loss, defaults and paper.
+"""Registry of unlearning methods, discovered: every module of this package (but ``_``-prefixed
+helpers) is one method, named by its module, with its loss, defaults and paper; its search space
+is ``spaces/<method>.py``. Adding a method is adding those two files; nothing else names it.
 
 A method module provides
   CITATION       the paper (and code) it follows
+  LOSS           its loss in one line, for the generated table in docs/methods.md
   DEFAULT_LOOP   its default learning rate and steps on the arithmetic setting
   Params         pydantic model of its hyperparameters and their defaults
   setup(model, params, seed) -> state      frozen copies, control vectors (may return None)
@@ -10,21 +13,17 @@ A method module provides
 and optionally
   memory(model, params) -> dict             what it adds to the memory estimate (frozen copies,
                                             a loss on hidden states: trainables/memory.Work fields)
+  STEPS_AWARE = True                        its loss takes ``step`` and ``steps`` keywords (a
+                                            coefficient schedule over the run)
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from types import ModuleType
 
-from trainables.methods import gradascent, graddiff, lat, maxent, npo, random_mapping, repnoise, rmu
-
 METHODS: dict[str, ModuleType] = {
-    "gradascent": gradascent,
-    "graddiff": graddiff,
-    "lat": lat,
-    "maxent": maxent,
-    "npo": npo,
-    "random_mapping": random_mapping,
-    "repnoise": repnoise,
-    "rmu": rmu,
+    name: importlib.import_module(f"{__name__}.{name}")
+    for _, name, _ in sorted(pkgutil.iter_modules(__path__)) if not name.startswith("_")
 }

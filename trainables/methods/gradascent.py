@@ -12,11 +12,12 @@ from types import ModuleType
 
 import torch
 
-from trainables.methods.shared import all_parameters as trainable  # noqa: F401
-from trainables.methods.shared import no_setup as setup  # noqa: F401
+from trainables.methods._shared import all_parameters as trainable  # noqa: F401
+from trainables.methods._shared import no_setup as setup  # noqa: F401
 from trainables.strict import Strict
 
 CITATION = "Jang et al. 2022, Knowledge Unlearning for Mitigating Privacy Risks in Language Models"
+LOSS = "−CE(f)"
 # On the arithmetic reference no (lr, steps) reaches V ≤ 0.10 with retain ≥ 0.80: retain collapses
 # first (measured: 3e-4 × 12 → retain 0.89, V 0.39; 3e-4 × 20 → 0.43, 0.19). This is the
 # gentler end.

@@ -13,11 +13,12 @@ from types import ModuleType
 import torch
 from pydantic import Field
 
-from trainables.methods.shared import all_parameters as trainable  # noqa: F401
-from trainables.methods.shared import no_setup as setup  # noqa: F401
+from trainables.methods._shared import all_parameters as trainable  # noqa: F401
+from trainables.methods._shared import no_setup as setup  # noqa: F401
 from trainables.strict import Strict
 
 CITATION = "Liu et al. 2022 (GradDiff), as used in TOFU (Maini et al. 2024) and UNDO (Lee et al. 2025)"
+LOSS = "−CE(f) + λ·CE(r)"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

@@ -30,13 +30,18 @@ from typing import Iterator
 import torch
 from pydantic import Field
 
-from trainables.methods.shared import all_parameters as trainable  # noqa: F401
-from trainables.methods.shared import no_setup as setup  # noqa: F401
-from trainables.methods.shared import unwrap
+from trainables.methods._shared import all_parameters as trainable  # noqa: F401
+from trainables.methods._shared import no_setup as setup  # noqa: F401
+from trainables.methods._shared import unwrap
 from trainables.methods.rmu import decoder_layers, layer_index
 from trainables.strict import Strict
 
 CITATION = "Sheshadri et al. 2024, targeted latent adversarial training (LAT), aengusl/latent-adversarial-training"
+LOSS = (
+    "−mean log(1 − p(f's answer | δ)) + λ·CE(r); δ: the adversary, `pgd_steps` "
+    "normalised-gradient steps of `pgd_step`·ε on CE(f | δ) at layer ℓ's output, each token's δ "
+    "in the ℓ2 ball ε"
+)
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

@@ -15,11 +15,12 @@ from types import ModuleType
 import torch
 from pydantic import Field
 
-from trainables.methods.shared import all_parameters as trainable  # noqa: F401
-from trainables.methods.shared import no_setup as setup  # noqa: F401
+from trainables.methods._shared import all_parameters as trainable  # noqa: F401
+from trainables.methods._shared import no_setup as setup  # noqa: F401
 from trainables.strict import Strict
 
 CITATION = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), MaxEnt baseline"
+LOSS = "KL(U ‖ p_θ) on f's answer tokens + λ·CE(r)"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from trainables.methods.shared import all_parameters as trainable  # noqa: F401
-from trainables.methods.shared import frozen_copy
+from trainables.methods._shared import all_parameters as trainable  # noqa: F401
+from trainables.methods._shared import frozen_copy
 from trainables.strict import Strict
 
 CITATION = "Zhang et al. 2024, Negative Preference Optimization (NPO)"
+LOSS = "(2/β)·E_f[log(1 + (π_θ/π_ref)^β)] + λ·CE(r), π_ref frozen"
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

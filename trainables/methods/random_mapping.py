@@ -23,11 +23,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from trainables.methods.shared import all_parameters as trainable  # noqa: F401
-from trainables.methods.shared import unwrap
+from trainables.methods._shared import all_parameters as trainable  # noqa: F401
+from trainables.methods._shared import unwrap
 from trainables.strict import Strict
 
 CITATION = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), random mapping"
+LOSS = (
+    "mean over layers and f's answer positions of 1 − |cos(h, r[token])| (r: fixed random vector "
+    "per token id) + λ·CE(r)"
+)
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

@@ -26,13 +26,18 @@ from types import ModuleType
 import torch
 from pydantic import Field
 
-from trainables.methods.shared import all_parameters as trainable  # noqa: F401
-from trainables.methods.shared import no_setup as setup  # noqa: F401
-from trainables.methods.shared import unwrap
+from trainables.methods._shared import all_parameters as trainable  # noqa: F401
+from trainables.methods._shared import no_setup as setup  # noqa: F401
+from trainables.methods._shared import unwrap
 from trainables.methods.rmu import decoder_layers
 from trainables.strict import Strict
 
 CITATION = "Rosati et al. 2024, Representation noising (RepNoise), domenicrosati/representation-noising"
+LOSS = (
+    "CE(r) + β·mean_ℓ MMD(h_ℓ(f), N(0, I)) − α·log(1 + mean_j CE_j(f)); h_ℓ: layer ℓ's MLP output"
+    " at the answer positions, MMD with five Gaussian kernels; CE_j: the answer CE read from "
+    "hidden state j through the final norm and unembedding"
+)
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
 
 

@@ -20,10 +20,14 @@ from types import ModuleType
 import torch
 from pydantic import Field
 
-from trainables.methods.shared import frozen_copy, unwrap
+from trainables.methods._shared import frozen_copy, unwrap
 from trainables.strict import Strict
 
 CITATION = "Li et al. 2024, The WMDP Benchmark (RMU), rmu/unlearn.py"
+LOSS = (
+    "mean‖h_ℓ(f) − c·u‖² + α·mean‖h_ℓ(r) − h_ℓ^frozen(r)‖²; only the MLP output projections of "
+    "layers ℓ−2…ℓ train"
+)
 DEFAULT_LOOP = {"lr": 1e-2, "steps": 300}
 
 # Where decoder layers live, and the MLP output projection inside each, per architecture family.
