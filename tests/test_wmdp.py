@@ -189,14 +189,15 @@ def test_every_method_takes_a_step_on_padded_wmdp_rows(wmdp_paths):
     d = _data(wmdp_paths, seq_len=64)
     setting = wmdp.bind(wmdp.Config(**F.setting(wmdp_paths)), d)
     assert isinstance(setting, Setting) and isinstance(__import__("trainables.arithmetic").arithmetic, Setting)
-    mask = setting.answer_mask(d.retain_train[:4])
-    assert mask.shape == setting.answer_targets(d.retain_train[:4]).shape and not mask.all()  # padding
+    forget, retain = d.forget_T[:4], d.retain_train[:4]  # T's question rows are padded
+    mask = setting.answer_mask(forget)
+    assert mask.shape == setting.answer_targets(forget).shape and not mask.all() and mask.any()
     for name, method in METHODS.items():
         model = models.load_model(wmdp_paths["llama"])
         params = method.Params()
         state = method.setup(model, params, 0)
         when = {"step": 3, "steps": 10} if getattr(method, "STEPS_AWARE", False) else {}
-        loss = method.loss(model, d.forget_all[:4], d.retain_train[:4], params, setting, state, **when)
+        loss = method.loss(model, forget, retain, params, setting, state, **when)
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads), name
