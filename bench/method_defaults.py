@@ -4,6 +4,7 @@ found. In-process (no Ray); the reference comes from the stage cache.
 
     python bench/method_defaults.py [--config configs/quick.yaml] [--set attack.budget=8] [--methods lat,repnoise]
     python bench/method_defaults.py --methods lat --safeguard rmu     # LAT on top of RMU (a pipeline)
+    python bench/method_defaults.py --methods simnpo --set seed=1 --out bench/results/F.json
 
 With ``--safeguard`` each method runs on the safeguard's output (``defender.safeguard``, the
 defender's pipeline), and the safeguard itself is a row.
@@ -12,12 +13,17 @@ defender's pipeline), and the safeguard itself is a row.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
 
 from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
@@ -32,7 +38,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--methods", help="comma-separated subset of the registry (default: every method)")
     p.add_argument("--safeguard", help="a shallow method at its defaults the methods run on top of")
+    p.add_argument("--out", help="write the rows as JSON here (with the date, machine and command)")
     args = p.parse_args()
+    start, table = time.time(), []
     cfg = config.load(args.config, [*args.set, *([f"defender.safeguard={{method: {args.safeguard}}}"] if args.safeguard else [])])
     from search.driver import quiet
 
@@ -45,6 +53,8 @@ def main() -> None:
     for kind in ("reference", "pure"):
         row = baseline(ctx, kind, reference, reference if kind == "reference" else None)
         print(f"{kind:<11} {row['retain_acc']:7.3f} {row['forget_acc']:9.3f} {row['forget_acc_attacked']:11.3f}")
+        table.append({"model": kind, "retain": row["retain_acc"], "v_before": row["forget_acc"],
+                      "v_attacked": row["forget_acc_attacked"]})
     given = {"reference": reference}
     for i, method in enumerate(args.methods.split(",") if args.methods else METHODS):
         rows = []
@@ -57,6 +67,13 @@ def main() -> None:
             out = adversary_search(runner, cfg, released, name, "method-defaults", n_t, ref_flops=reference.result["flops"])
             m = released.result["metrics"]
             print(f"{name:<11} {m['retain_acc']:7.3f} {m['forget_acc_rep']:9.3f} {out.attacked:11.3f}", flush=True)
+            table.append({"model": name, "retain": m["retain_acc"], "v_before": m["forget_acc_rep"], "v_attacked": out.attacked,
+                          "attacks": len(out.attacks)})
+    if args.out:
+        Path(args.out).write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv), "seed": cfg.seed,
+            "budget": cfg.attack.budget, "wall_s": round(time.time() - start, 1), "rows": table}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
