@@ -473,6 +473,25 @@ def test_a_context_before_padded_questions_scores_as_the_joined_sequence_questio
         by_embeds = Prepended(model, model.get_input_embeddings()(ctx))(input_ids=rows).logits
     assert by_ids.shape == (*rows.shape, by_ids.shape[-1])
     torch.testing.assert_close(by_embeds, by_ids, rtol=1e-4, atol=1e-5)
+    # Without gradients the context ran once and its keys and values were reused (above); with
+    # them [context, row] runs whole: the same logits at every real position of padded rows.
+    mask = (qs.ids[:4] != d.pad_id).long()
+    wrapped = Prepended(model, ctx)
+    with torch.no_grad():
+        cached = wrapped(input_ids=qs.ids[:4], attention_mask=mask).logits
+        again = wrapped(input_ids=qs.ids[:4], attention_mask=mask).logits  # the kept cache, unchanged by a use
+    whole = wrapped(input_ids=qs.ids[:4], attention_mask=mask).logits.detach()
+    torch.testing.assert_close(cached * mask[..., None], whole * mask[..., None], rtol=1e-4, atol=1e-5)
+    assert torch.equal(cached, again)
+    # a soft prompt updated in place between two scorings is not scored with its old keys
+    soft = model.get_input_embeddings()(ctx).detach().clone()
+    prompt = Prepended(model, soft)
+    with torch.no_grad():
+        before = prompt(input_ids=rows).logits
+        soft.add_(1.0)
+        after = prompt(input_ids=rows).logits
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, prompt(input_ids=rows).logits.detach(), rtol=1e-4, atol=1e-5)
 
 
 def test_few_shot_contexts_hold_exactly_k_examples_all_from_T_and_fit_a_model_s_positions(wmdp_paths):

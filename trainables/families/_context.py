@@ -7,6 +7,7 @@ optimised; and the rows of T, without their padding, that a context is made of."
 from __future__ import annotations
 
 import contextlib
+import copy
 from types import SimpleNamespace
 from typing import Iterator
 
@@ -19,12 +20,31 @@ class Prepended(torch.nn.Module):
     ``forward(input_ids, attention_mask=None)`` runs the model on [context, row] (the context
     attended everywhere) and returns an object whose ``logits`` are the row's positions only,
     (B, L, V): what a setting's ``score`` and ``answer_loss`` read. The context is an attribute,
-    not a parameter: ``parameters()`` lists the model's weights only."""
+    not a parameter: ``parameters()`` lists the model's weights only.
+
+    Without gradients (scoring) the context runs through the model once: its keys and values
+    are kept and every batch of rows attends to them, so scoring n rows costs one pass over the
+    context, not n (``context_flops``). With gradients (a soft prompt or prefix being optimised)
+    every call runs [context, row] whole."""
 
     def __init__(self, model: torch.nn.Module, context: torch.Tensor):
         super().__init__()
         self.model = model
         self.context = context
+        self._kv: tuple | None = None  # ((device, dtype, version), the context's key-value cache)
+
+    def _context_cache(self, dev, dtype):
+        """The context's key-value cache, computed again only when the device, the dtype or the
+        context itself changed (a soft prompt is updated in place between evaluations: its
+        tensor's version counter moves)."""
+        key = (dev, dtype, self.context._version)
+        if self._kv is None or self._kv[0] != key:
+            if self.context.dtype == torch.long:
+                out = self.model(input_ids=self.context.to(dev)[None], use_cache=True)
+            else:
+                out = self.model(inputs_embeds=self.context.to(dev, dtype)[None], use_cache=True)
+            self._kv = (key, out.past_key_values)
+        return self._kv[1]
 
     @property
     def config(self):
@@ -34,6 +54,13 @@ class Prepended(torch.nn.Module):
         b, k = input_ids.shape[0], self.context.shape[0]
         check_room(self.model, k, input_ids.shape[1])
         dev = input_ids.device
+        if not torch.is_grad_enabled():
+            dtype = self.model.get_input_embeddings().weight.dtype
+            cache = copy.deepcopy(self._context_cache(dev, dtype))  # the forward appends the rows to it
+            cache.batch_repeat_interleave(b)
+            mask = _mask(attention_mask, b, k, dev)
+            out = self.model(input_ids=input_ids, attention_mask=mask, past_key_values=cache)
+            return SimpleNamespace(logits=out.logits)
         if self.context.dtype == torch.long:  # token ids: one sequence, as a tokenizer would give it
             out = self.model(input_ids=torch.cat([self.context.to(dev).expand(b, -1), input_ids], 1),
                              attention_mask=_mask(attention_mask, b, k, dev))
@@ -42,6 +69,17 @@ class Prepended(torch.nn.Module):
             ctx = self.context.to(dev, rows.dtype).expand(b, -1, -1)
             out = self.model(inputs_embeds=torch.cat([ctx, rows], 1), attention_mask=_mask(attention_mask, b, k, dev))
         return SimpleNamespace(logits=out.logits[:, k:])
+
+
+def context_flops(model: torch.nn.Module, k: int, row_tokens: int) -> float:
+    """What a context of ``k`` positions adds to scoring ``row_tokens`` row tokens with its keys
+    and values kept (``Prepended`` without gradients): one forward pass over it (2·N per token),
+    and each row token's attention to its k keys and values in every layer (4·d·k)."""
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    n = sum(p.numel() for p in model.parameters())
+    return 2.0 * n * k + 4.0 * layers * hidden * k * row_tokens
 
 
 def _mask(mask: torch.Tensor | None, b: int, k: int, dev) -> torch.Tensor | None:

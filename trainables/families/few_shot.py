@@ -8,7 +8,8 @@ of T's question rows with its answer letter (the header, question, choices and a
 lm-evaluation-harness's few-shot MMLU prompt has them; each row keeps the tokenizer's own
 start-of-text token, so examples are separated as the tokenizer separates documents); on
 ``arithmetic`` it is one solved problem (``007*012=084``), examples written back to back.
-Training-free: one scoring of the model with the context in front.
+Training-free: one scoring of the model with the context in front (the context's keys and values
+computed once and attended by every question).
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from typing import Iterator
 import torch
 from pydantic import Field
 
-from trainables import compute
 from trainables.families import _base
-from trainables.families._context import Prepended, learned_positions, real_tokens, row_width
+from trainables.families._context import Prepended, context_flops, learned_positions, real_tokens, row_width
 from trainables.strict import Strict
 
 CITATION = "Łucki et al. 2024 (in-context relearning); Brown et al. 2020 (k-shot prompting)"
@@ -82,11 +82,11 @@ def n_examples(model: torch.nn.Module, spec: Spec, d) -> int:
 
 
 def flops(model: torch.nn.Module, spec: Spec, d) -> float:
-    """What the context adds to one scoring: a forward pass over it (2·N per token) for every
-    scored question."""
+    """What the context adds to one scoring: one forward pass over it, its keys and values kept,
+    and every scored row's attention to them (``_context.context_flops``)."""
     n_rows = len(d.forget_V) + len(d.retain_eval)
     tokens = sum(len(r) for r in fitted(model, spec, d))
-    return compute.forward_flops(sum(p.numel() for p in model.parameters()), tokens * n_rows)
+    return context_flops(model, tokens, n_rows * row_width(d)) if tokens else 0.0
 
 
 def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path, model: torch.nn.Module | None = None) -> dict:
