@@ -21,6 +21,7 @@ families that put tokens before a question (few_shot, soft_prompt, prefix) need 
 positions for them, e.g. ``--set model.arch=llama`` (the default GPT-2 learns one row's 11).
 
     python bench/attack_families.py [--seeds 2] [--models graddiff,npo,rmu,repnoise,lat,undo,tar] [--set K=V] [--out F]
+    python bench/attack_families.py --families few_shot --no-cross ...   # some families, no cross-family search
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("--models", default="graddiff,npo,rmu,repnoise,lat,undo,tar")
     ap.add_argument("--out", help="write the rows as JSON here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every run")
+    ap.add_argument("--families", help="comma-separated families to search one by one (default: every one the model takes)")
+    ap.add_argument("--no-cross", action="store_true", help="skip the cross-family search")
     args = ap.parse_args()
     cache = Path(os.path.expanduser("~/.cache/tamper-search"))
     runner = Runner(cache, "local")
@@ -62,6 +65,8 @@ def main() -> None:
     quick = config.load(None, [f"cache_dir={cache}", *args.set])
     # the families this model takes (search/families.py fit_families), the fine-tune first
     order = ["finetune", *sorted(f for f in quick.attack.families if f != "finetune")]
+    if args.families:
+        order = [f for f in order if f in args.families.split(",")]
     left_out = sorted(set(FAMILIES) - set(order))
     if left_out:
         print(f"left out (no positions before a question on this model): {', '.join(left_out)}")
@@ -93,22 +98,25 @@ def main() -> None:
                 row["families"][family] = {"rep": out.attacked, "lo": lo, "hi": hi, "sel": out.attacked_sel,
                                            "flops": out.flops, "attacks": len(out.attacks),
                                            "flops_per_attack": out.flops / max(1, len(out.attacks))}
-            cfg = config.load(None, base)
-            out = adversary_search(runner, cfg, model, f"cross-{seed}", "bench", seed=seed, ref_flops=ref_flops)
-            best_family = next(r["attack.family"] for r in out.attacks if r["attack_id"] == out.best_attack_id)
-            single = max(row["families"].values(), key=lambda v: v["rep"])
-            half = (single["hi"] - single["lo"]) / 2
-            row.update(cross_rep=out.attacked, cross_sel=out.attacked_sel, cross_family=best_family,
-                       cross_flops=out.flops, cross_per_family=family_worst(out),
-                       cross_reaches=out.attacked >= single["rep"] - half)
+            if not args.no_cross:
+                cfg = config.load(None, base)
+                out = adversary_search(runner, cfg, model, f"cross-{seed}", "bench", seed=seed, ref_flops=ref_flops)
+                best_family = next(r["attack.family"] for r in out.attacks if r["attack_id"] == out.best_attack_id)
+                single = max(row["families"].values(), key=lambda v: v["rep"])
+                half = (single["hi"] - single["lo"]) / 2
+                row.update(cross_rep=out.attacked, cross_sel=out.attacked_sel, cross_family=best_family,
+                           cross_flops=out.flops, cross_per_family=family_worst(out),
+                           cross_reaches=out.attacked >= single["rep"] - half)
             rows.append(row)
             cells = " | ".join(f"{v['rep']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] ({v['flops']:.2g})"
                                for v in (row["families"][f] for f in order))
-            print(f"| {name} | {seed} | {forget:.3f} | {cells} | {out.attacked:.3f} ({best_family}) | "
-                  f"{'yes' if row['cross_reaches'] else 'no'} |", flush=True)
+            cross = "— | —" if args.no_cross else \
+                f"{row['cross_rep']:.3f} ({row['cross_family']}) | {'yes' if row['cross_reaches'] else 'no'}"
+            print(f"| {name} | {seed} | {forget:.3f} | {cells} | {cross} |", flush=True)
     free = [f for f in order if training_free(f)]
-    print(f"\ncross-family search within the best single family's 95 % interval: "
-          f"{sum(r['cross_reaches'] for r in rows)} of {len(rows)} (model, seed) pairs")
+    if not args.no_cross:
+        print(f"\ncross-family search within the best single family's 95 % interval: "
+              f"{sum(r['cross_reaches'] for r in rows)} of {len(rows)} (model, seed) pairs")
     for f in free:
         worst = max(r["families"][f]["flops_per_attack"] for r in rows)
         print(f"{f}: at most {worst:.3g} FLOPs per attack = {worst / one_finetune:.2%} of one default fine-tune "
