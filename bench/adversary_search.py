@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
 from search.runner import Runner, run_stage  # noqa: E402
-from search.trial import Context, common, pretrain, suppress, unlearn_spec  # noqa: E402
+from search.trial import Context, common_spec, pretrained, suppress, unlearn_spec  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -47,7 +47,7 @@ def panel(cache: Path, runner: Runner, names: list[str], overrides: list[str] = 
     ``overrides`` (``--set`` strings, e.g. ``model.arch=llama``) apply to every config."""
     quick = config.load(None, [f"cache_dir={cache}", *overrides])
     ctx = Context(quick, "bench", "/tmp/bench-adversary", runner)
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     models = {}
     for name in names:
         if name in ("graddiff", "npo", "rmu"):
@@ -55,7 +55,7 @@ def panel(cache: Path, runner: Runner, names: list[str], overrides: list[str] = 
         elif name == "undo":
             cfg = config.load(CONFIGS / "undo_arithmetic.yaml", [f"cache_dir={cache}", *overrides])
             teacher = suppress(Context(cfg, "bench", "/tmp/bench-adversary", runner), "maxent", {}, reference)
-            models["undo α0.6"] = run_stage(runner, "distill", cfg.defender.undo.spec(common(cfg), {"alpha": 0.6}), {"teacher": teacher})
+            models["undo α0.6"] = run_stage(runner, "distill", cfg.defender.undo.spec(common_spec(cfg), {"alpha": 0.6}), {"teacher": teacher})
         elif name == "tar":
             cfg = config.load(CONFIGS / "tar_arithmetic.yaml", [f"cache_dir={cache}", *overrides])
             safeguard = suppress(Context(cfg, "bench", "/tmp/bench-adversary", runner), "tar", {}, reference)

@@ -41,7 +41,7 @@ from search import config  # noqa: E402
 from search.adversary import adversary_search, family_worst  # noqa: E402
 from search.families import training_free  # noqa: E402
 from search.runner import Runner  # noqa: E402
-from search.trial import Context, pretrain  # noqa: E402
+from search.trial import Context, pretrained  # noqa: E402
 from trainables import compute, heldout, settings  # noqa: E402
 from trainables.families import FAMILIES  # noqa: E402
 
@@ -71,7 +71,7 @@ def main() -> None:
     if left_out:
         print(f"left out (no positions before a question on this model): {', '.join(left_out)}")
     ctx = Context(quick, "bench", "/tmp/bench-families", runner)
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     from search.trial import suppress
 
     for name in extra:  # methods of the method table at their defaults, from the reference

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from search import config  # noqa: E402
 from search.runner import Runner  # noqa: E402
-from search.trial import Context, pretrain  # noqa: E402
+from search.trial import Context, pretrained  # noqa: E402
 
 SCORES = ("forget_acc_sel_max", "forget_acc_rep_at_best", "best_step", "retain_acc_final")
 
@@ -87,7 +87,7 @@ def main() -> int:
     ctx = Context(cfg, "seed", str(work / "seed"), Runner(seed_cache, "local"))
     t0 = time.perf_counter()
     for kind in cfg.baseline_kinds:
-        pretrain(ctx, kind)
+        pretrained(ctx, kind)
     print(f"pre-trained the seed cache in {time.perf_counter() - t0:.0f} s; work folder {work}", flush=True)
     rows = []
     print("| stages | resident attacks | wall s | attacks | attack wall s (mean) | fixed s: mean | median | max |\n"

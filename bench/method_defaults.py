@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
 from search.runner import Runner, run_stage  # noqa: E402
-from search.trial import Context, baseline, common, pretrain  # noqa: E402
+from search.trial import Context, baseline, common_spec, pretrained  # noqa: E402
 from trainables.methods import METHODS  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     quiet()
     runner = Runner(Path(os.path.expanduser(cfg.cache_dir)), "local")
     ctx = Context(cfg, "method-defaults", tempfile.mkdtemp(), runner)
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     n_t = None
     print(f"{'model':<11} {'retain':>7} {'V before':>9} {'V attacked':>11}  ({cfg.attack.budget} attacks each)")
     for kind in ("reference", "pure"):
@@ -58,7 +58,7 @@ def main() -> None:
     given = {"reference": reference}
     for i, method in enumerate(args.methods.split(",") if args.methods else METHODS):
         rows = []
-        steps = cfg.defender.pipeline(common(cfg), method, {}, {})  # the method, or safeguard then method
+        steps = cfg.defender.pipeline(common_spec(cfg), method, {}, {})  # the method, or safeguard then method
         for j, step in enumerate(steps):
             released = run_stage(runner, step.stage, step.spec, {role: given[src] for role, src in step.inputs.items()})
             given.update({"suppressed": released} if j == 0 else {})

@@ -27,7 +27,7 @@ import optuna  # noqa: E402
 
 from search import config  # noqa: E402
 from search.runner import Runner  # noqa: E402
-from search.trial import Context, defender, pretrain  # noqa: E402
+from search.trial import Context, defender, pretrained  # noqa: E402
 from spaces.dims import suggest  # noqa: E402
 
 
@@ -98,7 +98,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tamper-bench-"))
     try:
         ref_ctx = Context(cfg, "bench", str(work), Runner(Path(os.path.expanduser(cfg.cache_dir)), "local"))
-        reference = pretrain(ref_ctx, "reference")  # cached across runs; not timed
+        reference = pretrained(ref_ctx, "reference")  # cached across runs; not timed
         points = defender_points(cfg)
         print(f"{len(points)} defender trials x {cfg.attack.budget} attacks, reference from cache", flush=True)
         local = run_local(cfg, points, reference, work)

@@ -29,7 +29,7 @@ from search.config import ConfigError, ExperimentConfig
 from search.disk import storage_full
 from search.retention import Retention
 from search.runner import Runner, StageRef
-from search.trial import Context, baseline, defender, pretrain, suppressed_id, suppressed_key, verify_trial
+from search.trial import Context, baseline, defender, pretrained, suppressed_id, suppressed_key, verify_trial
 from spaces import points
 from spaces.dims import suggest
 
@@ -124,7 +124,7 @@ def init_ray(cfg: ExperimentConfig) -> None:
 @ray.remote(num_cpus=1)
 def _pretrain_task(ctx: Context, kind: str) -> StageRef:
     _in_ray_worker()
-    return pretrain(ctx, kind)
+    return pretrained(ctx, kind)
 
 
 @ray.remote(num_cpus=1)

@@ -137,7 +137,7 @@ def memory_rows(cfg: ExperimentConfig) -> list[MemoryRow]:
     """Peak memory per GPU of every kind of stage the experiment runs (``trainables/memory.py``;
     searched dimensions at their typical value, attacks at their largest), and whether it fits
     ``scaling.gpu_memory_gib``."""
-    from search.trial import common as trial_common, pretrain_spec
+    from search.trial import common_spec as trial_common, pretrain_spec
     from trainables import memory
 
     model = meta_model(cfg)
@@ -266,7 +266,7 @@ def _merge(rows: list[Row]) -> list[Row]:
 def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Row]:
     """Every stage the experiment will run (typical points for searched dimensions)."""
     from search.runner import cache_key
-    from search.trial import common as trial_common, pretrain_spec
+    from search.trial import common_spec as trial_common, pretrain_spec
 
     seq = settings.load(cfg.setting.model_dump())[1].seq_len if cfg.setting.name == "arithmetic" else cfg.setting.seq_len
     out: list[Row] = []

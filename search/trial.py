@@ -77,7 +77,7 @@ def pretrain_spec(cfg: ExperimentConfig, kind: str) -> pretrain_stage.Spec:
     )
 
 
-def pretrain(ctx: Context, kind: str) -> StageRef:
+def pretrained(ctx: Context, kind: str) -> StageRef:
     """The reference or pure model (cached by its spec: trained once, reused by every run).
 
     With ``model.pretrained`` the model is loaded, not trained: the ``evaluate`` stage scores it
@@ -91,7 +91,7 @@ def pretrain(ctx: Context, kind: str) -> StageRef:
     return dataclasses.replace(ref, path=Path(os.path.expanduser(source)) if wmdp.is_local(source) else source)
 
 
-def common(cfg: ExperimentConfig) -> Common:
+def common_spec(cfg: ExperimentConfig) -> Common:
     """What every defence stage's spec takes from the experiment config."""
     return Common(setting=cfg.setting.model_dump(), load=cfg.model.load_options(), seed=cfg.seed,
                   forget_fraction=cfg.pretrain.forget_fraction)
@@ -109,7 +109,7 @@ def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict |
     (default: the config's ``defender.params`` for ``method``) then searched values; the same
     for hyperparameters."""
     fixed = cfg.defender.method_params(method) if fixed is None else fixed
-    return cfg.defender.method_spec(common(cfg), method, {**fixed, **params})
+    return cfg.defender.method_spec(common_spec(cfg), method, {**fixed, **params})
 
 
 def _data(cfg: ExperimentConfig):
@@ -213,7 +213,7 @@ def suppress(ctx: Context, method: str, params: dict, reference: StageRef) -> St
     """The suppressed model: the first step of ``method``'s pipeline at searched ``params``
     (cached per distinct spec, so every trial of one unlearning config robustifies the same
     model)."""
-    step = ctx.cfg.defender.suppressor(common(ctx.cfg), method, params)
+    step = ctx.cfg.defender.suppressor(common_spec(ctx.cfg), method, params)
     return run_stage(ctx.runner, step.stage, step.spec, {"model": reference})
 
 
@@ -242,15 +242,15 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
     try:
         ref_flops = reference.result["flops"]
         row[flops_column("pretrain")] = ref_flops
-        suppressed = suppress(ctx, method, params, reference)
-        _flops(row, "unlearn", suppressed.result)
-        curves = curve_rows(ctx.experiment, trial_id, None, "unlearn", suppressed.result["curve"])
-        released, given = suppressed, {REFERENCE: reference, SUPPRESSED: suppressed}
-        for step in ctx.cfg.defender.robustifiers(common(ctx.cfg), method, params, shared):
-            inputs = {role: given[source] for role, source in step.inputs.items()}
-            released = run_stage(ctx.runner, step.stage, step.spec, inputs)
+        # the point resolved once into its pipeline's stage specs; each step runs on the outputs
+        # its inputs name (the first step's output is the suppressed model)
+        given, curves = {REFERENCE: reference}, []
+        for step in ctx.cfg.defender.pipeline(common_spec(ctx.cfg), method, params, shared):
+            released = run_stage(ctx.runner, step.stage, step.spec, {role: given[src] for role, src in step.inputs.items()})
+            given.setdefault(SUPPRESSED, released)
             curves += curve_rows(ctx.experiment, trial_id, None, step.name, released.result["curve"])
             _flops(row, step.stage, released.result)
+        suppressed = given[SUPPRESSED]
         if released is not suppressed:
             teacher = _attacked_before(ctx, trial_id, suppressed, ref_flops)
             sm = suppressed.result["metrics"]
@@ -278,7 +278,7 @@ def verify_trial(ctx: Context, trial_id: str, ref_flops: float) -> dict:
 def suppressed_key(cfg: ExperimentConfig, method: str, reference: StageRef) -> str:
     """Cache key of the suppressed model of ``method`` at its fixed and default hyperparameters
     (the ``suppressed`` baseline's model, the teacher its robustified trials share)."""
-    step = cfg.defender.suppressor(common(cfg), method, {})
+    step = cfg.defender.suppressor(common_spec(cfg), method, {})
     return cache_key(step.stage, step.spec, {"model": reference.key})
 
 
@@ -303,7 +303,7 @@ def baseline(
             row[flops_column("pretrain")] = ref_flops
             stage = "unlearn"
         else:
-            model = model or pretrain(ctx, kind)
+            model = model or pretrained(ctx, kind)
             stage = "pretrain"
         _flops(row, stage, model.result)
         curves = curve_rows(ctx.experiment, trial_id, None, stage, model.result["curve"])

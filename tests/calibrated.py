@@ -24,7 +24,7 @@ from pathlib import Path
 from search import config
 from search.adversary import attack_spec
 from search.runner import Runner, StageRef, run_stage
-from search.trial import common, pretrain_spec, unlearn_spec
+from search.trial import common_spec, pretrain_spec, unlearn_spec
 from trainables import methods as registry
 
 # Each method of the registry at its defaults on the reference (GradAscent: see its test).
@@ -64,7 +64,7 @@ def lat_on_rmu(run: Runner, ref: StageRef) -> tuple[list, StageRef]:
     """LAT at its defaults on an RMU safeguard at its defaults (``defender.safeguard``): the
     pipeline's steps and LAT's model."""
     on_rmu = config.load(None, ["defender.method=lat", "defender.safeguard={method: rmu}"])
-    steps = on_rmu.defender.pipeline(common(on_rmu), "lat", {}, {})
+    steps = on_rmu.defender.pipeline(common_spec(on_rmu), "lat", {}, {})
     safeguard, lat = steps
     guarded = run_stage(run, safeguard.stage, safeguard.spec, {"model": ref})
     return steps, run_stage(run, lat.stage, lat.spec, {"model": guarded})

@@ -9,7 +9,7 @@ import torch
 from search import config, tables
 from search.adversary import adversary_search, attack_spec
 from search.runner import Runner, run_stage
-from search.trial import Context, pretrain
+from search.trial import Context, pretrained
 from spaces import BATTERIES
 from spaces.batteries import UNDO_LRS
 from trainables import arithmetic as A
@@ -71,7 +71,7 @@ def test_schedule_factors():
 @pytest.mark.parametrize("kind", attack.DATA)
 def test_attack_data_never_contains_the_scoring_facts(kind, tiny_cfg, tmp_path, monkeypatch):
     runner = Runner(tmp_path / "cache", "local")
-    ref = pretrain(Context(tiny_cfg, "e", str(tmp_path / "e"), runner), "pure")
+    ref = pretrained(Context(tiny_cfg, "e", str(tmp_path / "e"), runner), "pure")
     seen = []
     real_draw = data.draw
 
@@ -169,7 +169,7 @@ def test_search_and_battery_maximum_and_the_studys_best(tiny_cfg, tmp_path):
         budget=3, params={}, batteries=["undo_relearn"], battery_steps=4,
         loop=loop.LoopConfig(eval_every=2), space={"steps": [3, 6]})})
     runner = Runner(tmp_path / "cache", "local")
-    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    ref = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
     out = adversary_search(runner, cfg, ref, "t", "e", 400)
     ok = [a for a in out.attacks if a["status"] == "ok" and a["attack.source"] != "reseed"]
     assert len(out.attacks) == 15 and {a["attack.source"] for a in out.attacks} == {"undo_relearn", "search", "reseed"}
@@ -246,7 +246,7 @@ def test_pruned_attacks_are_recorded_as_pruned_not_lost(tiny_cfg, tmp_path, monk
     # tiny models score ~0 everywhere, so nothing falls below the real median: raise it to 1
     monkeypatch.setattr(adversary, "prune_rule", lambda c, s: rule(c, s) and {**rule(c, s), "below": {"4": 1.0, "6": 1.0}})
     runner = Runner(tmp_path / "cache", "local")
-    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    ref = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
     out = adversary_search(runner, cfg, ref, "t", "e", 400)
     states = [t.state for t in out.study.trials]
     assert states[:2] == [optuna.trial.TrialState.COMPLETE] * 2 and set(states[2:]) == {optuna.trial.TrialState.PRUNED}
@@ -265,7 +265,7 @@ def test_lora_init_is_seeded_and_concurrent_attacks_all_land(tiny_cfg, tmp_path)
     cfg = tiny_cfg.model_copy(update={"attack": config.AttackConfig(families=["finetune"],
         budget=4, concurrency=2, params={"kind": "lora"}, loop=loop.LoopConfig(eval_every=2), space={"steps": [3, 5]})})
     runner = Runner(tmp_path / "cache", "local")
-    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    ref = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
     out = adversary_search(runner, cfg, ref, "t", "e", 400)
     searched = [x for x in out.attacks if x["attack.source"] == "search"]
     assert sorted(x["attack_id"] for x in searched) == [f"t-a{i}" for i in range(4)]
@@ -281,7 +281,7 @@ def test_trial_attacked_score_is_the_maximum_over_search_and_battery_in_the_tabl
     cfg = config.load(None, [*TINY, f"cache_dir={tmp_path / 'cache'}", "attack.params={}", "attack.budget=3",
                              "attack.batteries=[undo_relearn]", "attack.battery_steps=3", "defender.params.steps=3"])
     ctx = Context(cfg, "e", str(tmp_path / "e"), Runner(tmp_path / "cache", "local"))
-    row = defender(ctx, "t1", {"lam": 1.0, "lr": 1e-3}, pretrain(ctx, "reference"))
+    row = defender(ctx, "t1", {"lam": 1.0, "lr": 1e-3}, pretrained(ctx, "reference"))
     tables.write_tables(ctx.exp_dir, tables.read_parts(ctx.exp_dir))
     attacks = pq.read_table(tmp_path / "e" / tables.ATTACKS).to_pylist()  # a second reader
     ran = [a for a in attacks if a["status"] in ("ok", "pruned") and a["attack.source"] != "reseed"]

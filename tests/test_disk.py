@@ -12,7 +12,7 @@ import pytest
 from search import cache, tables
 from search.disk import StorageFull, storage_full
 from search.runner import Runner, run_stage
-from search.trial import Context, defender, pretrain, pretrain_spec
+from search.trial import Context, defender, pretrained, pretrain_spec
 
 
 def test_storage_full_is_found_behind_the_wrappers():
@@ -43,7 +43,7 @@ def test_storage_full_is_found_behind_the_wrappers():
 
 def test_a_stage_commit_on_a_full_disk_leaves_nothing_and_the_trial_no_row(tiny_cfg, tmp_path, monkeypatch):
     ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     real = cache.commit
 
     def full(cache_dir, key, staged, result, recipe=None):

@@ -4,12 +4,12 @@ import pytest
 
 from search import tables
 from search.runner import Runner
-from search.trial import Context, defender, pretrain
+from search.trial import Context, defender, pretrained
 
 
 def test_failed_defender_trial_writes_an_error_row(tiny_cfg, tmp_path):
     ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     with pytest.raises(Exception, match="loss is inf"):  # λ·CE(retain) overflows
         defender(ctx, "t-inf", {"lr": 1e-3, "steps": 3, "lam": 1e308}, reference)
     row = tables.read_parts(ctx.exp_dir)["t-inf"]["trials"][0]
@@ -19,7 +19,7 @@ def test_failed_defender_trial_writes_an_error_row(tiny_cfg, tmp_path):
 
 def test_defender_trial_row_is_complete(tiny_cfg, tmp_path):
     ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     row = defender(ctx, "t1", {"lr": 1e-3, "steps": 5, "lam": 1.0}, reference)
     part = tables.read_parts(ctx.exp_dir)["t1"]
     a = tiny_cfg.attack

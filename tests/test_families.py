@@ -11,7 +11,7 @@ from search import config
 from search.adversary import adversary_search, informed_start
 from search.families import needs_context, training_free
 from search.runner import Runner
-from search.trial import Context, pretrain, score_columns
+from search.trial import Context, pretrained, score_columns
 from tests.conftest import TINY
 from trainables import arithmetic as A
 from trainables import models
@@ -215,7 +215,7 @@ def test_cross_family_search_runs_training_free_families_first_and_reports_each(
     assert cfg.attack.families == sorted(f for f in FAMILIES if not needs_context(f))
     assert config.load(None, [*TINY, "attack.families=null", "model.arch=llama"]).attack.families == sorted(FAMILIES)
     runner = Runner(tmp_path / "cache", "local")
-    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "reference")
+    ref = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "reference")
     start = informed_start(cfg, None, ref.key)
     free = [p for p in start if training_free(p["family"])]
     assert start[: len(free)] == free and {p["family"] for p in free} == {"quantize", "prune", "ablate"}
@@ -260,7 +260,7 @@ def test_a_fine_tune_then_quantized_is_scored_quantized_and_its_weights_are_the_
     from trainables import attack
 
     runner = Runner(tmp_path / "cache", "local")
-    ref = pretrain(Context(tiny_cfg, "e", str(tmp_path / "e"), runner), "reference")
+    ref = pretrained(Context(tiny_cfg, "e", str(tmp_path / "e"), runner), "reference")
     point = {"lr": 3e-3, "steps": 10, "data": "forget"}
     plain = attack_spec(tiny_cfg, point, 0)
     composed = attack_spec(tiny_cfg, {**point, "then": "quantize", "quantize_scheme": "sym", "quantize_bits": 2,
@@ -298,7 +298,7 @@ def test_the_search_draws_the_composed_family_s_dimensions(tmp_path):
     cfg = config.load(None, [*TINY, "attack.params={then: quantize, kind: full}", "attack.prior=1", "attack.budget=2",
                              f"cache_dir={tmp_path / 'cache'}"])
     runner = Runner(tmp_path / "cache", "local")
-    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    ref = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
     out = adversary_search(runner, cfg, ref, "t", "e", 400)
     searched = [a for a in out.attacks if a["attack.source"] == "search"]
     assert len(searched) == 2 and all(a["attack.then"] == "quantize" for a in searched)
@@ -439,7 +439,7 @@ def test_no_family_feeds_a_scoring_question_to_the_model_outside_scoring(family,
 def test_a_search_of_one_family_runs_that_family_only(family, tmp_path):
     cfg = config.load(None, [*TINY, f"attack.families=[{family}]", "attack.budget=2", f"cache_dir={tmp_path / 'cache'}"])
     runner = Runner(tmp_path / "cache", "local")
-    ref = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    ref = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
     out = adversary_search(runner, cfg, ref, "t", "e", 400)
     assert out.attacks and {a["attack.family"] for a in out.attacks} == {family}
     assert all(a["flops"] < 0.05 * ref.result["flops"] for a in out.attacks)  # no fine-tune (≥ 17 %) slipped in

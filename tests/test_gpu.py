@@ -16,7 +16,7 @@ from search import config
 from search.adversary import attack_spec, family_spec
 from spaces.attacks import PRIORS as FAMILY_PRIORS
 from search.runner import Runner, run_stage
-from search.trial import Context, defender, common, pretrain, pretrain_spec, unlearn_spec
+from search.trial import Context, defender, common_spec, pretrained, pretrain_spec, unlearn_spec
 from tests.conftest import TINY
 from trainables import loop, models
 from search.families import needs_context
@@ -75,7 +75,7 @@ def test_every_stage_runs_on_the_gpu(tmp_path):
         assert all(math.isfinite(v) for v in released[method].result["metrics"].values()), method
     tar_spec = unlearn_spec(cfg, "tar", {"steps": 2, "inner_steps": 2, "subsample": 2, "adversary_batch_size": 8})
     tar = _ran_on_gpu(lambda: run_stage(runner, "tar", tar_spec, {"model": released["random_mapping"], "reference": ref}))
-    student = _ran_on_gpu(lambda: run_stage(runner, "distill", cfg.defender.undo.spec(common(cfg), {"alpha": 0.5}),
+    student = _ran_on_gpu(lambda: run_stage(runner, "distill", cfg.defender.undo.spec(common_spec(cfg), {"alpha": 0.5}),
                                              {"teacher": released["graddiff"]}))
     for model, point in ((tar, {"lr": 1e-3, "steps": 5}), (student, {"kind": "lora", "lora_r": 4, "lr": 1e-2, "steps": 5})):
         atk = _ran_on_gpu(lambda: run_stage(runner, "attack", attack_spec(cfg, point, 0), {"model": model}))
@@ -115,7 +115,7 @@ def test_bf16_fsdp_stages_on_one_nccl_rank(tmp_path, monkeypatch):
 def test_a_defender_trial_end_to_end_on_the_gpu(tmp_path):
     cfg = _cfg(tmp_path)
     ctx = Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    row = _ran_on_gpu(lambda: defender(ctx, "t1", {"lr": 1e-3, "steps": 5, "lam": 1.0}, pretrain(ctx, "reference")))
+    row = _ran_on_gpu(lambda: defender(ctx, "t1", {"lr": 1e-3, "steps": 5, "lam": 1.0}, pretrained(ctx, "reference")))
     assert row["status"] == "ok" and row["attacks_run"] == cfg.attack.budget + cfg.attack.reseeds
     assert 0.0 <= row["forget_acc_attacked"] <= 1.0
 

@@ -15,7 +15,7 @@ from search import archive, config, tables
 from search.adversary import adversary_search, choose, informed_start, prune_rule
 from search.families import all_family_dims
 from search.runner import Runner
-from search.trial import Context, pretrain
+from search.trial import Context, pretrained
 from trainables import attack, heldout
 from spaces.dims import point_in
 from trainables.loop import LoopConfig
@@ -123,7 +123,7 @@ def _search_once(tmp_path, monkeypatch, rep_seed: int, name: str):
     _spy_scores(monkeypatch, rep_seed, sel_seed=7)
     cfg = _cfg(tmp_path / name, pruner="asha", prune_startup=1, prune_warmup=2, reseeds=1)
     runner = Runner(tmp_path / name / "cache", "local")  # no shared cache: every curve recomputed
-    model = pretrain(Context(cfg, "e", str(tmp_path / name / "e"), runner), "pure")
+    model = pretrained(Context(cfg, "e", str(tmp_path / name / "e"), runner), "pure")
     return adversary_search(runner, cfg, model, "t", "e", 400, seed=0)
 
 
@@ -146,7 +146,7 @@ def test_chosen_attack_is_rerun_to_its_checkpoint_and_counted(tmp_path, monkeypa
     _spy_scores(monkeypatch, rep_seed=1, sel_seed=3)
     cfg = _cfg(tmp_path, reseeds=2)
     runner = Runner(tmp_path / "cache", "local")
-    model = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    model = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
     out = adversary_search(runner, cfg, model, "t", "e", 400, seed=0)
     reruns = [r for r in out.attacks if r["attack.source"] == "reseed"]
     assert [r["attack_id"] for r in reruns] == [f"{out.best_attack_id}-r1", f"{out.best_attack_id}-r2"]
@@ -164,8 +164,8 @@ def test_archive_transfer_second_models_first_attacks_are_the_first_models_stron
                params={"kind": "full", "data": "forget"}, space={"steps": [4, 6], "lr": [1e-4, 1e-2]})
     runner = Runner(tmp_path / "cache", "local")
     ctx = Context(cfg, "e", str(tmp_path / "e"), runner)
-    first = pretrain(ctx, "pure")
-    second = pretrain(ctx, "reference")
+    first = pretrained(ctx, "pure")
+    second = pretrained(ctx, "reference")
     a = adversary_search(runner, cfg, first, "m1", "e", 400, exp_dir=ctx.exp_dir, seed=0)
     pre = first.result["metrics"]["forget_acc_sel"]
     ranked = sorted((r for r in a.attacks if r["attack.source"] == "search"), key=lambda r: -r["forget_acc_sel_max"])
@@ -203,8 +203,8 @@ def test_flops_budget_is_never_exceeded_and_spent_within_one_attack(tmp_path):
     # next one is cut to what is left
     cfg = _cfg(tmp_path, budget=None, budget_flops=0.35, reseeds=0)
     runner = Runner(tmp_path / "cache", "local")
-    model = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
-    ref_flops = pretrain(Context(cfg, "e", str(tmp_path / "e"), runner), "reference").result["flops"]
+    model = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    ref_flops = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "reference").result["flops"]
     out = adversary_search(runner, cfg, model, "t", "e", 400, seed=0, ref_flops=ref_flops)
     limit = 0.35 * ref_flops
     last = max(out.attacks, key=lambda r: r["seq"])

@@ -6,7 +6,7 @@ import torch
 import json
 
 from search.runner import Runner, cache_key, canonical, run_stage
-from search.trial import common, pretrain_spec, unlearn_spec
+from search.trial import common_spec, pretrain_spec, unlearn_spec
 from search.adversary import attack_spec
 from trainables import data as data_mod
 from trainables import models
@@ -104,12 +104,12 @@ def test_a_defender_is_a_pipeline_of_registered_stages():
     suppressed model. TAR: its safeguard's unlearning (nothing searched reaches it), then TAR
     on it with the reference beside. Every step is a registered stage with a valid spec."""
     from search import config
-    from search.trial import common
+    from search.trial import common_spec
     from trainables.defenders import REFERENCE, SUPPRESSED
     from trainables.stages import SPECS
 
     def stages(cfg, method, values, shared=None):
-        steps = cfg.defender.pipeline(common(cfg), method, values, shared or {})
+        steps = cfg.defender.pipeline(common_spec(cfg), method, values, shared or {})
         for s in steps:
             SPECS[s.stage].model_validate(s.spec.model_dump())
         return [(s.stage, s.inputs) for s in steps], steps
@@ -125,7 +125,7 @@ def test_a_defender_is_a_pipeline_of_registered_stages():
     got, steps = stages(tar, "tar", {"inner_steps": 8})
     assert got == [("unlearn", {"model": REFERENCE}), ("tar", {"model": SUPPRESSED, "reference": REFERENCE})]
     assert steps[0].spec.method == "random_mapping" and steps[1].spec.params["inner_steps"] == 8
-    assert tar.defender.suppressor(common(tar), "tar", {"inner_steps": 32}).spec == steps[0].spec
+    assert tar.defender.suppressor(common_spec(tar), "tar", {"inner_steps": 32}).spec == steps[0].spec
 
 
 def test_a_method_on_a_safeguard_is_a_trial_over_its_suppressed_baseline(tmp_path):
@@ -133,20 +133,20 @@ def test_a_method_on_a_safeguard_is_a_trial_over_its_suppressed_baseline(tmp_pat
     (attacked once), LAT trains on it, both unlearnings are charged to flops.unlearn, and the
     curves keep the two apart."""
     from search import config, tables
-    from search.trial import Context, baseline, defender, pretrain
+    from search.trial import Context, baseline, defender, pretrained
     from tests.conftest import TINY
 
     cfg = config.load(None, [*TINY, f"cache_dir={tmp_path / 'cache'}", f"storage={tmp_path / 'results'}",
                              "defender.method=lat", "defender.safeguard={method: graddiff, params: {steps: 5}}",
                              "defender.params={steps: 3, pgd_steps: 1}"])
     ctx = Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     sup = baseline(ctx, "suppressed", reference, method="lat")
     row = defender(ctx, "t1", {"epsilon": 2.0}, reference)
     assert row["status"] == "ok" and row["param.epsilon"] == 2.0
     assert row["suppressed_key"] == sup["model_key"] != row["model_key"]
     assert row["forget_acc_attacked_suppressed"] == sup["forget_acc_attacked"]
-    lat = cfg.defender.robustifiers(common(cfg), "lat", {"epsilon": 2.0}, {})[0]
+    lat = cfg.defender.robustifiers(common_spec(cfg), "lat", {"epsilon": 2.0}, {})[0]
     assert lat.name == "unlearn.lat" and lat.spec.loop.steps == 3
     assert row["flops.unlearn"] == sup["flops.unlearn"] + 6 * reference.result["n_params"] * 3 * 2 * 64 * 11
     assert row["compute_frac"] == pytest.approx(row["flops.unlearn"] / reference.result["flops"])

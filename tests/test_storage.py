@@ -11,21 +11,21 @@ import pytest
 
 from search import cache
 from search.runner import Runner, run_stage
-from search.trial import Context, pretrain, suppress
+from search.trial import Context, pretrained, suppress
 
 
 def test_a_stage_computed_on_one_node_is_reused_on_another(tiny_cfg, tmp_path, monkeypatch):
     uri = f"file://{tmp_path / 'bucket' / 'cache'}"
     monkeypatch.setenv("TAMPER_SEARCH_MIRROR", str(tmp_path / "node-a"))
     ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), Runner(uri, "local"))
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     assert str(reference.path) == f"{uri}/{reference.key}" and not reference.cached
     stored = tmp_path / "bucket" / "cache" / reference.key
     assert (stored / "model.safetensors").exists() and json.loads((stored / "result.json").read_text())["flops"] > 0
     unlearned = suppress(ctx, "graddiff", {"steps": 3}, reference)
 
     monkeypatch.setenv("TAMPER_SEARCH_MIRROR", str(tmp_path / "node-b"))  # another node
-    again = pretrain(ctx, "reference")
+    again = pretrained(ctx, "reference")
     assert again.cached and again.result["flops"] == reference.result["flops"]
     assert not list((tmp_path / "node-b").rglob("model.safetensors"))  # nothing fetched yet
     local = cache.materialize(again.path)
@@ -72,7 +72,7 @@ def test_a_damaged_entry_is_detected_discarded_and_recomputed(tiny_cfg, tmp_path
 
     runner = Runner(tmp_path / "cache", "local")
     ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), runner)
-    first = pretrain(ctx, "reference")
+    first = pretrained(ctx, "reference")
     weights = tmp_path / "cache" / first.key / "model.safetensors"
     listed = json.loads((weights.parent / "result.json").read_text())[cache.MANIFEST]
     assert listed["model.safetensors"]["size"] == weights.stat().st_size  # the commit marker lists every file
@@ -84,21 +84,21 @@ def test_a_damaged_entry_is_detected_discarded_and_recomputed(tiny_cfg, tmp_path
     else:
         weights.unlink()
     cache._verified.clear()  # a new process: it hashes what it uses once
-    again = pretrain(ctx, "reference")
+    again = pretrained(ctx, "reference")
     assert not again.cached, "a damaged entry must not be reused"
     assert "is damaged" in capsys.readouterr().err
     assert weights.read_bytes() == good  # recomputed (same seed, same process) and committed again
-    assert pretrain(ctx, "reference").cached and not list((tmp_path / "cache" / ".staging").glob("damaged-*"))
+    assert pretrained(ctx, "reference").cached and not list((tmp_path / "cache" / ".staging").glob("damaged-*"))
 
 
 def test_a_damaged_remote_entry_is_discarded(tiny_cfg, tmp_path, monkeypatch):
     uri = f"file://{tmp_path / 'bucket'}"
     monkeypatch.setenv("TAMPER_SEARCH_MIRROR", str(tmp_path / "node-a"))
     ctx = Context(tiny_cfg, "exp", str(tmp_path / "exp"), Runner(uri, "local"))
-    ref = pretrain(ctx, "reference")
+    ref = pretrained(ctx, "reference")
     stored = tmp_path / "bucket" / ref.key / "model.safetensors"
     stored.write_bytes(stored.read_bytes()[:100])  # a truncated upload
     monkeypatch.setenv("TAMPER_SEARCH_MIRROR", str(tmp_path / "node-b"))
     assert cache.lookup(uri, ref.key) is None and not stored.exists()  # sizes checked remotely
-    again = pretrain(ctx, "reference")
+    again = pretrained(ctx, "reference")
     assert not again.cached and cache.lookup(uri, ref.key) is not None

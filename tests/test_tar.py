@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from search import config, tables
-from search.trial import Context, baseline, defender, pretrain, suppress, unlearn_spec
+from search.trial import Context, baseline, defender, pretrained, suppress, unlearn_spec
 from search.runner import Runner, run_stage
 from trainables.defenders import DEFENDER_SPACES
 from trainables import arithmetic as A
@@ -178,7 +178,7 @@ def tar_cfg(tmp_path):
 
 def test_tar_stage_counts_flops_and_logs_the_tamper_resistance_loss(tar_cfg, tmp_path):
     ctx = Context(tar_cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     safeguard = suppress(ctx, "tar", {}, reference)
     assert safeguard.result["curve"] and run_stage(ctx.runner, "unlearn", unlearn_spec(
         tar_cfg, "random_mapping", {}, fixed={"steps": 5}), {"model": reference}).cached  # the same spec
@@ -195,7 +195,7 @@ def test_tar_stage_counts_flops_and_logs_the_tamper_resistance_loss(tar_cfg, tmp
 
 def test_tar_trial_row_and_safeguard_baseline(tar_cfg, tmp_path):
     ctx = Context(tar_cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     sup = baseline(ctx, "suppressed", reference, method="tar")
     row = defender(ctx, "t1", {"inner_steps": 4, "grad_scale": 2.0}, reference)
     assert row["method"] == "tar" and row["param.grad_scale"] == 2.0

@@ -8,7 +8,7 @@ import torch
 
 from search import config, tables
 from search.runner import Runner, run_stage
-from search.trial import Context, baseline, decode, defender, common, pretrain, suppress
+from search.trial import Context, baseline, decode, defender, common_spec, pretrained, suppress
 from trainables import arithmetic as A
 from trainables import loop, models, undo
 
@@ -115,15 +115,15 @@ def undo_cfg(tmp_path):
 
 def test_distill_stage_stops_early_and_counts_flops(undo_cfg, tmp_path):
     ctx = Context(undo_cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     teacher = suppress(ctx, "graddiff", {"lam": 1.0}, reference)
     # α = 0: the student is the teacher, within ε at step 0, so no step is taken
-    same = run_stage(ctx.runner, "distill", undo_cfg.defender.undo.spec(common(undo_cfg), {"alpha": 0.0}), {"teacher": teacher})
+    same = run_stage(ctx.runner, "distill", undo_cfg.defender.undo.spec(common_spec(undo_cfg), {"alpha": 0.0}), {"teacher": teacher})
     assert same.result["steps"] == 0 and same.result["flops"] == 0
     # a tiny teacher scores ~0, so the target is met early; with ε < 0 impossible, it is never
     # met and the student trains to the budget
     cfg = undo_cfg.model_copy(deep=True)
-    spec = cfg.defender.undo.spec(common(cfg), {"alpha": 0.9}).model_copy(update={"epsilon": -1.0})
+    spec = cfg.defender.undo.spec(common_spec(cfg), {"alpha": 0.9}).model_copy(update={"epsilon": -1.0})
     out = run_stage(ctx.runner, "distill", spec, {"teacher": teacher})
     steps, n = out.result["steps"], out.result["n_params"]
     assert steps == 20 and out.result["metrics"]["retain_acc"] == [
@@ -135,7 +135,7 @@ def test_distill_stage_stops_early_and_counts_flops(undo_cfg, tmp_path):
 def test_undo_trial_and_suppressed_baseline_rows(undo_cfg, tmp_path):
     undo_cfg.defender.undo.epsilon = -1.0  # a tiny teacher scores ~0: make the student train
     ctx = Context(undo_cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    reference, pure = pretrain(ctx, "reference"), pretrain(ctx, "pure")
+    reference, pure = pretrained(ctx, "reference"), pretrained(ctx, "pure")
     sup = baseline(ctx, "suppressed", reference, method="graddiff")
     pure_row = baseline(ctx, "pure", reference, pure)
     point = {"lam": 5.0, "undo.alpha": 0.5}

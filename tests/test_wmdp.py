@@ -14,7 +14,7 @@ from search import config, tables
 from search.adversary import attack_spec, family_spec
 from spaces.attacks import PRIORS as FAMILY_PRIORS
 from search.runner import Runner, run_stage
-from search.trial import Context, common, pretrain, suppress, unlearn_spec
+from search.trial import Context, common_spec, pretrained, suppress, unlearn_spec
 from tests import wmdp_fixtures as F
 from trainables import models, wmdp
 
@@ -138,7 +138,7 @@ def test_attack_loss_is_on_the_answer_letter_only(wmdp_paths, tmp_path, monkeypa
     seen = []
     real = attack.target_loss
     monkeypatch.setattr(attack, "target_loss", lambda *a: seen.append(a[3]) or real(*a))
-    ref = pretrain(Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local")), "reference")
+    ref = pretrained(Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local")), "reference")
     point = {"kind": "full", "data": "mix", "lr": 1e-3, "steps": 2}
     run_stage(Runner(tmp_path / "cache", "local"), "attack", attack_spec(cfg, point, 0), {"model": ref})
     batch_targets = torch.cat(seen)
@@ -221,14 +221,14 @@ def _cfg(paths, tmp_path, arch: str = "llama", extra: list[str] = ()) -> config.
 def test_rmu_undo_tar_and_attacks_on_tiny_models(wmdp_paths, tmp_path, arch):
     cfg = _cfg(wmdp_paths, tmp_path, arch)
     ctx = Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     assert reference.path == wmdp_paths[arch] and reference.result["flops"] == 6 * reference.result["n_params"] * 1e6
     rmu = suppress(ctx, "rmu", {}, reference)
     before, after = models.load_model(reference.path), models.load_model(rmu.path)
     changed = {n for (n, p), q in zip(before.named_parameters(), after.parameters()) if not torch.equal(p, q)}
     assert changed and all(("down_proj" in n or "c_proj" in n) and "mlp" in n for n in changed)
     undo = config.UndoConfig(loop={"steps": 2, "batch_size": 4, "eval_every": 1})
-    distilled = run_stage(ctx.runner, "distill", undo.spec(common(cfg), {"alpha": 0.5, "beta": 0.1}), {"teacher": rmu})
+    distilled = run_stage(ctx.runner, "distill", undo.spec(common_spec(cfg), {"alpha": 0.5, "beta": 0.1}), {"teacher": rmu})
     assert 0 <= distilled.result["metrics"]["retain_acc"] <= 1
     tar_spec = unlearn_spec(cfg, "tar", {"inner_steps": 2, "subsample": 1, "adversary_batch_size": 2, "steps": 1}, fixed={})
     tar = run_stage(ctx.runner, "tar", tar_spec, {"model": rmu, "reference": reference})
@@ -247,7 +247,7 @@ def test_rmu_undo_tar_and_attacks_on_tiny_models(wmdp_paths, tmp_path, arch):
 def test_bf16_and_gradient_checkpointing_train(wmdp_paths, tmp_path):
     cfg = _cfg(wmdp_paths, tmp_path, "llama", ["model.dtype=bfloat16", "model.gradient_checkpointing=true"])
     ctx = Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
-    reference = pretrain(ctx, "reference")
+    reference = pretrained(ctx, "reference")
     rmu = suppress(ctx, "rmu", {}, reference)
     model = models.load(rmu.path, unlearn_spec(cfg, "rmu", {}).load)
     assert model.dtype == torch.bfloat16 and model.is_gradient_checkpointing
