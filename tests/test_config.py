@@ -260,6 +260,16 @@ def test_a_config_extends_another_and_states_only_what_differs(tmp_path):
         assert (cfg.attack.prior, cfg.attack.reseeds) == (3, 2)  # the defaults, not quick's small ones
 
 
+def test_method_all_is_every_unlearning_method_of_the_registry():
+    from trainables.methods import METHODS
+
+    every = config.load(config.CONFIG_DIR / "quick_methods.yaml")
+    assert every.defender.methods == list(METHODS) and "tar" not in every.defender.methods
+    assert config.load(None, ["defender.method=all"]).defender.methods == list(METHODS)
+    with pytest.raises(config.ConfigError, match="defender.method"):
+        config.load(None, ["defender.method=everything"])
+
+
 @pytest.mark.parametrize("text, needle", [
     ("base: missing.yaml\n", "base: no such file"),
     ("base: loop.yaml\n", "base: cycle"),

@@ -86,11 +86,15 @@ class DefenderConfig(Strict):
     ``safeguard`` every method trains on (TAR always has one: random mapping unless named), and
     optionally UNDO (corrupt + distil) after the method.
 
+    ``method: all`` is every unlearning method of the registry (a plug-in joins it by being
+    added), TAR aside (a robustifier on a safeguard: name it).
+
     Keys of ``params`` and ``space`` are a name (for every selected method) or
     ``method.name`` (for one of them), e.g. ``lam`` or ``rmu.c``. A dimension given a value in
     ``params`` (a method hyperparameter, or the loop's ``lr``/``steps``) is fixed, not searched.
     """
 
+    # one method, a list (the search picks the method too), or all: every unlearning method
     method: MethodName | list[MethodName] = "graddiff"
     loop: LoopConfig = LoopConfig()
     params: dict[str, Any] = {}
@@ -104,6 +108,11 @@ class DefenderConfig(Strict):
         if isinstance(v, dict) and "tar" in v:
             raise ValueError("tar: TAR's safeguard moved to defender.safeguard: {method: ..., params: {...}}")
         return v
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _all(cls, v: Any) -> Any:
+        return list(METHODS) if v == "all" else v
 
     @field_validator("params", "space", mode="before")
     @classmethod
