@@ -54,12 +54,11 @@ class Prepended(torch.nn.Module):
         b, k = input_ids.shape[0], self.context.shape[0]
         check_room(self.model, k, input_ids.shape[1])
         dev = input_ids.device
-        if not torch.is_grad_enabled():
-            dtype = self.model.get_input_embeddings().weight.dtype
-            cache = copy.deepcopy(self._context_cache(dev, dtype))  # the forward appends the rows to it
+        kept = None if torch.is_grad_enabled() else self._context_cache(dev, self.model.get_input_embeddings().weight.dtype)
+        if kept is not None:  # None: the model keeps no cache (gradient checkpointing in training mode)
+            cache = copy.deepcopy(kept)  # the forward appends the rows to it
             cache.batch_repeat_interleave(b)
-            mask = _mask(attention_mask, b, k, dev)
-            out = self.model(input_ids=input_ids, attention_mask=mask, past_key_values=cache)
+            out = self.model(input_ids=input_ids, attention_mask=_mask(attention_mask, b, k, dev), past_key_values=cache)
             return SimpleNamespace(logits=out.logits)
         if self.context.dtype == torch.long:  # token ids: one sequence, as a tokenizer would give it
             out = self.model(input_ids=torch.cat([self.context.to(dev).expand(b, -1), input_ids], 1),
