@@ -11,7 +11,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -26,7 +26,9 @@ from search.tracking import TrackingConfig
 from search.verify import VerifyConfig, attacker
 from spaces import points
 from spaces.dims import MAX_COUNT, Choice, grid_size
-from trainables import arithmetic, wmdp
+from trainables import settings
+from trainables.settings import SettingConfig
+from trainables.sources import missing
 from trainables.defenders import DEFENDERS, DefenderConfig
 from trainables.models import ModelConfig
 from trainables.pretrain import PretrainConfig
@@ -67,7 +69,7 @@ class ExperimentConfig(Strict):
 
     experiment: str = Field("quick", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
-    setting: Annotated[arithmetic.Config | wmdp.Config, Field(discriminator="name")] = arithmetic.Config()
+    setting: SettingConfig = settings.get(settings.DEFAULT).Config()
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
     defender: DefenderConfig = DefenderConfig()
@@ -112,7 +114,7 @@ class ExperimentConfig(Strict):
                                  "is reported as a fraction of the model's pre-training)")
             for field in ("pretrained", "pure_pretrained"):
                 path = getattr(m, field)
-                if path and wmdp.missing(path):
+                if path and missing(path):
                     raise ValueError(f"model.{field}: no such file or folder: {path}")
         else:
             if m.pure_pretrained:
@@ -120,10 +122,7 @@ class ExperimentConfig(Strict):
                                  "pure baseline is trained by pretrain.pure)")
             if self.pretrain.reference is None:
                 raise ValueError("pretrain.reference: required to train a fresh model (or set model.pretrained)")
-        if self.setting.name == "wmdp" and not self.setting.tokenizer:
-            if not m.pretrained:
-                raise ValueError("setting.tokenizer: required when the model is not model.pretrained")
-            self.setting.tokenizer = m.pretrained
+        settings.for_model(self.setting, m)  # completes it in place (wmdp: the tokenizer)
         if self.search.sampler == "grid":
             self._check_grid()
         fit_families(self.attack, self, "attack.")

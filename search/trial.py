@@ -25,10 +25,11 @@ from search.config import ExperimentConfig
 from search.disk import storage_full
 from search.runner import Runner, StageRef, cache_key, run_stage
 from spaces import points
-from trainables import evaluate as evaluate_stage, heldout, settings, wmdp
+from trainables import evaluate as evaluate_stage, heldout, settings
 from trainables import pretrain as pretrain_stage, unlearn as unlearn_stage
 from trainables.defence_spec import Common
 from trainables.defenders import REFERENCE, SUPPRESSED
+from trainables.sources import is_local
 from trainables.stages import STAGES
 
 # Compute per stage, one trials column each: every registered stage but ``evaluate``, which
@@ -88,7 +89,7 @@ def pretrained(ctx: Context, kind: str) -> StageRef:
     source = cfg.model.pretrained if kind == "reference" else cfg.model.pure_pretrained
     model = cfg.model.model_copy(update={"pretrained": source})
     ref = run_stage(ctx.runner, "evaluate", evaluate_stage.Spec(setting=cfg.setting.model_dump(), model=model))
-    return dataclasses.replace(ref, path=Path(os.path.expanduser(source)) if wmdp.is_local(source) else source)
+    return dataclasses.replace(ref, path=Path(os.path.expanduser(source)) if is_local(source) else source)
 
 
 def common_spec(cfg: ExperimentConfig) -> Common:

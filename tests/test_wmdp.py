@@ -39,9 +39,11 @@ def test_sources_load_from_jsonl_parquet_and_save_to_disk(wmdp_paths, tmp_path):
 
 
 def test_hub_ids_and_local_paths_are_told_apart(tmp_path):
-    assert not wmdp.is_local("cais/wmdp") and not wmdp.is_local("wikitext")
+    from trainables.sources import is_local
+
+    assert not is_local("cais/wmdp") and not is_local("wikitext")
     for local in ("/data/x", "./x", "~/bio.jsonl", "corpus.parquet", str(tmp_path)):
-        assert wmdp.is_local(local)
+        assert is_local(local)
     with pytest.raises(ValueError, match="no such file"):
         wmdp.Source(path=str(tmp_path / "missing.jsonl"))
 

@@ -4,16 +4,20 @@ A setting module provides ``Config`` (pydantic, with a literal ``name``), ``buil
 (with ``retain_train``, ``forget_T``, ``forget_all`` token tensors of one width ``seq_len``, and
 the held-out ``retain_eval`` / ``forget_V`` that ``score`` reads) and the functions of
 :class:`Setting`; optionally ``bind(cfg, data)``, which returns those functions with the
-setting's own constants (a tokenizer's padding id) bound. What a method or stage receives as
-``setting`` is a :class:`Setting`: the module, or what its ``bind`` returned.
+setting's own constants (a tokenizer's padding id) bound; and optionally ``for_model(cfg,
+model_cfg) -> cfg``, which completes its config from the model's (raising ValueError naming the
+field). What a method or stage receives as ``setting`` is a :class:`Setting`: the module, or what
+its ``bind`` returned. The experiment config's ``setting:`` section is any registered setting's
+``Config`` (``SettingConfig``, told apart by ``name``): ``search/`` names no setting.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, Union, runtime_checkable
 
 import torch
+from pydantic import Field
 
 from trainables import arithmetic, wmdp
 
@@ -42,6 +46,15 @@ class Setting(Protocol):
         """The model's vocabulary size for this data."""
 
 SETTINGS: dict[str, ModuleType] = {"arithmetic": arithmetic, "wmdp": wmdp}
+# the config section: one of the settings' Configs, by its literal ``name``
+SettingConfig = Annotated[Union[tuple(m.Config for m in SETTINGS.values())], Field(discriminator="name")]
+DEFAULT = "arithmetic"  # the built-in setting (the quick experiment's)
+
+
+def for_model(cfg: Any, model_cfg: Any) -> Any:
+    """``cfg`` (a setting's config) completed from the model's config, where its setting says how."""
+    module = get(cfg.name)
+    return module.for_model(cfg, model_cfg) if hasattr(module, "for_model") else cfg
 
 
 def get(name: str) -> ModuleType:

@@ -49,10 +49,10 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from trainables import heldout
+from trainables.sources import is_local, missing
 from trainables.strict import Strict
 
 LETTERS = "ABCDEFGHIJ"
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 # the subject in each lm-evaluation-harness task's description (lm_eval/tasks/wmdp/wmdp_*.yaml)
 SUBJECTS = {"wmdp-bio": "biology", "wmdp-chem": "chemistry", "wmdp-cyber": "cybersecurity"}
 
@@ -72,19 +72,6 @@ class Source(Strict):
         if missing(path):
             raise ValueError(f"no such file or folder: {path}")
         return path
-
-
-def is_local(path: str) -> bool:
-    """True for a local file or folder (exists, or is written like a path or a data file);
-    False for a hub id such as ``cais/wmdp``."""
-    p = os.path.expanduser(path)
-    return (os.path.exists(p) or path.startswith(("/", "./", "../", "~"))
-            or path.endswith(LOCAL_SUFFIXES))
-
-
-def missing(path: str) -> bool:
-    """True for a local path (not a hub id) that does not exist."""
-    return is_local(path) and not Path(os.path.expanduser(path)).exists()
 
 
 class Config(Strict):
@@ -416,6 +403,16 @@ def score(model: torch.nn.Module, data: WmdpData, batch_size: int = 16) -> dict[
 
 def vocab_size(data: WmdpData) -> int:
     return data.vocab_size
+
+
+def for_model(cfg: Config, model) -> Config:
+    """This setting's config completed from the model's: the tokenizer defaults to the
+    pretrained model's (a fresh model has none to give)."""
+    if not cfg.tokenizer:
+        if not model.pretrained:
+            raise ValueError("setting.tokenizer: required when the model is not model.pretrained")
+        cfg.tokenizer = model.pretrained
+    return cfg
 
 
 def bind(cfg: Config, data: WmdpData) -> SimpleNamespace:
