@@ -37,7 +37,7 @@ def test_restored_weights_equal_the_released_model_bit_for_bit(tmp_path):
 
     cfg = _cfg(tmp_path)
     ctx = trial.Context(cfg, "e", str(tmp_path / "e"), Runner(tmp_path / "cache", "local"))
-    reference = trial.pretrain(ctx, "reference")
+    reference = trial.pretrained(ctx, "reference")
     released = _state(models.load(reference.path, cfg.model.load_options()))
     worker = ResidentModel(str(reference.path), cfg.model.load_options())
     for params in (ATTACK, {**ATTACK, "kind": "lora", "lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0,
@@ -60,7 +60,7 @@ def _table(outcome) -> list[tuple]:
 def test_resident_attacks_give_the_tables_of_a_load_per_attack(tmp_path):
     cfg = _cfg(tmp_path, params={"kind": "lora"}, space={"lr": [1e-3, 3e-2], "steps": [10, 30]})
     ctx = trial.Context(cfg, "e", str(tmp_path / "e"), Runner(tmp_path / "cache", "local"))
-    reference = trial.pretrain(ctx, "reference")
+    reference = trial.pretrained(ctx, "reference")
     got = {}
     for resident_on in (True, False):  # separate caches: neither reuses the other's attacks
         runner = Runner(tmp_path / f"cache-{resident_on}", "local", resident=resident_on)
@@ -84,7 +84,7 @@ def test_a_resident_worker_killed_mid_search_is_replaced_and_nothing_is_lost_or_
                                                                                              monkeypatch):
     cfg = _cfg(tmp_path, reseeds=0, space={"lr": [1e-3, 3e-2], "steps": [150, 200]})
     ctx = trial.Context(cfg, "e", str(tmp_path / "e"), Runner(tmp_path / "cache", "local"))
-    reference = trial.pretrain(ctx, "reference")
+    reference = trial.pretrained(ctx, "reference")
     pools = []
     real = attack_workers.pool_for
     monkeypatch.setattr(attack_workers, "pool_for", lambda *a: pools.append(real(*a)) or pools[-1])
@@ -127,7 +127,7 @@ def test_resident_workers_leave_the_trials_placement_group(tmp_path, local_ray):
 
     cfg = _cfg(tmp_path)
     ctx = trial.Context(cfg, "e", str(tmp_path / "e"), Runner(tmp_path / "cache", "local"))
-    path = str(trial.pretrain(ctx, "reference").path)
+    path = str(trial.pretrained(ctx, "reference").path)
     spec = attack_spec(cfg, {**ATTACK, "steps": 5}, seed=1).model_dump(mode="json")
 
     @local_ray.remote(num_cpus=0.25)
@@ -154,7 +154,7 @@ def test_the_same_search_under_another_trial_id_runs_the_same_attacks(tmp_path):
     one of its attacks there and runs none."""
     cfg = _cfg(tmp_path)
     runner = Runner(tmp_path / "cache", "local")
-    reference = trial.pretrain(trial.Context(cfg, "e", str(tmp_path / "e"), runner), "reference")
+    reference = trial.pretrained(trial.Context(cfg, "e", str(tmp_path / "e"), runner), "reference")
     first = adversary_search(runner, cfg, reference, "aaaa_00000", "e")
     entries = set((tmp_path / "cache").iterdir())
     second = adversary_search(runner, cfg, reference, "bbbb_00001", "e")

@@ -68,7 +68,7 @@ def _setup(tmp_path, monkeypatch, retain: dict[str, float], how: dict[str, objec
     })
     runner = Runner(tmp_path / "cache", "local")
     ctx = trial.Context(cfg, "e", str(tmp_path / "e"), runner)
-    reference = trial.pretrain(ctx, "reference")
+    reference = trial.pretrained(ctx, "reference")
     ref_flops = reference.result["flops"]
     models, behaviour = {}, {}
     for i, tid in enumerate(retain):
