@@ -56,7 +56,7 @@ class PastPeak(Strict):
 class AttackConfig(Strict):
     """The attacks run against every released model: an adversary search over
     ``spaces/attack.py`` (LoRA's dimensions only for LoRA attacks), and/or fixed batteries
-    (``spaces/batteries.py``). ``params`` fixes dimensions (``n_examples: null``: all of T),
+    (``spaces/batteries/``). ``params`` fixes dimensions (``n_examples: null``: all of T),
     ``space`` sets bounds. The attack and checkpoint are chosen on V_sel over everything run;
     the model's attacked score is the chosen one's V_rep accuracy, averaged over ``reseeds``
     more runs of it (``trainables/heldout.py``)."""

@@ -11,7 +11,7 @@ from search.adversary import adversary_search, attack_spec
 from search.runner import Runner, run_stage
 from search.trial import Context, pretrained
 from spaces import BATTERIES
-from spaces.batteries import UNDO_LRS
+from spaces.batteries.undo_relearn import UNDO_LRS
 from trainables import arithmetic as A
 from trainables import attack, data, lora, loop, models
 
