@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from trainables import compute
+
 
 class Prepended(torch.nn.Module):
     """``model`` with ``context`` before every row: token ids (k,) or input embeddings (k, d).
@@ -39,12 +41,18 @@ class Prepended(torch.nn.Module):
         tensor's version counter moves)."""
         key = (dev, dtype, self.context._version)
         if self._kv is None or self._kv[0] != key:
-            if self.context.dtype == torch.long:
-                out = self.model(input_ids=self.context.to(dev)[None], use_cache=True)
-            else:
-                out = self.model(inputs_embeds=self.context.to(dev, dtype)[None], use_cache=True)
-            self._kv = (key, out.past_key_values)
+            alone = torch.zeros(1, 0, dtype=torch.long, device=dev)  # the context and no row
+            self._kv = (key, self.model(**self._joined(alone), use_cache=True).past_key_values)
         return self._kv[1]
+
+    def _joined(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's input for [context, row] on every row: token ids (one sequence, as a
+        tokenizer would give it) or input embeddings."""
+        b, dev = input_ids.shape[0], input_ids.device
+        if self.context.dtype == torch.long:
+            return {"input_ids": torch.cat([self.context.to(dev).expand(b, -1), input_ids], 1)}
+        rows = self.model.get_input_embeddings()(input_ids)
+        return {"inputs_embeds": torch.cat([self.context.to(dev, rows.dtype).expand(b, -1, -1), rows], 1)}
 
     @property
     def config(self):
@@ -60,13 +68,7 @@ class Prepended(torch.nn.Module):
             cache.batch_repeat_interleave(b)
             out = self.model(input_ids=input_ids, attention_mask=_mask(attention_mask, b, k, dev), past_key_values=cache)
             return SimpleNamespace(logits=out.logits)
-        if self.context.dtype == torch.long:  # token ids: one sequence, as a tokenizer would give it
-            out = self.model(input_ids=torch.cat([self.context.to(dev).expand(b, -1), input_ids], 1),
-                             attention_mask=_mask(attention_mask, b, k, dev))
-        else:
-            rows = self.model.get_input_embeddings()(input_ids)
-            ctx = self.context.to(dev, rows.dtype).expand(b, -1, -1)
-            out = self.model(inputs_embeds=torch.cat([ctx, rows], 1), attention_mask=_mask(attention_mask, b, k, dev))
+        out = self.model(**self._joined(input_ids), attention_mask=_mask(attention_mask, b, k, dev))
         return SimpleNamespace(logits=out.logits[:, k:])
 
 
@@ -74,11 +76,9 @@ def context_flops(model: torch.nn.Module, k: int, row_tokens: int) -> float:
     """What a context of ``k`` positions adds to scoring ``row_tokens`` row tokens with its keys
     and values kept (``Prepended`` without gradients): one forward pass over it (2·N per token),
     and each row token's attention to its k keys and values in every layer (4·d·k)."""
-    cfg = model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
-    hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    cfg = model.config  # hidden_size / num_hidden_layers: GPT-2's config maps them to n_embd / n_layer
     n = sum(p.numel() for p in model.parameters())
-    return 2.0 * n * k + 4.0 * layers * hidden * k * row_tokens
+    return compute.forward_flops(n, k) + 4.0 * cfg.num_hidden_layers * cfg.hidden_size * k * row_tokens
 
 
 def _mask(mask: torch.Tensor | None, b: int, k: int, dev) -> torch.Tensor | None:

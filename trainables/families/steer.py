@@ -76,8 +76,7 @@ def steer(model: torch.nn.Module, spec: Spec, setting, d) -> dict:
     gen = torch.Generator().manual_seed(spec.seed)
     calib = d.forget_T[torch.randperm(len(d.forget_T), generator=gen)[:64]]
     norm = row_means_norm(model, layer, calib, getattr(d, "pad_id", None))
-    u = torch.zeros(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd,
-                    device=dev, requires_grad=True)
+    u = torch.zeros(model.config.hidden_size, device=dev, requires_grad=True)
     bound = spec.bound * norm
 
     def add(module, args, output):
