@@ -289,6 +289,9 @@ def adversary_search(
     seed = seed_of(cfg.seed, released.key) if seed is None else seed
     tag = trial_id if role == "search" else f"{trial_id}-v"  # prefix of the attack ids
     points: dict[str, dict] = {}  # attack id → its point of the attack space, to re-run it
+    # attack id → the FLOPs cap it ran under: a re-run of an attack the budget cut is cut alike,
+    # so that it trains the same schedule and evaluates at the cut step its checkpoint may be
+    caps: dict[str, float | None] = {}
     lock = threading.Lock()  # concurrent attacks append rows and add up FLOPs
 
     def run_attack(attack_id: str, params: dict, attack_seed: int, source: str, extra: dict | None = None) -> dict:
@@ -308,6 +311,7 @@ def adversary_search(
         m, pruned = ref.result["metrics"], ref.result.get("pruned_at") is not None
         with lock:
             points[attack_id] = params
+            caps[attack_id] = spec.model_dump().get("max_flops")
             out.attacks.append({
                 **row, "seq": len(out.attacks), "status": "pruned" if pruned else "ok", "error": None, **m,
                 "attack.n_examples": ref.result["n_examples"], "attack.steps_run": ref.result["steps"],
@@ -331,7 +335,7 @@ def adversary_search(
         if a.budget:
             limit = a.budget_flops * ref_flops if a.budget_flops is not None else None
             out.study = _search(cfg, seed, tag, released, exp_dir, run_attack, lambda: out.search_flops, limit, role)
-        _choose_and_reseed(cfg, out, seed, points, run_attack)
+        _choose_and_reseed(cfg, out, seed, points, caps, run_attack)
     finally:
         if pool is not None:
             pool.close()
@@ -445,10 +449,11 @@ def choose(rows: list[dict]) -> dict | None:
     return max(ran, key=lambda r: (r["forget_acc_sel_max"], -r["seq"])) if ran else None
 
 
-def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, points: dict, run_attack) -> None:
+def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, points: dict, caps: dict,
+                       run_attack) -> None:
     """Choose the strongest (attack, checkpoint) on V_sel, re-run it ``attack.reseeds`` times
-    (to that checkpoint; not a deterministic family's), and set the outcome's V_rep worst case:
-    the mean over its seeds."""
+    (to that checkpoint, under the FLOPs cap it ran under; not a deterministic family's), and set
+    the outcome's V_rep worst case: the mean over its seeds."""
     best = choose(out.attacks)
     if best is None:
         return
@@ -464,7 +469,7 @@ def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, poi
         try:
             result = run_attack(f"{best['attack_id']}-r{i + 1}", points[best["attack_id"]],
                                 seed_of(seed, "reseed", local_id, i), "reseed",
-                                {"stop_at": out.best_step, "past_peak": None})
+                                {"stop_at": out.best_step, "past_peak": None, "max_flops": caps.get(best["attack_id"])})
         except Exception:
             continue  # a failed re-run is a row with its error; the mean is over those that ran
         values.append(next(v for s, k, v in result["curve"] if k == "forget_acc_rep" and s == out.best_step))

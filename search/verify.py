@@ -261,7 +261,8 @@ def mark_failed(exp_dir: str, trial_id: str, error: str) -> dict:
     """Record on a trial's row that its verification failed (``verify_error``): it stays
     unverified, and the sweep does not try it again."""
     part = tables.read_part(exp_dir, trial_id)
-    row = {**part["trials"][0], "verify_error": error}
+    # never empty: an empty error would read as none, and the sweep would try the model again
+    row = {**part["trials"][0], "verify_error": error or "failed (the error has no message)"}
     tables.write_part(exp_dir, trial_id, {**part, "trials": [row]})
     return row
 
@@ -273,11 +274,14 @@ def sweep(exp_dir: str, verify_many: Callable[[list[str]], list[dict]], say: Cal
     :func:`verify_trial` on each (in parallel where it can) and returns the new rows. Returns
     those rows, in the order verified."""
     done: list[dict] = []
+    tried: set[str] = set()  # a model is verified once per sweep, whatever its row says after
     for _ in range(max_rounds):
         rows = tables.trial_rows(exp_dir)
-        todo = [r["trial_id"] for r in front(rows) if not r.get("verified") and not r.get("verify_error")]
+        todo = [r["trial_id"] for r in front(rows)
+                if not r.get("verified") and not r.get("verify_error") and r["trial_id"] not in tried]
         if not todo:
             break
+        tried.update(todo)
         new = [r for r in verify_many(todo) if r.get("verified")]
         tables.merge(exp_dir, todo)  # their parts were rewritten
         after = {r["trial_id"] for r in front([*(r for r in rows if r["trial_id"] not in todo), *new])}

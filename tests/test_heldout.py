@@ -249,3 +249,26 @@ def test_under_attacked_flag_against_the_pure_interval():
     ]
     out = {r["trial_id"]: r.get("under_attacked") for r in tables.flag_under_attacked(rows)}
     assert out == {"pure": None, "a": True, "b": False, "c": None}
+
+
+def test_a_budget_cut_attack_chosen_as_the_strongest_is_rerun_under_the_same_cut(tmp_path, monkeypatch):
+    """The FLOPs budget cut the last attack at an odd step (3 of 5, evaluated every 2): its
+    checkpoint at the cut is chosen; the re-run trains the same cut schedule and is scored
+    there (it once ran on to step 4, had no figure at step 3, and the verification failed)."""
+    from search import adversary
+
+    cfg = _cfg(tmp_path, budget=None, budget_flops=0.35, reseeds=1)  # two prior attacks, then 3 steps fit
+    runner = Runner(tmp_path / "cache", "local")
+    model = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "pure")
+    ref_flops = pretrained(Context(cfg, "e", str(tmp_path / "e"), runner), "reference").result["flops"]
+
+    def the_cut_one(rows):
+        cut = max((r for r in rows if r["attack.source"] != "reseed"), key=lambda r: r["seq"])
+        return {**cut, "best_step": cut["attack.steps_run"]}
+
+    monkeypatch.setattr(adversary, "choose", the_cut_one)
+    out = adversary_search(runner, cfg, model, "t", "e", 400, seed=0, ref_flops=ref_flops)
+    chosen = next(r for r in out.attacks if r["attack_id"] == out.best_attack_id)
+    assert chosen["attack.steps_run"] == out.best_step == 3 < chosen["attack.steps"]
+    rerun = next(r for r in out.attacks if r["attack.source"] == "reseed")
+    assert rerun["attack.steps_run"] == 3 and len(out.attacked_seeds) == 2

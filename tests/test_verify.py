@@ -144,6 +144,24 @@ def test_an_under_attacked_front_model_falls_and_its_replacement_is_verified(tmp
     assert html.count('class="point"') == 3 and 'class="search-time"' in html  # B's search-time point, faint
 
 
+def test_a_failed_verification_is_marked_and_not_tried_again(tmp_path, monkeypatch):
+    """A verification that raises an error without a message (a StopIteration once did, and the
+    driver recorded ``str(e)``, empty, so the sweep retried the model for ever): the model is
+    tried once, its row says why, and its search-time score stands."""
+    ctx, ref_flops, _ = _setup(tmp_path, monkeypatch, retain={"A": 0.96, "B": 0.95}, how={"A": ROBUST, "B": SHALLOW})
+    tries = []
+
+    def verify_many(ids):  # as the driver did when a verification task failed
+        tries.extend(ids)
+        return [verify.mark_failed(ctx.exp_dir, t, str(StopIteration())) for t in ids]
+
+    assert verify.sweep(ctx.exp_dir, verify_many, print, max_rounds=5) == []
+    assert sorted(tries) == ["A", "B"]
+    assert all(r["verify_error"] and not r["verified"] for r in _rows(ctx).values())
+    tries.clear()
+    assert verify.sweep(ctx.exp_dir, verify_many, print, max_rounds=5) == [] and tries == []  # a resumed sweep skips them
+
+
 def test_verification_never_lowers_a_reported_worst_case(tmp_path, monkeypatch):
     # D breaks only at the search's own low rate, which the verification space excludes: the
     # verification attacker is weaker there, and the search's worst case stands
