@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -25,11 +26,12 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from search import progress, studies, tables, tracking, verify
+from search.adversary import error_text
 from search.config import ConfigError, ExperimentConfig
 from search.disk import storage_full
 from search.retention import Retention
 from search.runner import Runner, StageRef
-from search.trial import Context, baseline, defender, pretrained, suppressed_id, suppressed_key, verify_trial
+from search.trial import Context, baseline, defender, pretrained, pretrained_key, suppressed_id, suppressed_key, verify_trial
 from spaces import points
 from spaces.dims import suggest
 
@@ -133,11 +135,35 @@ def _verify_task(ctx: Context, trial_id: str, ref_flops: float) -> dict:
     return verify_trial(ctx, trial_id, ref_flops)
 
 
-def _verify_front(ctx: Context, ref_flops: float, tasks: dict) -> None:
+def _share(cfg: ExperimentConfig, n: int, beside: int = 0) -> dict:
+    """Ray options of one of ``n`` in-process tasks that run with only ``beside`` one-CPU tasks
+    next to them (the reference's pre-training, a round of verifications after the search): an
+    equal share of the rest of the largest live node's CPUs, which each task's torch takes as
+    threads (``use_assigned_cpus``), so that no core idles while the search waits for them. With
+    Train workers (``scaling.num_workers`` > 0) the workers hold the resources."""
+    opts = cfg.scaling.task_options()
+    if cfg.scaling.in_process():
+        cpus = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
+        opts["num_cpus"] = max(1, (int(cpus) - beside) // max(1, n))
+    return opts
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """The reference model while its pre-training task runs; calling it waits for the task."""
+
+    task: ray.ObjectRef
+
+    def __call__(self) -> StageRef:
+        return ray.get(self.task)
+
+
+def _verify_front(ctx: Context, ref_flops: float) -> None:
     """Verify the front until every model on it is verified (``search/verify.py``), the
     models of a round at once; a verification that fails leaves its row marked, unverified."""
     def verify_many(trial_ids: list[str]) -> list[dict]:
-        running = {t: _verify_task.options(**tasks).remote(ctx, t, ref_flops) for t in trial_ids}
+        options = _share(ctx.cfg, len(trial_ids))
+        running = {t: _verify_task.options(**options).remote(ctx, t, ref_flops) for t in trial_ids}
         rows = []
         for trial_id, task in running.items():
             try:
@@ -146,7 +172,7 @@ def _verify_front(ctx: Context, ref_flops: float, tasks: dict) -> None:
                 if (full := storage_full(e)) is not None:
                     raise full from e
                 say(f"verification of {trial_id} FAILED: {e.cause!r} (its search-time score stands, unverified)")
-                rows.append(verify.mark_failed(ctx.exp_dir, trial_id, str(e.cause)))
+                rows.append(verify.mark_failed(ctx.exp_dir, trial_id, error_text(e.cause)))
         return rows
 
     verify.sweep(ctx.exp_dir, verify_many, say)
@@ -401,24 +427,28 @@ def _run(ctx: Context, concurrency: int | None, resume: bool) -> None:
     """The experiment's work: pre-training, baselines, the search, verification, retention."""
     cfg, exp_dir = ctx.cfg, ctx.exp_dir
     say(f"experiment {ctx.experiment}: results in {exp_dir}")
-    say("pre-training the reference and pure models (cached after the first run) ...")
-    kinds = cfg.baseline_kinds
     # In local mode these tasks run their stages in-process: they hold the stage resources.
     tasks = cfg.scaling.task_options()
-    models = dict(zip(kinds, ray.get([_pretrain_task.options(**tasks).remote(ctx, k) for k in kinds])))
-    reference = models["reference"]
-    retention.pin({m.key for m in models.values()} | {suppressed_key(cfg, m, reference) for m in cfg.defender.methods
-                                                      if cfg.defender.robust(m)})
-    for kind, ref in models.items():
-        m = ref.result["metrics"]
-        how = "cached" if ref.cached else f"{ref.result['wall_s']:.0f} s"
-        say(f"{kind} model: retain {m['retain_acc']:.3f}  forget (V_rep) {m['forget_acc_rep']:.3f}  ({how})")
     budget = (f"{cfg.attack.budget_flops:g} of pre-training compute" if cfg.attack.budget_flops
               else f"{cfg.attack.budget} attacks")
     reruns = f"{cfg.attack.reseeds} re-run{'s' if cfg.attack.reseeds != 1 else ''}"
+    others = [k for k in cfg.baseline_kinds if k != "reference"]
+    say("pre-training the reference model (cached after the first run)"
+        + (f"; beside it the {', '.join(others)} model is pre-trained and attacked" if others else "") + " ...")
+    # The trials need only the reference. Beside its pre-training the pure baseline's task
+    # pre-trains and attacks the pure model (the shorter pre-training): no core idles while the
+    # reference finishes. A lone reference takes every CPU of a node.
+    pending = _pretrain_task.options(**_share(cfg, 1, beside=len(others))).remote(ctx, "reference")
+    baselines = {k: _baseline_task.options(**tasks).remote(ctx, k, _Pending(pending), None) for k in others}
+    reference = ray.get(pending)
+    retention.pin({pretrained_key(cfg, k) for k in cfg.baseline_kinds}
+                  | {suppressed_key(cfg, m, reference) for m in cfg.defender.methods if cfg.defender.robust(m)})
+    m = reference.result["metrics"]
+    how = "cached" if reference.cached else f"{reference.result['wall_s']:.0f} s"
+    say(f"reference model: retain {m['retain_acc']:.3f}  forget (V_rep) {m['forget_acc_rep']:.3f}  ({how})")
     say(f"adversary search ({budget} + {reruns} of the strongest, each) on the baselines and "
         f"{cfg.search.trials} {cfg.defender.label()} trials ...")
-    baselines = {kind: _baseline_task.options(**tasks).remote(ctx, kind, reference, model) for kind, model in models.items()}
+    baselines["reference"] = _baseline_task.options(**tasks).remote(ctx, "reference", reference, reference)
     before = [m for m in cfg.defender.methods if cfg.defender.robust(m)]
     if before:
         # The suppressed models that robustifiers build on (each method's pipeline's first
@@ -441,7 +471,7 @@ def _run(ctx: Context, concurrency: int | None, resume: bool) -> None:
         progress.current = None
     if cfg.verify.enabled:
         say("verifying the front: every model on it attacked again by the verification attacker ...")
-        _verify_front(ctx, reference.result["flops"], tasks)
+        _verify_front(ctx, reference.result["flops"])
     if not cfg.scaling.use_gpu:
         _report(baselines, exp_dir)
     tables.catch_up(exp_dir)  # a failed baseline's row, say

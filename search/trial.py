@@ -16,6 +16,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 from search import archive, cache, tables, verify
@@ -31,6 +32,7 @@ from trainables.defence_spec import Common
 from trainables.defenders import REFERENCE, SUPPRESSED
 from trainables.sources import is_local
 from trainables.stages import STAGES
+from trainables.strict import Strict
 
 # Compute per stage, one trials column each: every registered stage but ``evaluate``, which
 # only scores.
@@ -83,13 +85,27 @@ def pretrained(ctx: Context, kind: str) -> StageRef:
 
     With ``model.pretrained`` the model is loaded, not trained: the ``evaluate`` stage scores it
     and the returned ref points at the hub id or path itself (no copy in the cache)."""
-    cfg = ctx.cfg
+    stage, spec = _pretrained_stage(ctx.cfg, kind)
+    ref = run_stage(ctx.runner, stage, spec)
+    if not ctx.cfg.model.pretrained:
+        return ref
+    source = spec.model.pretrained
+    return dataclasses.replace(ref, path=Path(os.path.expanduser(source)) if is_local(source) else source)
+
+
+def pretrained_key(cfg: ExperimentConfig, kind: str) -> str:
+    """Cache key of the reference or pure model, before it is made."""
+    return cache_key(*_pretrained_stage(cfg, kind), {})
+
+
+def _pretrained_stage(cfg: ExperimentConfig, kind: str) -> tuple[str, Strict]:
+    """(stage, spec) that makes the reference or pure model: pre-training, or with
+    ``model.pretrained`` the ``evaluate`` stage that scores the loaded model."""
     if not cfg.model.pretrained:
-        return run_stage(ctx.runner, "pretrain", pretrain_spec(cfg, kind))
+        return "pretrain", pretrain_spec(cfg, kind)
     source = cfg.model.pretrained if kind == "reference" else cfg.model.pure_pretrained
     model = cfg.model.model_copy(update={"pretrained": source})
-    ref = run_stage(ctx.runner, "evaluate", evaluate_stage.Spec(setting=cfg.setting.model_dump(), model=model))
-    return dataclasses.replace(ref, path=Path(os.path.expanduser(source)) if is_local(source) else source)
+    return "evaluate", evaluate_stage.Spec(setting=cfg.setting.model_dump(), model=model)
 
 
 def common_spec(cfg: ExperimentConfig) -> Common:
@@ -289,26 +305,31 @@ def suppressed_id(cfg: ExperimentConfig, method: str) -> str:
 
 
 def baseline(
-    ctx: Context, kind: str, reference: StageRef, model: StageRef | None = None, method: str | None = None,
+    ctx: Context, kind: str, reference: StageRef | Callable[[], StageRef], model: StageRef | None = None,
+    method: str | None = None,
 ) -> dict:
     """Score and attack a baseline: the pure model, the reference model, or (when a robustifier
     builds on it) the suppressed model of ``method``: its pipeline's first step at the fixed and
-    default hyperparameters."""
+    default hyperparameters. ``reference`` may be a function that waits for it: the pure model
+    is pre-trained and attacked while the reference still pre-trains, and only an attack budget
+    in FLOPs (a fraction of the reference's) and the row's compute fractions wait for it."""
     start = time.perf_counter()
     trial_id = suppressed_id(ctx.cfg, method) if kind == "suppressed" else kind
     row = _row(ctx, trial_id, "baseline", kind, {"teacher": method} if method else {})
+    wait = reference if callable(reference) else lambda: reference
     try:
-        ref_flops = reference.result["flops"]
         if kind == "suppressed":
-            model = model or suppress(ctx, method, {}, reference)
-            row[flops_column("pretrain")] = ref_flops
+            model = model or suppress(ctx, method, {}, wait())
+            row[flops_column("pretrain")] = wait().result["flops"]
             stage = "unlearn"
         else:
             model = model or pretrained(ctx, kind)
             stage = "pretrain"
         _flops(row, stage, model.result)
         curves = curve_rows(ctx.experiment, trial_id, None, stage, model.result["curve"])
-        outcome = _attack_released(ctx, trial_id, model, ref_flops)
+        budget_ref = wait().result["flops"] if ctx.cfg.attack.budget_flops is not None else None
+        outcome = _attack_released(ctx, trial_id, model, budget_ref)
+        ref_flops = wait().result["flops"]
         if kind == "suppressed":
             row["forget_acc_attacked_suppressed"] = outcome.attacked
         row["wall_s"] = time.perf_counter() - start
