@@ -192,10 +192,13 @@ def test_prior_comes_first_and_follows_the_configured_bounds(tmp_path):
     assert first["steps"] == second["steps"] == third["steps"] == 50 and first["kind"] == "full"
     assert not any(k.startswith("lora_") for k in first)  # LoRA's dimensions only for LoRA points
     assert third["kind"] == "lora" and (third["lora_r"], third["lora_alpha"], third["lora_targets"]) == (16, 32.0, "all")
-    # a config that fixes the kind keeps the rates and data modes of every point
+    # a config that fixes the kind keeps the rates and data modes of every point; LoRA's point at
+    # the lower rate on the mix becomes full's at that rate and data, which is tried once
     full = _cfg(tmp_path, params={"kind": "full"}, space={"lr": [1e-5, 1e-3], "steps": [10, 50]}, prior=6, archive=0)
     points = informed_start(full, None, "k")
-    assert len(points) == 6 and not any("kind" in p or any(k.startswith("lora_") for k in p) for p in points)
+    assert not any("kind" in p or any(k.startswith("lora_") for k in p) for p in points)
+    assert [(p["data"], round(math.log10(p["lr"]), 2)) for p in points] == [
+        ("mix", -4.0), ("forget", -4.0), ("mix", -3.5), ("mix", -4.5), ("forget", -3.5)]
 
 
 def test_flops_budget_is_never_exceeded_and_spent_within_one_attack(tmp_path):
