@@ -154,6 +154,39 @@ def test_a_method_on_a_safeguard_is_a_trial_over_its_suppressed_baseline(tmp_pat
     assert {c["stage"] for c in curves} >= {"unlearn", "unlearn.lat", "attack"}
 
 
+def test_the_pure_baseline_waits_for_the_reference_only_after_its_own_pre_training(tmp_path):
+    """The driver runs the pure baseline beside the reference's pre-training, handing it a
+    function that waits for the reference: it is called only once the pure model is made (and
+    under an attack count, after the attacks); the row is the one a finished reference gives."""
+    from search import config, trial
+    from search.runner import cached
+    from search.trial import Context, baseline, pretrained, pretrained_key
+    from tests.conftest import TINY
+
+    cfg = config.load(None, [*TINY, f"cache_dir={tmp_path / 'cache'}"])
+    ctx = Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
+    reference = pretrained(ctx, "reference")
+    events = []
+    real_attack = trial._attack_released
+
+    def wait():
+        events.append(("wait", cached(ctx.runner, pretrained_key(cfg, "pure")) is not None))
+        return reference
+
+    def attack(*args):
+        events.append(("attack", args[-1]))
+        return real_attack(*args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trial, "_attack_released", attack)
+        row = baseline(ctx, "pure", wait)
+    assert events[0] == ("attack", None) and events[1] == ("wait", True)  # the pure model was made first
+    assert row["model_key"] == pretrained_key(cfg, "pure") and row["status"] == "ok"
+    pure = pretrained(ctx, "pure")
+    assert row["compute_frac"] == pytest.approx(pure.result["flops"] / reference.result["flops"])
+    assert pretrained_key(cfg, "reference") == reference.key
+
+
 _TWO_PROCESSES = """
 import json, sys, time
 from pathlib import Path
