@@ -5,6 +5,11 @@ each (seed, threads) pair runs in its own process with its own stage cache (the 
 not hold the thread count).
 
     python bench/method_calibration.py --methods simnpo,circuit_breakers [--seeds 0,1] [--threads 1,2] [--out F]
+
+``--methods tar`` calibrates TAR as ``tests/test_method_defaults.py`` asserts it: TAR at its
+defaults on its random-mapping safeguard, then the attack of its training adversary's kind
+(AdamW, lr 1e-3, 20 steps, attack seed 1) on both; its row adds V's attacked accuracy of the
+safeguard and of the TAR model (the test asks TAR's retain ≥ 0.60 and a margin ≥ 0.10).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ def one(seed: int, methods: list[str], cache: str) -> list[dict]:
     at its defaults on it, as rows."""
     sys.path.insert(0, str(ROOT))
     from search import config
+    from search.adversary import attack_spec
     from search.runner import Runner, run_stage
     from search.trial import pretrain_spec, unlearn_spec
 
@@ -35,7 +41,15 @@ def one(seed: int, methods: list[str], cache: str) -> list[dict]:
     ref = run_stage(run, "pretrain", pretrain_spec(cfg, "reference"))
     rows = [{"model": "reference", **_metrics(ref)}]
     for m in methods:
-        rows.append({"model": m, **_metrics(run_stage(run, "unlearn", unlearn_spec(cfg, m, {}), {"model": ref}))})
+        if m != "tar":
+            rows.append({"model": m, **_metrics(run_stage(run, "unlearn", unlearn_spec(cfg, m, {}), {"model": ref}))})
+            continue
+        safeguard = run_stage(run, "unlearn", unlearn_spec(cfg, "random_mapping", {}), {"model": ref})
+        tarred = run_stage(run, "tar", unlearn_spec(cfg, "tar", {}), {"model": safeguard, "reference": ref})
+        spec = attack_spec(cfg, {"lr": 1e-3, "steps": 20, "eval_every": 10}, seed=1)  # the test's TAR_ATTACK
+        attacked = {f"attacked_{name}": round(run_stage(run, "attack", spec, {"model": x}).result["metrics"]["forget_acc_max"], 3)
+                    for name, x in (("safeguard", safeguard), ("tar", tarred))}
+        rows.append({"model": "tar", **_metrics(tarred), **attacked})
     return rows
 
 
@@ -69,7 +83,9 @@ def main() -> None:
                                        capture_output=True, text=True, check=True)
                 for row in json.loads(child.stdout.strip().splitlines()[-1]):
                     rows.append({**row, "seed": seed, "threads": threads})
-                    print(f"seed {seed}  threads {threads}  {row['model']:<18} retain {row['retain']:.3f}  V {row['V']:.3f}", flush=True)
+                    extra = "".join(f"  {k} {v:.3f}" for k, v in row.items() if k.startswith("attacked_"))
+                    print(f"seed {seed}  threads {threads}  {row['model']:<18} retain {row['retain']:.3f}  V {row['V']:.3f}{extra}",
+                          flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({
             "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
