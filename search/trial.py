@@ -16,8 +16,8 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 from search import archive, cache, tables, verify
 from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text, family_worst
