@@ -247,3 +247,27 @@ def test_repnoise_and_lat_run_on_real_architectures(arch):
         value.backward()
         assert torch.isfinite(value) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
         model.zero_grad()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_hidden_states_without_the_vocabulary_projection_are_the_full_forwards(arch):
+    """The losses that read hidden states only (circuit breakers, random mapping, TAR's retain
+    distance) skip the head on all but one position; the states are the full forward's, bit
+    for bit, and their gradients too."""
+    from trainables.methods._shared import hidden_states
+
+    common = dict(vocab_size=15, num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                  num_attention_heads=2, num_key_value_heads=2, head_dim=16, max_position_embeddings=16)
+    cfg = AutoConfig.for_model("gpt2", vocab_size=15, n_layer=2, n_embd=32, n_head=2, n_positions=16) \
+        if arch == "gpt2" else AutoConfig.for_model(arch, **common)
+    model = AutoModelForCausalLM.from_config(cfg).eval()  # GPT-2's default dropout would differ per call
+    f, _, _, _ = _batches(3)
+    full = model(input_ids=f, output_hidden_states=True)
+    assert full.logits.shape[1] == f.shape[1]
+    lean = hidden_states(model, f)
+    assert len(lean) == len(full.hidden_states) == 3
+    for a, b in zip(lean, full.hidden_states):
+        assert torch.equal(a, b)
+    grads = [torch.autograd.grad(sum(h.square().sum() for h in hs[1:]), model.get_input_embeddings().weight)[0]
+             for hs in (lean, model(input_ids=f, output_hidden_states=True).hidden_states)]
+    assert torch.equal(*grads)

@@ -47,6 +47,7 @@ from pydantic import Field, model_validator
 
 from trainables import compute, data, loop, memory, models, settings
 from trainables import defence_spec
+from trainables.methods._shared import hidden_states
 from trainables.strict import Strict
 from trainables.unlearn import Spec  # TAR's stage spec is the unlearning stage's (method: tar)
 
@@ -184,8 +185,8 @@ def retain_loss(net: torch.nn.Module, reference: torch.nn.Module, batch: torch.T
     distance between the hidden states of ``net`` and of the frozen ``reference``."""
     out = net(input_ids=batch, output_hidden_states=True)
     with torch.no_grad():
-        ref = reference(input_ids=batch, output_hidden_states=True)
-    dist = torch.stack([(h.float() - r.float()).norm(dim=-1).mean() for h, r in zip(out.hidden_states, ref.hidden_states)])
+        ref = hidden_states(reference, batch)
+    dist = torch.stack([(h.float() - r.float()).norm(dim=-1).mean() for h, r in zip(out.hidden_states, ref)])
     return setting.answer_loss(out.logits, batch) + dist.mean()
 
 

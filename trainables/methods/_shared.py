@@ -19,6 +19,13 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return freeze(copy.deepcopy(unwrap(model)))
 
 
+def hidden_states(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every layer's hidden states (the embeddings' first) for a loss that reads no logits: the
+    vocabulary projection runs on the last position only (``logits_to_keep=1``), not on every
+    one; at a 128 k vocabulary it is the largest matrix product of a small model's forward."""
+    return model(input_ids=tokens, output_hidden_states=True, logits_to_keep=1).hidden_states
+
+
 def no_setup(model, params, seed):
     return None
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from trainables.methods._shared import all_parameters as trainable  # noqa: F401
-from trainables.methods._shared import frozen_copy
+from trainables.methods._shared import frozen_copy, hidden_states
 from trainables.settings import Setting
 from trainables.strict import Strict
 
@@ -67,8 +67,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def hidden(model, tokens: torch.Tensor, setting: Setting) -> list[torch.Tensor]:
     """Every decoder layer's output at the answer positions, (B, A, d) each."""
-    states = model(input_ids=tokens, output_hidden_states=True).hidden_states[1:]
-    return [setting.answer_logits(h).float() for h in states]
+    return [setting.answer_logits(h).float() for h in hidden_states(model, tokens)[1:]]
 
 
 def target_layers(layers: list[int] | None, n: int) -> list[int]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from trainables.methods._shared import all_parameters as trainable  # noqa: F401
-from trainables.methods._shared import unwrap
+from trainables.methods._shared import hidden_states, unwrap
 from trainables.strict import Strict
 
 CITATION = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), random mapping"
@@ -59,7 +59,6 @@ def setup(model: torch.nn.Module, params: Params, seed: int) -> dict:
 
 def loss(model, forget: torch.Tensor, retain: torch.Tensor, params: Params, setting: ModuleType, state: dict) -> torch.Tensor:
     """The cosine term on the forget batch's answer positions plus λ·CE(retain)."""
-    out = model(input_ids=forget, output_hidden_states=True)
-    hidden = [setting.answer_logits(h) for h in out.hidden_states[1:]]  # same slice as the logits
+    hidden = [setting.answer_logits(h) for h in hidden_states(model, forget)[1:]]  # same slice as the logits
     targets = state["table"][setting.answer_logits(forget)]
     return cosine_loss(hidden, targets) + params.lam * setting.answer_loss(model(input_ids=retain).logits, retain)
