@@ -26,7 +26,7 @@ from search.tracking import TrackingConfig
 from search.verify import VerifyConfig, attacker
 from spaces import points
 from spaces.dims import MAX_COUNT, Choice, grid_size
-from trainables import settings
+from trainables import architectures, settings
 from trainables.settings import SettingConfig
 from trainables.sources import missing
 from trainables.defenders import DEFENDERS, DefenderConfig
@@ -123,6 +123,10 @@ class ExperimentConfig(Strict):
             if self.pretrain.reference is None:
                 raise ValueError("pretrain.reference: required to train a fresh model (or set model.pretrained)")
         settings.for_model(self.setting, m)  # completes it in place (wmdp: the tokenizer)
+        layers = (m.n_layer, "model.n_layer") if not m.pretrained else \
+            (architectures.decoder_layers_of(m.pretrained), f"{m.pretrained}'s config")
+        if layers[0] is not None:  # a hub id this machine has no config of is checked when it loads
+            self.defender.check_layers(*layers)
         if self.search.sampler == "grid":
             self._check_grid()
         fit_families(self.attack, self, "attack.")

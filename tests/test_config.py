@@ -206,6 +206,14 @@ BAD_INPUTS = [
     (None, ["attack.pruner=hyperband"], "attack.pruner"),
     (None, ["setting.report_fraction=1.5"], "setting.report_fraction"),
     (None, ["attack.prior=9"], "attack.prior"),
+    (None, ["defender.method=rmu", "defender.params.layer=2"],
+     "defender.params.layer: 2 is not among the model's 2 decoder layers (model.n_layer"),
+    (None, ["defender.method=circuit_breakers", "defender.params.layers=[0, -3]"],
+     "defender.params.layers: -3 is not among the model's 2 decoder layers"),
+    (None, ["defender.method=circuit_breakers", "defender.params.layers=[]"], "defender.params.layers: an empty list"),
+    (None, ["defender.method=[rmu, lat]", "defender.params.lat.layer=-3"], "defender.params.lat.layer: -3 is not among"),
+    (None, ["defender.method=lat", "defender.safeguard.method=rmu", "defender.safeguard.params.layer=4"],
+     "defender.safeguard.params.layer: 4 is not among"),
     (None, ["search.trials=[1"], "--set search.trials:1:3: not valid YAML"),
     ("experiment: x\nseed: 1\nseed: 2\n", [], ":3:1: not valid YAML: duplicated key 'seed'"),
     ("attack:\n  budget: 4\nattack:\n  budget: 8\n", [], "duplicated key 'attack'"),
@@ -291,3 +299,24 @@ def test_storage_or_cache_that_cannot_be_written_exits_2_before_any_work(tmp_pat
     base = [] if args[0] == "--storage" else ["--storage", str(tmp_path / "results")]
     _one_line_error(*_cli(capsys, *base, *args), needle)
     assert not (tmp_path / "results").exists() or list((tmp_path / "results").iterdir()) == []
+
+
+def test_layer_indices_are_checked_against_the_models_layers_wherever_they_are_known(tmp_path):
+    """A fresh model's ``n_layer``, a known paper model's shape and a local checkpoint's
+    ``config.json`` give the layer count when the config loads; a hub id this machine has no
+    config of is left to the stage (no download to validate a config)."""
+    from trainables.architectures import decoder_layers_of
+
+    assert decoder_layers_of("meta-llama/Meta-Llama-3-8B-Instruct") == 32
+    assert decoder_layers_of("google/gemma-2-2b") == 26
+    assert decoder_layers_of("someone/unknown-model") is None
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text('{"model_type": "gpt2", "n_layer": 3}')
+    (tmp_path / "llava").mkdir()
+    (tmp_path / "llava" / "config.json").write_text('{"text_config": {"num_hidden_layers": 5}}')
+    assert decoder_layers_of(str(tmp_path / "gpt2")) == 3
+    assert decoder_layers_of(str(tmp_path / "llava")) == 5
+    config.load(None, ["defender.method=rmu", "defender.params.layer=-2"])  # both layers of two: fine
+    config.load(None, ["model.n_layer=3", "defender.method=rmu", "defender.params.layer=2"])
+    with pytest.raises(config.ConfigError, match="defender.params.layer: 3 is not among the model's 3 decoder layers"):
+        config.load(None, ["model.n_layer=3", "defender.method=rmu", "defender.params.layer=3"])

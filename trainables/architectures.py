@@ -7,6 +7,9 @@ local path ending in the model's name) to its entry.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -55,3 +58,24 @@ def config(name: str):
 def for_pretrained(path_or_id: str) -> str | None:
     """The entry whose shapes a hub id or local path has (by its last path part), or None."""
     return HUB_NAMES.get(str(path_or_id).rstrip("/").split("/")[-1].lower())
+
+
+# where a config.json gives its decoder layer count, by architecture family
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def decoder_layers_of(pretrained: str) -> int | None:
+    """Decoder layers of a pretrained model, when known without a download: a known paper
+    model's (by name), else a local folder's ``config.json``; None for any other hub id."""
+    known = for_pretrained(pretrained)
+    if known:
+        return ARCHITECTURES[known]["num_hidden_layers"]
+    path = Path(os.path.expanduser(pretrained)) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # the loader reports an unreadable checkpoint, with its own message
+    fields = fields.get("text_config", fields)  # multimodal wrappers keep the decoder's shape apart
+    return next((fields[k] for k in LAYER_COUNT_KEYS if isinstance(fields.get(k), int)), None)

@@ -179,6 +179,28 @@ class DefenderConfig(Strict):
             raise ValueError(f"{where}.subsample: can reach {sub[1]} while inner_steps can be {inner[0]}; "
                              "TAR needs subsample <= inner_steps everywhere in the searched box")
 
+    def check_layers(self, n: int, source: str) -> None:
+        """Every layer index a selected method (or the safeguard) will use, fixed or default
+        (its module's ``LAYER_FIELDS``), names one of the model's ``n`` decoder layers
+        (``source``: where ``n`` comes from, for the message)."""
+        where = {m: "params" if len(self.methods) == 1 else f"params.{m}" for m in self.methods}
+        tables = [(m, self.method_params(m), f"defender.{where[m]}") for m in self.methods]
+        if self.safeguard is not None:
+            tables.append((self.safeguard.method, self.safeguard.params, "defender.safeguard.params"))
+        for method, fixed, at in tables:
+            module = DEFENDERS[method]
+            hyper = module.Params(**{k: v for k, v in fixed.items() if k in module.Params.model_fields})
+            for field in getattr(module, "LAYER_FIELDS", ()):
+                value = getattr(hyper, field)
+                bad = [i for i in ([] if value is None else value if isinstance(value, list) else [value])
+                       if not -n <= i < n]
+                given = "" if field in fixed else f" (the default of {method})"
+                if value == []:
+                    raise ValueError(f"{at}.{field}: an empty list names no layer (leave it out: every layer)")
+                if bad:
+                    raise ValueError(f"{at}.{field}: {bad[0]}{given} is not among the model's {n} decoder layers "
+                                     f"({source}; negative indices count from the last)")
+
     def safeguard_for(self, method: str) -> SafeguardConfig | None:
         """The safeguard ``method`` trains on: the configured one, else the method's default
         (TAR's random mapping), else None (it unlearns the reference)."""

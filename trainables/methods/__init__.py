@@ -13,6 +13,9 @@ A method module provides
 and optionally
   memory(model, params) -> dict             what it adds to the memory estimate (frozen copies,
                                             a loss on hidden states: trainables/memory.Work fields)
+  LAYER_FIELDS = ("layer",)                 its Params fields that index decoder layers (an int or a
+                                            list; negative from the last): a fixed value outside the
+                                            model's layers is refused when the config loads
   STEPS_AWARE = True                        its loss takes ``step`` and ``steps`` keywords (a
                                             coefficient schedule over the run)
 """

@@ -33,6 +33,7 @@ LOSS = (
     "h_orig(r)‖₂ over every layer; h at the answer positions, h_orig frozen, t of T steps"
 )
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
+LAYER_FIELDS = ("layers",)  # checked against the model's decoder layers when the config loads
 STEPS_AWARE = True  # the loss takes step and steps: its coefficients follow the run's progress
 
 

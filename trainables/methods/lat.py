@@ -43,6 +43,7 @@ LOSS = (
     "in the ℓ2 ball ε"
 )
 DEFAULT_LOOP = {"lr": 1e-3, "steps": 150}
+LAYER_FIELDS = ("layer",)  # checked against the model's decoder layers when the config loads
 
 
 class Params(Strict):

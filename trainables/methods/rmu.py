@@ -29,6 +29,7 @@ LOSS = (
     "layers ℓ−2…ℓ train"
 )
 DEFAULT_LOOP = {"lr": 1e-2, "steps": 300}
+LAYER_FIELDS = ("layer",)  # checked against the model's decoder layers when the config loads
 
 # Where decoder layers live, and the MLP output projection inside each, per architecture family.
 LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
