@@ -170,3 +170,23 @@ def test_the_methods_table_is_what_the_method_and_space_files_say():
 
     assert (ROOT / "docs" / "methods.md").read_text() == methods_table.page(), \
         "regenerate: .venv/bin/python -m trainables.methods_table > docs/methods.md"
+
+
+def test_the_benchmark_tables_are_what_their_result_files_say():
+    """Every table block in docs/ is generated from the committed JSON it names
+    (``python bench/docs_tables.py``), and every page's benchmark tables are such blocks."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "bench" / "docs_tables.py")
+    docs_tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(docs_tables)
+    blocks = 0
+    for page in docs_tables.pages():
+        text = page.read_text()
+        assert docs_tables.render(text) == text, f"{page.name}: regenerate with .venv/bin/python bench/docs_tables.py"
+        for _, kind, file, _, _ in docs_tables.BLOCK.findall(text):
+            assert (ROOT / file).is_file() and kind in docs_tables.TABLES
+            blocks += 1
+    assert blocks >= 5
+    changed = docs_tables.render("<!-- table: quick_cold bench/results/2026-12-07-quick-cold.json -->\n| stale |\n<!-- end table -->")
+    assert "| stale |" not in changed and "**6 min 53 s**" in changed
