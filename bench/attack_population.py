@@ -41,7 +41,7 @@ from torch.func import functional_call, vmap
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gpu_throughput import SIZES, build  # noqa: E402
-from trainables import arithmetic as A  # noqa: E402
+from trainables.settings import arithmetic as A  # noqa: E402
 from trainables import loop  # noqa: E402
 from trainables.lora import add_lora, target_modules  # noqa: E402
 from trainables.models import ModelConfig, build_model  # noqa: E402

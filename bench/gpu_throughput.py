@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainables import loop, undo, wmdp  # noqa: E402
+from trainables import loop, undo  # noqa: E402
+from trainables.settings import wmdp  # noqa: E402
 from trainables.loop import LoopConfig  # noqa: E402
 
 SIZES = {  # Llama-style: (hidden, layers, heads, intermediate); vocab 32k

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-from trainables import arithmetic  # noqa: E402
+from trainables.settings import arithmetic  # noqa: E402
 from trainables.methods import circuit_breakers as cb  # noqa: E402
 from trainables.methods._shared import frozen_copy  # noqa: E402
 

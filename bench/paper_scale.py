@@ -32,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainables import architectures, lora, loop, memory, models, tar, undo, wmdp  # noqa: E402
+from trainables import architectures, lora, loop, memory, models, tar, undo  # noqa: E402
+from trainables.settings import wmdp  # noqa: E402
 from trainables.loop import LoopConfig  # noqa: E402
 from trainables.methods import rmu  # noqa: E402
 

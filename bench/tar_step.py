@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from trainables import arithmetic as A  # noqa: E402
+from trainables.settings import arithmetic as A  # noqa: E402
 from trainables import data, loop, models, tar  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from trainables import arithmetic as A
+from trainables.settings import arithmetic as A
 from trainables.models import ModelConfig, build_model
 
 

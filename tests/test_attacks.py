@@ -12,7 +12,7 @@ from search.runner import Runner, run_stage
 from search.trial import Context, pretrained
 from spaces import BATTERIES
 from spaces.batteries.undo_relearn import UNDO_LRS
-from trainables import arithmetic as A
+from trainables.settings import arithmetic as A
 from trainables import attack, data, lora, loop, models
 
 

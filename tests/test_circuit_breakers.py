@@ -5,7 +5,7 @@ the target layers."""
 import pytest
 import torch
 
-from trainables import arithmetic as A
+from trainables.settings import arithmetic as A
 from trainables.loop import LoopConfig, train
 from trainables.methods import circuit_breakers as cb
 from trainables.models import ModelConfig, build_model

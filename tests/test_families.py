@@ -13,7 +13,7 @@ from search.families import needs_context, training_free
 from search.runner import Runner
 from search.trial import Context, pretrained, score_columns
 from tests.conftest import TINY
-from trainables import arithmetic as A
+from trainables.settings import arithmetic as A
 from trainables import models
 from trainables.families import FAMILIES, quantize, prune
 from trainables.families._base import calibration_rows
@@ -454,7 +454,7 @@ def test_a_context_before_padded_questions_scores_as_the_joined_sequence_questio
     question scored alone on [context, question] without padding; a context given as token ids
     and the same tokens given as input embeddings give the same logits."""
     from tests import wmdp_fixtures as F
-    from trainables import wmdp
+    from trainables.settings import wmdp
     from trainables.families._context import Prepended
 
     d = wmdp.build(wmdp.Config(**F.setting(wmdp_paths)))
@@ -496,7 +496,7 @@ def test_a_context_before_padded_questions_scores_as_the_joined_sequence_questio
 
 def test_few_shot_contexts_hold_exactly_k_examples_all_from_T_and_fit_a_model_s_positions(wmdp_paths):
     from tests import wmdp_fixtures as F
-    from trainables import wmdp
+    from trainables.settings import wmdp
     from trainables.families import few_shot
 
     d = wmdp.build(wmdp.Config(**F.setting(wmdp_paths)))

@@ -52,7 +52,7 @@ def test_no_layer_imports_one_above_it():
 
 
 def test_search_and_analysis_name_no_setting_method_or_family():
-    plugins = ("trainables.arithmetic", "trainables.wmdp", "trainables.methods.", "trainables.families.")
+    plugins = ("trainables.settings.", "trainables.methods.", "trainables.families.")
     for module, imported in _imports().items():
         if module.startswith(("search", "analysis")):
             named = {t for t in imported if t.startswith(plugins) and not t.split(".")[-1].startswith("_")}

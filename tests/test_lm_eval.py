@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from tests import wmdp_fixtures as F
-from trainables import models, wmdp
+from trainables import models
+from trainables.settings import wmdp
 
 lm_eval = pytest.importorskip("lm_eval")  # a test dependency (pyproject's [test] extra)
 

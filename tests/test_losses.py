@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from trainables import arithmetic as A
+from trainables.settings import arithmetic as A
 from trainables.methods import METHODS, graddiff
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from trainables.defenders import DEFENDER_SPACES
-from trainables import arithmetic as A
+from trainables.settings import arithmetic as A
 from trainables.loop import LoopConfig, train
 from trainables.defenders import DEFENDERS, STAGE
 from trainables.methods import METHODS, gradascent, lat, maxent, npo, repnoise, rmu

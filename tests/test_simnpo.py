@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trainables import arithmetic as A
-from trainables import wmdp
+from trainables.settings import arithmetic as A
+from trainables.settings import wmdp
 from trainables.methods import simnpo
 
 

@@ -58,7 +58,7 @@ def test_a_spec_that_breaks_its_contract_fails_before_anything_is_written(tiny_c
 
 
 def test_attack_trains_on_T_only_and_is_scored_on_V(tiny_cfg, tmp_path, monkeypatch):
-    from trainables import arithmetic
+    from trainables.settings import arithmetic
 
     runner = Runner(tmp_path / "cache", executor="local")
     ref = run_stage(runner, "pretrain", pretrain_spec(tiny_cfg, "pure"))
@@ -85,7 +85,7 @@ def test_failed_stage_leaves_no_cache_entry(tiny_cfg, tmp_path, monkeypatch):
 
 
 def test_llama_style_model_builds_saves_and_loads_by_path(tmp_path):
-    from trainables import arithmetic
+    from trainables.settings import arithmetic
     from trainables.models import ModelConfig, build_model, load_model, save_model
 
     cfg = ModelConfig(arch="llama", d_model=32, n_layer=1, n_head=2)

@@ -13,7 +13,7 @@ from search import config, tables
 from search.trial import Context, baseline, defender, pretrained, suppress, unlearn_spec
 from search.runner import Runner, run_stage
 from trainables.defenders import DEFENDER_SPACES
-from trainables import arithmetic as A
+from trainables.settings import arithmetic as A
 from trainables import models, tar
 from trainables.methods import METHODS, random_mapping
 

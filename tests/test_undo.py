@@ -9,7 +9,7 @@ import torch
 from search import config, tables
 from search.runner import Runner, run_stage
 from search.trial import Context, baseline, decode, defender, common_spec, pretrained, suppress
-from trainables import arithmetic as A
+from trainables.settings import arithmetic as A
 from trainables import loop, models, undo
 
 

@@ -16,7 +16,8 @@ from spaces.attacks import PRIORS as FAMILY_PRIORS
 from search.runner import Runner, run_stage
 from search.trial import Context, common_spec, pretrained, suppress, unlearn_spec
 from tests import wmdp_fixtures as F
-from trainables import models, wmdp
+from trainables import models
+from trainables.settings import wmdp
 
 ARCHS = ("gpt2", "llama", "gemma2")
 
@@ -190,7 +191,7 @@ def test_every_method_takes_a_step_on_padded_wmdp_rows(wmdp_paths):
 
     d = _data(wmdp_paths, seq_len=64)
     setting = wmdp.bind(wmdp.Config(**F.setting(wmdp_paths)), d)
-    assert isinstance(setting, Setting) and isinstance(__import__("trainables.arithmetic").arithmetic, Setting)
+    assert isinstance(setting, Setting) and isinstance(__import__("trainables.settings.arithmetic").settings.arithmetic, Setting)
     forget, retain = d.forget_T[:4], d.retain_train[:4]  # T's question rows are padded
     mask = setting.answer_mask(forget)
     assert mask.shape == setting.answer_targets(forget).shape and not mask.all() and mask.any()
@@ -287,3 +288,17 @@ def test_wmdp_search_through_run_py(wmdp_paths, tmp_path):
     assert kinds == ["reference"]  # no pure model given: no pure baseline
     assert all(r["status"] == "ok" and r["setting"] == "wmdp" for r in trials)
     assert sum(r["kind"] == "defender" for r in trials) == 2
+
+
+def test_every_setting_is_discovered_and_satisfies_the_protocol():
+    """A setting is one module of ``trainables/settings/``, named by its module: its ``Config``'s
+    literal ``name`` is that name, and the module (or what its ``bind`` returns) has every
+    function of the ``Setting`` protocol."""
+    import typing
+
+    from trainables.settings import SETTINGS, Setting
+
+    assert set(SETTINGS) == {"arithmetic", "wmdp"}
+    for name, module in SETTINGS.items():
+        assert typing.get_args(module.Config.model_fields["name"].annotation) == (name,)
+        assert callable(module.build) and (isinstance(module, Setting) or hasattr(module, "bind")), name

@@ -1,4 +1,6 @@
-"""Registry of settings: a setting names its data, its loss on a batch and its scores.
+"""Registry of settings, discovered: every module of this package (but ``_``-prefixed helpers) is
+one setting, named by its module (``setting.name``); adding a setting is adding its file here.
+A setting names its data, its loss on a batch and its scores.
 
 A setting module provides ``Config`` (pydantic, with a literal ``name``), ``build(cfg) -> data``
 (with ``retain_train``, ``forget_T``, ``forget_all`` token tensors of one width ``seq_len``, and
@@ -13,13 +15,14 @@ its ``bind`` returned. The experiment config's ``setting:`` section is any regis
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from types import ModuleType
 from typing import Annotated, Any, Protocol, Union, runtime_checkable
 
 import torch
 from pydantic import Field
 
-from trainables import arithmetic, wmdp
 
 
 @runtime_checkable
@@ -45,7 +48,10 @@ class Setting(Protocol):
     def vocab_size(self, data: Any) -> int:
         """The model's vocabulary size for this data."""
 
-SETTINGS: dict[str, ModuleType] = {"arithmetic": arithmetic, "wmdp": wmdp}
+SETTINGS: dict[str, ModuleType] = {
+    name: importlib.import_module(f"{__name__}.{name}")
+    for _, name, _ in sorted(pkgutil.iter_modules(__path__)) if not name.startswith("_")
+}
 # the config section: one of the settings' Configs, by its literal ``name``
 SettingConfig = Annotated[Union[tuple(m.Config for m in SETTINGS.values())], Field(discriminator="name")]
 DEFAULT = "arithmetic"  # the built-in setting (the quick experiment's)
