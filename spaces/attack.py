@@ -1,5 +1,6 @@
 """The fine-tuning attacker's search space (full or LoRA, optimizer, schedule, learning rate,
-steps, batch size, data, number of examples, a training-free family composed after it), and
+steps, batch size, data, number of examples; the training-free family composed after it,
+``then``, is added by ``spaces/attacks/``), and
 LoRA's own dimensions, drawn only for LoRA attacks.
 
 Ranges are the arithmetic setting's: its models pre-train at lr 3e-3, batch 64, and T holds 400
@@ -18,9 +19,10 @@ SPACE = {
     "batch_size": Int(16, 128, log=True),
     "data": Choice(("forget", "retain_forget", "mix", "benign")),
     "n_examples": Int(16, 400, log=True),
-    # a training-free family applied to the fine-tuned model before it is scored (the attacker
-    # fine-tunes, then deploys quantized or pruned); its dimensions (spaces/attacks/) drawn for it
-    "then": Choice(("none", "quantize", "prune", "ablate")),  # the training-free families
+    # "then": a training-free family applied to the fine-tuned model before it is scored (the
+    # attacker fine-tunes, then deploys quantized or pruned), its dimensions (spaces/attacks/)
+    # drawn for it: the choices are the families whose space says AFTER_FINETUNE, added by
+    # spaces/attacks/__init__.py
 }
 LORA_SPACE = {
     "lora_r": Int(2, 32, log=True),

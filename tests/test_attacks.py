@@ -295,3 +295,19 @@ def test_trial_attacked_score_is_the_maximum_over_search_and_battery_in_the_tabl
         and c["metric"] == "forget_acc_rep" and c["step"] == best["best_step"]]
     assert len(seeds) == 2 and row["forget_acc_attacked"] == pytest.approx(sum(seeds) / 2)
     assert row["forget_acc_attacked_lo"] <= row["forget_acc_attacked"] <= row["forget_acc_attacked_hi"]
+
+
+def test_the_then_choices_are_the_families_that_say_they_follow_a_fine_tune():
+    """``then`` is not a list to keep in step: a family's space declares ``AFTER_FINETUNE`` and
+    joins the fine-tune's choices in its declared order; each such family trains nothing, changes
+    the model it is handed (no context before the question) and has the ``applied`` transform
+    that the fine-tune's scorer runs."""
+    from spaces import ATTACK_SPACE
+    from spaces.attacks import THEN
+    from trainables.families import FAMILIES
+
+    assert ATTACK_SPACE["then"].values == ("none", *THEN) == ("none", "quantize", "prune", "ablate")
+    for name in THEN:
+        family = FAMILIES[name]
+        assert getattr(family, "TRAINING_FREE", False) and not getattr(family, "CONTEXT", False), name
+        assert callable(family.applied), name

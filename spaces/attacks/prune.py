@@ -6,6 +6,9 @@ would use for speed."""
 
 from spaces.dims import Choice, Float
 
+# May follow a fine-tune (``then: <family>``, spaces/attacks/__init__.py); 2: its place among the
+# ``then`` choices after ``none`` (the order Optuna indexes them by: fixed, so a seed keeps its draws).
+AFTER_FINETUNE = 2
 SPACE = {
     "prune_score": Choice(("magnitude", "wanda", "importance")),
     "prune_structure": Choice(("unstructured", "neuron")),
