@@ -30,8 +30,8 @@ def machine(d: dict) -> str:
     m = d.get("machine") or d.get("meta", {})
     if isinstance(m, str):
         return m.split(", Linux")[0]
-    cpus = m.get("cpus")
-    return f"{m.get('processor', '?')}, {cpus} CPUs" if cpus else str(m.get("processor") or m.get("node"))
+    cpus, kind = m.get("cpus"), m.get("processor") or m.get("platform", "?").split("-with")[0]
+    return f"{kind}, {cpus} CPUs" if cpus else str(kind or m.get("node"))
 
 
 def date(d: dict) -> str:
@@ -97,6 +97,17 @@ def attack_overhead(d: dict) -> list[str]:
                   "median", "max"], rows)
 
 
+def reverify(d: dict) -> list[str]:
+    """Front models verified again by this checkout's verification attacker, against their grids."""
+    rows = [[r["results"].rstrip("/").split("/")[-1], r["trial_id"], f"{r['search_time']:.3f}",
+             f"{r['old_verified']:.3f}", f"{r['new_verified']:.3f}", f"{r['reported']:.3f}",
+             f"{r['grid']:.3f} ± {r['grid_half_width']:.3f}", "yes" if r["holds"] else "**no**",
+             f"{r['new_verify_flops']:.2e}"] for r in d["rows"]]
+    held = sum(r["holds"] for r in d["rows"])
+    return [*table(["experiment", "trial", "search-time", "verified before", "verified now", "reported",
+                    "grid ± half-width", "holds", "verification FLOPs"], rows), "", f"{held} of {len(d['rows'])} hold."]
+
+
 def hidden_loss_cost(d: dict) -> list[str]:
     """A circuit-breakers step with logits on every position against hidden states only."""
     rows = [[r["vocab"], f"{r['ms_per_step_logits_everywhere']:.1f} ms", f"{r['ms_per_step_hidden_states']:.1f} ms",
@@ -106,15 +117,25 @@ def hidden_loss_cost(d: dict) -> list[str]:
 
 TABLES: dict[str, Callable[[dict], list[str]]] = {
     "quick_cold": quick_cold, "front_check": front_check, "attack_families": attack_families,
-    "attack_overhead": attack_overhead, "hidden_loss_cost": hidden_loss_cost,
+    "attack_overhead": attack_overhead, "hidden_loss_cost": hidden_loss_cost, "reverify": reverify,
 }
+
+
+def load(pattern: str) -> dict:
+    """A result file, or the files a glob names as one: their rows in file order, the first's
+    date and machine."""
+    files = sorted(ROOT.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no result file {pattern}")
+    ds = [json.loads(f.read_text()) for f in files]
+    return ds[0] if len(ds) == 1 else {**ds[0], "rows": [r for d in ds for r in d["rows"]]}
 
 
 def block(kind: str, file: str) -> str:
     """A block's generated body: the table, then where and when it ran."""
     if kind not in TABLES:
         raise ValueError(f"unknown table kind {kind!r} (known: {', '.join(TABLES)})")
-    d = json.loads((ROOT / file).read_text())
+    d = load(file)
     lines = TABLES[kind](d)
     return "\n".join([*lines, "", f"*{date(d)}, {machine(d)}; `{file}`*"]) + "\n"
 

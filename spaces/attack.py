@@ -42,14 +42,16 @@ LORA_DEFAULTS = {"lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "lora_tar
 # relearning protocol) and forget data alone. Numeric values are quantiles of the configured
 # range (spaces.dims.At), so the prior follows a setting's bounds.
 #
-# The order is what a brute-force grid (bench/front_check.py: full AdamW and LoRA r 16, α 32 ×
-# five rates × both data modes, 400 steps) found strongest against 13 quick-run front models:
+# The order is what brute-force grids (bench/front_check.py: full AdamW and LoRA r 16, α 32 ×
+# five rates × both data modes, 400 steps) found strongest against quick-run front models:
 # full at the middle rate (1e-3 on arithmetic) on the mix, then on forget data (the strongest
-# full attacks of the robust models); LoRA at the upper rate (3e-3; LoRA wants about 3× full's
-# rate) — the grid's strongest for 4 of 13; LoRA at the lower rate (3e-4) on the mix — the
-# strongest for the 3 barely-unlearned models (2 of them on the mix: the two front models that a
-# verification with this point on forget data left short of the grid), which give their facts
-# back to a gentle rate and are overshot by a high one; then full at the lower and the upper rate. A run-count budget (the search's
+# full attacks of the robust models); LoRA at the middle rate on the mix — the strongest for 3
+# of 9 front models of the fused-GELU quick runs (2 on the mix; 2026-12-07,
+# bench/results/2026-12-07-front_check-all-s012.json), the two that verification left short of
+# the grid among them; LoRA at the upper rate (3e-3) — the strongest for 4 of 13 earlier models,
+# none of the 9; LoRA at the lower rate (3e-4) on the mix — the strongest for the earlier
+# barely-unlearned models, which give their facts back to a gentle rate and are overshot by a
+# high one; then full at the lower and the upper rate. A run-count budget (the search's
 # ``attack.prior``) takes the first points; a FLOPs budget (the verification attacker's) reaches
 # the later ones when the first stop past their peak (``attack.past_peak``).
 _FULL_ADAMW = {"kind": "full", "optimizer": "adamw", "schedule": "constant",
@@ -58,6 +60,7 @@ _LORA_ADAMW = {**_FULL_ADAMW, "kind": "lora", "lora_r": 16, "lora_alpha": 32.0, 
 PRIOR = [
     {**_FULL_ADAMW, "data": "mix", "lr": At(0.5)},
     {**_FULL_ADAMW, "data": "forget", "lr": At(0.5)},
+    {**_LORA_ADAMW, "data": "mix", "lr": At(0.5)},
     {**_LORA_ADAMW, "data": "mix", "lr": At(0.75)},
     {**_LORA_ADAMW, "data": "mix", "lr": At(0.25)},
     {**_FULL_ADAMW, "data": "mix", "lr": At(0.25)},

@@ -186,15 +186,16 @@ def test_archive_transfer_second_models_first_attacks_are_the_first_models_stron
 def test_prior_comes_first_and_follows_the_configured_bounds(tmp_path):
     cfg = _cfg(tmp_path, params={}, space={"lr": [1e-5, 1e-3], "steps": [10, 50]}, prior=3, archive=0)
     first, second, third = informed_start(cfg, None, "k")
-    # full at the log middle rate on both data modes, then LoRA r 16 at 3/4, at the longest attack
+    # full at the log middle rate on both data modes, then LoRA r 16 at that rate on the mix,
+    # at the longest attack
     assert [p["data"] for p in (first, second, third)] == ["mix", "forget", "mix"]
-    assert first["lr"] == second["lr"] == pytest.approx(1e-4) and third["lr"] == pytest.approx(10 ** -3.5)
+    assert first["lr"] == second["lr"] == third["lr"] == pytest.approx(1e-4)
     assert first["steps"] == second["steps"] == third["steps"] == 50 and first["kind"] == "full"
     assert not any(k.startswith("lora_") for k in first)  # LoRA's dimensions only for LoRA points
     assert third["kind"] == "lora" and (third["lora_r"], third["lora_alpha"], third["lora_targets"]) == (16, 32.0, "all")
-    # a config that fixes the kind keeps the rates and data modes of every point; LoRA's point at
-    # the lower rate on the mix becomes full's at that rate and data, which is tried once
-    full = _cfg(tmp_path, params={"kind": "full"}, space={"lr": [1e-5, 1e-3], "steps": [10, 50]}, prior=6, archive=0)
+    # a config that fixes the kind keeps the rates and data modes of every point; LoRA's points on
+    # the mix become full's at those rates and data, each tried once
+    full = _cfg(tmp_path, params={"kind": "full"}, space={"lr": [1e-5, 1e-3], "steps": [10, 50]}, prior=7, archive=0)
     points = informed_start(full, None, "k")
     assert not any("kind" in p or any(k.startswith("lora_") for k in p) for p in points)
     assert [(p["data"], round(math.log10(p["lr"]), 2)) for p in points] == [
