@@ -147,11 +147,9 @@ class DefenderConfig(Strict):
         if "tar" in self.methods:
             self._check_tar_box()
         for m in self.methods:
-            where = "space" if len(self.methods) == 1 else f"space.{m}"
-            check_space(points.for_method(self.space, m), DEFENDER_SPACES[m], where)
+            check_space(points.for_method(self.space, m), DEFENDER_SPACES[m], self._where("space", m))
             fixed = points.for_method(self.params, m)
-            where = "params" if len(self.methods) == 1 else f"params.{m}"
-            check_params(DEFENDERS[m].Params, fixed, self.loop.model_dump(), where)
+            check_params(DEFENDERS[m].Params, fixed, self.loop.model_dump(), self._where("params", m))
         return self
 
     def _check_tar_box(self) -> None:
@@ -179,12 +177,16 @@ class DefenderConfig(Strict):
             raise ValueError(f"{where}.subsample: can reach {sub[1]} while inner_steps can be {inner[0]}; "
                              "TAR needs subsample <= inner_steps everywhere in the searched box")
 
+    def _where(self, field: str, method: str) -> str:
+        """How a message names ``field`` for ``method``: ``params``, or ``params.rmu`` when
+        several methods are selected."""
+        return field if len(self.methods) == 1 else f"{field}.{method}"
+
     def check_layers(self, n: int, source: str) -> None:
         """Every layer index a selected method (or the safeguard) will use, fixed or default
         (its module's ``LAYER_FIELDS``), names one of the model's ``n`` decoder layers
         (``source``: where ``n`` comes from, for the message)."""
-        where = {m: "params" if len(self.methods) == 1 else f"params.{m}" for m in self.methods}
-        tables = [(m, self.method_params(m), f"defender.{where[m]}") for m in self.methods]
+        tables = [(m, self.method_params(m), f"defender.{self._where('params', m)}") for m in self.methods]
         if self.safeguard is not None:
             tables.append((self.safeguard.method, self.safeguard.params, "defender.safeguard.params"))
         for method, fixed, at in tables:
