@@ -2,7 +2,8 @@
 ``trainables/families/``), discovered. A module provides ``SPACE`` (its dimensions, named
 ``<family>_<field>``: a point maps onto the family's spec by that prefix) and ``PRIOR`` (its
 informed start); optionally ``AFTER_FINETUNE`` (a rank: the family is one of the fine-tune's
-``then`` choices, which this module adds to the fine-tune's space). The fine-tune's space is ``spaces/attack.py``."""
+``then`` choices, which this module adds to the fine-tune's space in rank order — the order
+Optuna indexes them by, fixed so that a seed keeps its draws). The fine-tune's space is ``spaces/attack.py``."""
 
 from __future__ import annotations
 

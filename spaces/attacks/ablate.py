@@ -7,9 +7,7 @@ to the last)."""
 
 from spaces.dims import Float, Int
 
-# May follow a fine-tune (``then: <family>``, spaces/attacks/__init__.py); 3: its place among the
-# ``then`` choices after ``none`` (the order Optuna indexes them by: fixed, so a seed keeps its draws).
-AFTER_FINETUNE = 3
+AFTER_FINETUNE = 3  # a `then:` choice of the fine-tune, the third after none (spaces/attacks/)
 SPACE = {
     "ablate_depth": Float(0.0, 1.0),
     "ablate_k": Int(1, 8, log=True),

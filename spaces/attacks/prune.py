@@ -6,9 +6,7 @@ would use for speed."""
 
 from spaces.dims import Choice, Float
 
-# May follow a fine-tune (``then: <family>``, spaces/attacks/__init__.py); 2: its place among the
-# ``then`` choices after ``none`` (the order Optuna indexes them by: fixed, so a seed keeps its draws).
-AFTER_FINETUNE = 2
+AFTER_FINETUNE = 2  # a `then:` choice of the fine-tune, the second after none (spaces/attacks/)
 SPACE = {
     "prune_score": Choice(("magnitude", "wanda", "importance")),
     "prune_structure": Choice(("unstructured", "neuron")),

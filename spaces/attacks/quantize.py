@@ -6,9 +6,7 @@ nearest at GPTQ/AWQ's usual group of 128, QLoRA's NF4 at its block of 64, and 8-
 
 from spaces.dims import Choice, Int
 
-# May follow a fine-tune (``then: <family>``, spaces/attacks/__init__.py); 1: its place among the
-# ``then`` choices after ``none`` (the order Optuna indexes them by: fixed, so a seed keeps its draws).
-AFTER_FINETUNE = 1
+AFTER_FINETUNE = 1  # a `then:` choice of the fine-tune, the first after none (spaces/attacks/)
 SPACE = {
     "quantize_scheme": Choice(("sym", "asym", "nf4")),
     "quantize_bits": Int(2, 8),
