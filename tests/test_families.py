@@ -285,7 +285,7 @@ def test_a_fine_tune_then_quantized_is_scored_quantized_and_its_weights_are_the_
     model = models.load(str(ref.path), {})
     a = attack.run(plain, {"model": str(ref.path)}, tmp_path, model=models.load(str(ref.path), {}))
     b = attack.run(composed, {"model": str(ref.path)}, tmp_path, model=model)
-    evals = len([s for s, k, _ in b["curve"] if k == "retain_acc"])
+    evals = len([s for s, k, _ in b["curve"] if k in ("forget_acc_sel", "retain_acc")])  # along the way; retain once
     assert evals and [b for b, _ in scored] == [2] * evals  # every evaluation, of the model quantized
     assert all(levels <= 4 for _, levels in scored)  # 2 bits per channel: at most 4 levels in a row
     assert len(a["curve"]) == len(b["curve"])
@@ -390,9 +390,10 @@ def test_steering_cancels_a_one_direction_suppression_and_changes_no_weight():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     suppressed = A.exact_match(model, facts).float().mean().item()
 
-    def score(m, _):
+    def score(m, _, retain=True, forget=True):
         acc = A.exact_match(m, facts).float().mean().item()
-        return {"retain_acc": 0.0, "forget_acc": acc, "forget_acc_sel": acc, "forget_acc_rep": acc}
+        return {**({"retain_acc": 0.0} if retain else {}),
+                **({"forget_acc": acc, "forget_acc_sel": acc, "forget_acc_rep": acc} if forget else {})}
 
     setting = SimpleNamespace(score=score, answer_loss=A.answer_loss)
     spec = steer.Spec(setting={"name": "arithmetic"}, depth=0.0, bound=2.0, lr=3e-2, steps=60, batch_size=64,
@@ -422,7 +423,7 @@ def test_no_family_feeds_a_scoring_question_to_the_model_outside_scoring(family,
     model.get_input_embeddings().register_forward_pre_hook(
         lambda m, args: fed.append(args[0][:, -A.SEQ_LEN:]) if args[0].dim() == 2 else drawn.append(args[0]))
     stub = {"retain_acc": 0.0, "forget_acc": 0.0, "forget_acc_sel": 0.0, "forget_acc_rep": 0.0}
-    monkeypatch.setattr(A, "score", lambda m, data: dict(stub))  # scoring reads V; nothing else may
+    monkeypatch.setattr(A, "score", lambda m, data, **parts: dict(stub))  # scoring reads V; nothing else may
     point = {"lr": 1e-3, "data": "mix", "steps": 4} if family == "finetune" else FAMILY_PRIORS[family][0]
     point = {**point, **{k: 4 for k in point if k == f"{family}_steps"}, "family": family}
     stage, spec = family_spec(cfg, point, 0)

@@ -32,6 +32,18 @@ def test_pretrain_unlearn_attack_and_cache(tiny_cfg, tmp_path):
     forget_curve = [v for _, k, v in atk.result["curve"] if k == "forget_acc"]
     assert m["forget_acc_max"] == max(forget_curve) and m["forget_acc_final"] == forget_curve[-1]
     assert atk.result["flops"] == 6 * atk.result["n_params"] * 6 * 64 * 11
+    # along the way V alone is scored (it alone chooses the checkpoint); retain once, at the end,
+    # and it is the full score of the model the attack leaves
+    retain = [(s, v) for s, k, v in atk.result["curve"] if k == "retain_acc"]
+    assert len(forget_curve) > 1 and retain == [(6, m["retain_acc_final"])]
+    from trainables import attack
+    from trainables.settings import arithmetic
+
+    model = models.load(str(released.path), {})
+    again = attack.run(attack_spec(tiny_cfg, {"lr": 1e-3, "steps": 6}, 0), {"model": str(released.path)}, tmp_path,
+                       model=model)
+    assert again["curve"] == atk.result["curve"]
+    assert arithmetic.score(model, arithmetic.build(tiny_cfg.setting))["retain_acc"] == m["retain_acc_final"]
 
 
 def test_stage_key_depends_on_spec_and_inputs(tiny_cfg):

@@ -211,8 +211,8 @@ def _scored_in_loop(monkeypatch, script):
         def __getattr__(self, name):
             return getattr(self.setting, name)
 
-        def score(self, model, d):
-            out = self.setting.score(model, d)
+        def score(self, model, d, **parts):
+            out = self.setting.score(model, d, **parts)
             value = script(now["lr"], now["evals"] * now["every"])
             now["evals"] += 1
             return {**out, **{k: value for k in out if k.startswith("forget_acc")}}

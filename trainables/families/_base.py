@@ -91,7 +91,8 @@ def optimised(net: torch.nn.Module, params: list[torch.Tensor], spec, setting, d
     torch.manual_seed(spec.seed)
     with frozen(net):  # the loop freezes every weight but ``params``; the caller's flags come back
         curve, wall = loop.train(net, t_loss(setting, d, spec.batch_size, gen), cfg,
-                                 eval_fn=lambda m: setting.score(m, d), params=params, stop_fn=stop_fn)
+                                 eval_fn=lambda m: setting.score(m, d, retain=False), params=params, stop_fn=stop_fn)
+    attack.retain_at_end(curve, setting.score(net, d, forget=False))
     return trained(curve, per_step, wall, sum(p.numel() for p in params), len(d.forget_T), steps < spec.steps and spec.steps)
 
 

@@ -141,7 +141,7 @@ def gcg(model: torch.nn.Module, spec: Spec, setting, d) -> dict:
     model.eval()
 
     def evaluate(at: int) -> bool:
-        metrics = setting.score(Prepended(model, prefix), d)
+        metrics = setting.score(Prepended(model, prefix), d, retain=False)
         curve.extend((at, k, float(v)) for k, v in metrics.items())
         return stop_fn is not None and stop_fn(metrics, at)
 
@@ -155,6 +155,7 @@ def gcg(model: torch.nn.Module, spec: Spec, setting, d) -> dict:
             done = i + 1
             if (done % spec.eval_every == 0 or done == steps) and evaluate(done):
                 break
+        attack.retain_at_end(curve, setting.score(Prepended(model, prefix), d, forget=False))
     model.train(was_training)
     return _base.trained(curve, per_step, time.perf_counter() - start, spec.tokens, len(d.forget_T),
                          steps < spec.steps and spec.steps)

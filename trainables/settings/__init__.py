@@ -42,8 +42,9 @@ class Setting(Protocol):
     def answer_loss(self, logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy of the counted targets: their mean, or (B, A) with 0 where not counted."""
 
-    def score(self, model: torch.nn.Module, data: Any) -> dict[str, float]:
-        """{"retain_acc", "forget_acc", ...} on the held-out questions."""
+    def score(self, model: torch.nn.Module, data: Any, retain: bool = True, forget: bool = True) -> dict[str, float]:
+        """{"retain_acc", "forget_acc", ...} on the held-out questions; ``retain=False`` leaves
+        the retain questions out, ``forget=False`` the forget ones (V, its halves V_sel / V_rep)."""
 
     def vocab_size(self, data: Any) -> int:
         """The model's vocabulary size for this data."""

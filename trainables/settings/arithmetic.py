@@ -171,11 +171,13 @@ def op_of(tokens: torch.Tensor) -> list[str]:
     return [VOCAB[int(i)] for i in tokens[:, WIDTH]]
 
 
-def score(model: torch.nn.Module, data: ArithmeticData) -> dict[str, float]:
+def score(model: torch.nn.Module, data: ArithmeticData, retain: bool = True, forget: bool = True) -> dict[str, float]:
     """retain_acc on held-out + −; forget_acc on V and on its halves V_sel / V_rep
-    (``forget_acc_sel`` / ``forget_acc_rep``); accuracy per operation (on all of V)."""
+    (``forget_acc_sel`` / ``forget_acc_rep``); accuracy per operation (on all of V). ``retain`` /
+    ``forget`` False: that part left out."""
     metrics: dict[str, float] = {}
-    for split, key in ((data.retain_eval, "retain_acc"), (data.forget_V, "forget_acc")):
+    parts = ((data.retain_eval, "retain_acc"),) * retain + ((data.forget_V, "forget_acc"),) * forget
+    for split, key in parts:
         hits = exact_match(model, split)
         if key == "forget_acc":
             metrics.update(heldout.v_metrics(hits, data.report_fraction, data.report_seed))

@@ -393,12 +393,16 @@ def accuracy(model: torch.nn.Module, qs: Questions, batch_size: int = 16) -> flo
     return (letter_predictions(model, qs, batch_size) == qs.answers).float().mean().item()
 
 
-def score(model: torch.nn.Module, data: WmdpData, batch_size: int = 16) -> dict[str, float]:
+def score(model: torch.nn.Module, data: WmdpData, batch_size: int = 16, retain: bool = True,
+          forget: bool = True) -> dict[str, float]:
     """retain_acc on the retain questions (MMLU); forget_acc on the V half of the forget
-    questions, and on V's own halves V_sel / V_rep (``forget_acc_sel`` / ``forget_acc_rep``)."""
-    hits = letter_predictions(model, data.forget_V, batch_size) == data.forget_V.answers
-    return {"retain_acc": accuracy(model, data.retain_eval, batch_size),
-            **heldout.v_metrics(hits, data.report_fraction, data.report_seed)}
+    questions, and on V's own halves V_sel / V_rep (``forget_acc_sel`` / ``forget_acc_rep``).
+    ``retain`` / ``forget`` False: that part left out."""
+    metrics = {"retain_acc": accuracy(model, data.retain_eval, batch_size)} if retain else {}
+    if forget:
+        hits = letter_predictions(model, data.forget_V, batch_size) == data.forget_V.answers
+        metrics.update(heldout.v_metrics(hits, data.report_fraction, data.report_seed))
+    return metrics
 
 
 def vocab_size(data: WmdpData) -> int:
@@ -423,5 +427,5 @@ def bind(cfg: Config, data: WmdpData) -> SimpleNamespace:
     return SimpleNamespace(
         answer_loss=loss, answer_logits=answer_logits, answer_targets=answer_targets,
         answer_mask=lambda tokens: answer_mask(tokens, data.pad_id), vocab_size=vocab_size,
-        score=lambda model, d: score(model, d, cfg.eval_batch_size),
+        score=lambda model, d, retain=True, forget=True: score(model, d, cfg.eval_batch_size, retain, forget),
     )
