@@ -4,8 +4,8 @@ grid and compare its worst case with the one the experiment reported.
 For each results folder given, the front is read from ``trials.parquet`` as the report draws it
 (ok, feasible defender trials, non-dominated in retain_acc ↑ and forget_acc_attacked ↓). Each
 front model (its released model, from the stage cache by ``model_key``) is attacked by the
-``brute_force`` battery (``spaces/batteries/brute_force.py``: full AdamW and LoRA at five learning rates ×
-forget and 50/50 forget/retain data × twice the attack space's longest attack, evaluated every
+``brute_force`` battery (``spaces/batteries/brute_force.py``: full AdamW and LoRA at 13 learning rates
+on arithmetic × forget and 50/50 forget/retain data × twice the attack space's longest attack, evaluated every
 ``attack.loop.eval_every`` steps), with seeds of its own (derived from the model, not the
 experiment, so two experiments that share a model share its grid through the stage cache). The
 grid's strongest (attack, checkpoint) is chosen on V_sel and reported on V_rep as the mean over
