@@ -45,8 +45,9 @@ class Params(Strict):
 
 
 def memory(model, params: Params) -> dict:
-    """For the memory estimate: the frozen original model."""
-    return {"frozen_copies": 1}
+    """For the memory estimate: the frozen original model; no logits kept (both terms read
+    hidden states, which ``hidden_states`` takes with the vocabulary projection on one position)."""
+    return {"frozen_copies": 1, "loss": "hidden"}
 
 
 def setup(model, params: Params, seed: int):
