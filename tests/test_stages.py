@@ -8,8 +8,9 @@ import json
 from search.runner import Runner, cache_key, canonical, run_stage
 from search.trial import common_spec, pretrain_spec, unlearn_spec
 from search.adversary import attack_spec
+from trainables import attack, models
 from trainables import data as data_mod
-from trainables import models
+from trainables.settings import arithmetic
 from tests.conftest import ROOT
 
 
@@ -36,9 +37,6 @@ def test_pretrain_unlearn_attack_and_cache(tiny_cfg, tmp_path):
     # and it is the full score of the model the attack leaves
     retain = [(s, v) for s, k, v in atk.result["curve"] if k == "retain_acc"]
     assert len(forget_curve) > 1 and retain == [(6, m["retain_acc_final"])]
-    from trainables import attack
-    from trainables.settings import arithmetic
-
     model = models.load(str(released.path), {})
     again = attack.run(attack_spec(tiny_cfg, {"lr": 1e-3, "steps": 6}, 0), {"model": str(released.path)}, tmp_path,
                        model=model)
@@ -70,8 +68,6 @@ def test_a_spec_that_breaks_its_contract_fails_before_anything_is_written(tiny_c
 
 
 def test_attack_trains_on_T_only_and_is_scored_on_V(tiny_cfg, tmp_path, monkeypatch):
-    from trainables.settings import arithmetic
-
     runner = Runner(tmp_path / "cache", executor="local")
     ref = run_stage(runner, "pretrain", pretrain_spec(tiny_cfg, "pure"))
     seen = []
@@ -97,7 +93,6 @@ def test_failed_stage_leaves_no_cache_entry(tiny_cfg, tmp_path, monkeypatch):
 
 
 def test_llama_style_model_builds_saves_and_loads_by_path(tmp_path):
-    from trainables.settings import arithmetic
     from trainables.models import ModelConfig, build_model, load_model, save_model
 
     cfg = ModelConfig(arch="llama", d_model=32, n_layer=1, n_head=2)

@@ -176,7 +176,9 @@ def score(model: torch.nn.Module, data: ArithmeticData, retain: bool = True, for
     (``forget_acc_sel`` / ``forget_acc_rep``); accuracy per operation (on all of V). ``retain`` /
     ``forget`` False: that part left out."""
     metrics: dict[str, float] = {}
-    parts = ((data.retain_eval, "retain_acc"),) * retain + ((data.forget_V, "forget_acc"),) * forget
+    parts = [(data.retain_eval, "retain_acc")] if retain else []
+    if forget:
+        parts.append((data.forget_V, "forget_acc"))
     for split, key in parts:
         hits = exact_match(model, split)
         if key == "forget_acc":
