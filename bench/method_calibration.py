@@ -34,7 +34,7 @@ def one(seed: int, methods: list[str], cache: str) -> list[dict]:
     from search import config
     from search.adversary import attack_spec
     from search.runner import Runner, run_stage
-    from search.trial import pretrain_spec, unlearn_spec
+    from search.trial import pretrain_spec, method_spec
 
     cfg = config.load(None, [f"seed={seed}"])
     run = Runner(cache, executor="local")
@@ -42,10 +42,10 @@ def one(seed: int, methods: list[str], cache: str) -> list[dict]:
     rows = [{"model": "reference", **_metrics(ref)}]
     for m in methods:
         if m != "tar":
-            rows.append({"model": m, **_metrics(run_stage(run, "unlearn", unlearn_spec(cfg, m, {}), {"model": ref}))})
+            rows.append({"model": m, **_metrics(run_stage(run, "unlearn", method_spec(cfg, m, {}), {"model": ref}))})
             continue
-        safeguard = run_stage(run, "unlearn", unlearn_spec(cfg, "random_mapping", {}), {"model": ref})
-        tarred = run_stage(run, "tar", unlearn_spec(cfg, "tar", {}), {"model": safeguard, "reference": ref})
+        safeguard = run_stage(run, "unlearn", method_spec(cfg, "random_mapping", {}), {"model": ref})
+        tarred = run_stage(run, "tar", method_spec(cfg, "tar", {}), {"model": safeguard, "reference": ref})
         spec = attack_spec(cfg, {"lr": 1e-3, "steps": 20, "eval_every": 10}, seed=1)  # the test's TAR_ATTACK
         attacked = {f"attacked_{name}": round(run_stage(run, "attack", spec, {"model": x}).result["metrics"]["forget_acc_max"], 3)
                     for name, x in (("safeguard", safeguard), ("tar", tarred))}

@@ -29,6 +29,7 @@ from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
 from search.runner import Runner, run_stage  # noqa: E402
 from search.trial import Context, baseline, common_spec, pretrained  # noqa: E402
+from trainables.defenders import resolve  # noqa: E402
 from trainables.methods import METHODS  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     args = p.parse_args()
     start, table = time.time(), []
     cfg = config.load(args.config, [*args.set, *([f"defender.safeguard={{method: {args.safeguard}}}"] if args.safeguard else [])])
-    from search.driver import quiet
+    from search.ray_worker import quiet
 
     quiet()
     runner = Runner(Path(os.path.expanduser(cfg.cache_dir)), "local")
@@ -58,7 +59,7 @@ def main() -> None:
     given = {"reference": reference}
     for i, method in enumerate(args.methods.split(",") if args.methods else METHODS):
         rows = []
-        steps = cfg.defender.pipeline(common_spec(cfg), method, {}, {})  # the method, or safeguard then method
+        steps = resolve(cfg.defender, common_spec(cfg), {"method": method}).steps  # the method, or safeguard then method
         for j, step in enumerate(steps):
             released = run_stage(runner, step.stage, step.spec, {role: given[src] for role, src in step.inputs.items()})
             given.update({"suppressed": released} if j == 0 else {})

@@ -52,7 +52,7 @@ def run_local(cfg, points, reference, work: Path) -> float:
 
 def _point_trial(config: dict, points: list[dict], ctx, reference) -> None:
     """The driver's Tune trainable, on a fixed point instead of one Optuna proposes."""
-    from search.driver import defender_trial
+    from search.trial import defender_trial
 
     defender_trial(points[config["i"]], ctx, reference)
 
@@ -63,7 +63,8 @@ def run_ray(cfg, points, reference, work: Path, concurrent: int, tag: str) -> fl
     import ray
     from ray import tune
 
-    from search.driver import init_ray, quiet
+    from search.driver import init_ray
+    from search.ray_worker import quiet
 
     start = time.perf_counter()
     init_ray(cfg)
@@ -92,7 +93,7 @@ def main() -> None:
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
     cfg = config.load(args.config, args.set)
-    from search.driver import quiet
+    from search.ray_worker import quiet
 
     quiet()  # both paths equally quiet
     work = Path(tempfile.mkdtemp(prefix="tamper-bench-"))

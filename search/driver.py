@@ -31,12 +31,13 @@ from search.config import ConfigError, ExperimentConfig
 from search.disk import storage_full
 from search.retention import Retention
 from search.runner import Runner, StageRef
-from search.trial import Context, baseline, defender, pretrained, pretrained_key, suppressed_id, suppressed_key, verify_trial
+from search.ray_worker import in_ray_worker, quiet
+from search.trial import (OBJECTIVES, Context, baseline, defender_trial, pretrained, pretrained_key, suppressed_id,
+                          suppressed_key, verify_trial)
 from spaces import points
 from spaces.dims import suggest
 
 ROOT = Path(__file__).resolve().parent.parent
-OBJECTIVES = {"retain_acc": "max", "forget_acc_attacked": "min"}
 SAMPLERS = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
     "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
@@ -46,32 +47,6 @@ SAMPLERS = {
 
 # the running experiment's cache retention (search/retention.py); None outside run_experiment
 retention: Retention | None = None
-
-def quiet() -> None:
-    """Silence per-stage chatter (Ray Train's local-mode notice, transformers' progress bars)."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    for name in ("ray.train", "ray.tune", "ray.train.v2"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def use_assigned_cpus() -> None:
-    """Give torch as many threads as CPUs Ray assigned to this task or trial (Ray sets
-    OMP_NUM_THREADS only for a worker's first task, so a reused trial actor would keep it)."""
-    import torch
-
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
-
-
-def _in_ray_worker() -> None:
-    """What every Ray task and trial of the driver does first."""
-    quiet()
-    use_assigned_cpus()
-
 
 def say(text: str) -> None:
     progress.emit(progress.stamp(tables.redact(text)))
@@ -125,13 +100,13 @@ def init_ray(cfg: ExperimentConfig) -> None:
 
 @ray.remote(num_cpus=1)
 def _pretrain_task(ctx: Context, kind: str) -> StageRef:
-    _in_ray_worker()
+    in_ray_worker()
     return pretrained(ctx, kind)
 
 
 @ray.remote(num_cpus=1)
 def _verify_task(ctx: Context, trial_id: str, ref_flops: float) -> dict:
-    _in_ray_worker()
+    in_ray_worker()
     return verify_trial(ctx, trial_id, ref_flops)
 
 
@@ -180,22 +155,8 @@ def _verify_front(ctx: Context, ref_flops: float) -> None:
 
 @ray.remote(num_cpus=1)
 def _baseline_task(ctx: Context, kind: str, reference: StageRef, model: StageRef | None, method: str | None = None) -> dict:
-    _in_ray_worker()
+    in_ray_worker()
     return baseline(ctx, kind, reference, model, method)
-
-
-def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
-    """Tune function trainable: one defender configuration, reported once when done."""
-    _in_ray_worker()
-    trial_id = tune.get_context().get_trial_id()
-    row = defender(ctx, trial_id, dict(config), reference)
-    metrics = {k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac", "feasible",
-                                   "forget_acc_attacked_lo", "forget_acc_attacked_hi", "forget_acc_attacked_sel",
-                                   "verified", "forget_acc_attacked_search")}
-    metrics["attacked"] = row["forget_acc_attacked"]  # the true value, for the progress line
-    if not row["feasible"]:  # below the retain floor: the worst attacked score, to the search
-        metrics["forget_acc_attacked"] = 1.0
-    tune.report(metrics)
 
 
 class Progress(tune.Callback):

@@ -21,6 +21,7 @@ from search.config import ExperimentConfig
 from spaces import points
 from spaces.dims import At, Choice, Dim, point_in
 from trainables import compute, settings
+from trainables.defenders import resolve, suppressor
 from trainables.stages import MODULES
 from trainables.loop import LoopConfig
 
@@ -58,6 +59,13 @@ def typical(space: dict[str, Dim]) -> dict:
     out = point_in(space, {k: At(0.5) for k, d in space.items() if not isinstance(d, Choice)})
     out.update({k: d.values[0] for k, d in space.items() if isinstance(d, Choice)})
     return out
+
+
+def typical_point(cfg: ExperimentConfig, method: str) -> dict:
+    """A point of the defender search with ``method``'s and the shared stages' dimensions at
+    their typical values."""
+    mine = points.scoped(typical(cfg.defender.search_space()[method]), method)
+    return {points.METHOD: method, **mine, **typical(cfg.defender.shared_space())}
 
 
 def model_config(cfg: ExperimentConfig):
@@ -150,9 +158,8 @@ def memory_rows(cfg: ExperimentConfig) -> list[MemoryRow]:
     if not cfg.model.pretrained:
         specs.append(("pretrain", "pretrain", pretrain_spec(cfg, "reference"), 1))
     common = trial_common(cfg)
-    shared = {k: points.unscoped(typical(cfg.defender.shared_space()), k) for k in points.SHARED}
     for method in cfg.defender.methods:
-        first, *rest = cfg.defender.pipeline(common, method, typical(cfg.defender.search_space()[method]), shared)
+        first, *rest = resolve(cfg.defender, common, typical_point(cfg, method)).steps
         specs.append((f"unlearn {first.spec.method}", first.stage, first.spec, 1))
         for step in rest:
             specs.append((f"{step.name} (on {first.spec.method})", step.stage, step.spec, 1))
@@ -281,7 +288,6 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
     baselines = 2 if not cfg.model.pretrained or cfg.model.pure_pretrained else 1
     models_attacked = baselines + cfg.search.trials
     methods, common = cfg.defender.methods, trial_common(cfg)
-    shared = {s: points.unscoped(typical(cfg.defender.shared_space()), s) for s in points.SHARED}
 
     def row(label: str, runs: int, step) -> Row:
         trained, forwarded = MODULES[step.stage].step_sequences(step.spec)
@@ -290,11 +296,11 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
 
     for method in methods:
         trials = math.ceil(cfg.search.trials / len(methods))
-        first, *robustifiers = cfg.defender.pipeline(common, method, typical(cfg.defender.search_space()[method]), shared)
+        first, *robustifiers = resolve(cfg.defender, common, typical_point(cfg, method)).steps
         # a suppressor no searched value reaches runs once (every trial asks for the same
         # stage: the cache); else once per trial, plus once at the defaults when a
         # robustifier builds on it (the suppressed baseline)
-        searched = first.spec != cfg.defender.suppressor(common, method, {}).spec
+        searched = first.spec != suppressor(cfg.defender, common, method, cfg.defender.method_params(method)).spec
         out.append(row(f"unlearn {first.spec.method}", trials + cfg.defender.robust(method) if searched else 1, first))
         for step in robustifiers:  # a distillation may stop early: costed at its budget
             out.append(row(f"{step.name} (on {first.spec.method})", trials, step))

@@ -1,11 +1,10 @@
 """One defender trial, and the baselines, as plain functions over the stage runner.
 
-``defender(ctx, trial_id, params)`` runs one point of the defender space through the defender's
-pipeline (the unlearning that makes the suppressed model, then any robustifier on top: the
-config's ``defender.pipeline``), scores the released model and attacks it with
+``defender(ctx, trial_id, point)`` resolves one point of the defender space into its pipeline
+(``trainables/defenders.py`` ``resolve``: the unlearning that makes the suppressed model, then
+any robustifier on top), runs the steps in order, scores the released model and attacks it with
 the adversary search; ``baseline(ctx, kind)`` does the same for the pure, reference and
-suppressed models. Each writes its rows as one part,
-failed or not. The Tune trainable in ``search/driver.py`` only wraps ``defender``.
+suppressed models. Each writes its rows as one part, failed or not. ``defender_trial``, the Tune function trainable, only wraps ``defender``.
 """
 
 from __future__ import annotations
@@ -19,21 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ray import tune
+
 from search import archive, cache, tables, verify
 from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text, family_worst
 from search.families import family_columns
 from search.config import ExperimentConfig
 from search.disk import storage_full
+from search.ray_worker import in_ray_worker
 from search.runner import Runner, StageRef, cache_key, run_stage
-from spaces import points
 from trainables import evaluate as evaluate_stage, heldout, settings
-from trainables import pretrain as pretrain_stage, unlearn as unlearn_stage
-from trainables.defence_spec import Common
-from trainables.defenders import REFERENCE, SUPPRESSED
+from trainables import defenders, pretrain as pretrain_stage
+from trainables.defence_spec import REFERENCE, SUPPRESSED, Common
 from trainables.sources import is_local
 from trainables.stages import STAGES
 from trainables.strict import Strict
 
+# What a defender trial reports to Tune and the Optuna study, and which way each is better.
+OBJECTIVES = {"retain_acc": "max", "forget_acc_attacked": "min"}
 # Compute per stage, one trials column each: every registered stage but ``evaluate``, which
 # only scores.
 FLOPS_COLUMNS = [f"flops.{s}" for s in STAGES if s != "evaluate"]
@@ -114,19 +116,13 @@ def common_spec(cfg: ExperimentConfig) -> Common:
                   forget_fraction=cfg.pretrain.forget_fraction)
 
 
-def decode(cfg: ExperimentConfig, config: dict) -> tuple[str, dict, dict]:
-    """A point of the defender search → (method, its searched parameters, each shared stage's
-    searched parameters by scope); the names are ``spaces/points.py``'s."""
-    return points.decode(config, cfg.defender.methods[0])
-
-
-def unlearn_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict | None = None) -> unlearn_stage.Spec:
-    """Spec of the stage that applies defender ``method`` (``unlearn``, or the method's own stage): the
-    method's default loop, overridden by the loop keys the config sets, overridden by fixed
-    (default: the config's ``defender.params`` for ``method``) then searched values; the same
-    for hyperparameters."""
+def method_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict | None = None) -> Strict:
+    """Spec of defender ``method``'s own stage (``unlearn``, or TAR's) at ``params``: the
+    method's default loop, overridden by the loop keys the config sets, then by ``fixed``
+    (default: the config's ``defender.params`` for ``method``), then by ``params``; the same for
+    hyperparameters."""
     fixed = cfg.defender.method_params(method) if fixed is None else fixed
-    return cfg.defender.method_spec(common_spec(cfg), method, {**fixed, **params})
+    return defenders.method_spec(cfg.defender, common_spec(cfg), method, {**fixed, **params})
 
 
 def _data(cfg: ExperimentConfig):
@@ -230,7 +226,8 @@ def suppress(ctx: Context, method: str, params: dict, reference: StageRef) -> St
     """The suppressed model: the first step of ``method``'s pipeline at searched ``params``
     (cached per distinct spec, so every trial of one unlearning config robustifies the same
     model)."""
-    step = ctx.cfg.defender.suppressor(common_spec(ctx.cfg), method, params)
+    values = {**ctx.cfg.defender.method_params(method), **params}
+    step = defenders.suppressor(ctx.cfg.defender, common_spec(ctx.cfg), method, values)
     return run_stage(ctx.runner, step.stage, step.spec, {"model": reference})
 
 
@@ -253,16 +250,16 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
     robustness.
     """
     start = time.perf_counter()
-    method, params, shared = decode(ctx.cfg, config)
-    row = _row(ctx, trial_id, "defender", method,
-               {**params, **{k: v for s, vals in shared.items() for k, v in points.scoped(vals, s).items()}})
+    # the point resolved once into its pipeline's stage specs (trainables/defenders.py resolve)
+    resolved = defenders.resolve(ctx.cfg.defender, common_spec(ctx.cfg), config)
+    row = _row(ctx, trial_id, "defender", resolved.method, resolved.values)
     try:
         ref_flops = reference.result["flops"]
         row[flops_column("pretrain")] = ref_flops
-        # the point resolved once into its pipeline's stage specs; each step runs on the outputs
-        # its inputs name (the first step's output is the suppressed model)
+        # each step runs on the outputs its inputs name (the first step's output is the
+        # suppressed model)
         given, curves = {REFERENCE: reference}, []
-        for step in ctx.cfg.defender.pipeline(common_spec(ctx.cfg), method, params, shared):
+        for step in resolved.steps:
             released = run_stage(ctx.runner, step.stage, step.spec, {role: given[src] for role, src in step.inputs.items()})
             given.setdefault(SUPPRESSED, released)
             curves += curve_rows(ctx.experiment, trial_id, None, step.name, released.result["curve"])
@@ -287,6 +284,21 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
     return verify.in_trial(ctx, row, released, ref_flops, len(_data(ctx.cfg).forget_T))
 
 
+def defender_trial(config: dict, ctx: Context, reference: StageRef) -> None:
+    """Tune function trainable: one defender configuration (the point Optuna drew), run by
+    ``defender`` and reported once when done."""
+    in_ray_worker()
+    trial_id = tune.get_context().get_trial_id()
+    row = defender(ctx, trial_id, dict(config), reference)
+    metrics = {k: row[k] for k in (*OBJECTIVES, "forget_acc", "attacks_run", "compute_frac", "feasible",
+                                   "forget_acc_attacked_lo", "forget_acc_attacked_hi", "forget_acc_attacked_sel",
+                                   "verified", "forget_acc_attacked_search")}
+    metrics["attacked"] = row["forget_acc_attacked"]  # the true value, for the progress line
+    if not row["feasible"]:  # below the retain floor: the worst attacked score, to the search
+        metrics["forget_acc_attacked"] = 1.0
+    tune.report(metrics)
+
+
 def verify_trial(ctx: Context, trial_id: str, ref_flops: float) -> dict:
     """Verify a finished trial's model (``search/verify.py``); its part is rewritten."""
     return verify.verify_trial(ctx, trial_id, ref_flops, len(_data(ctx.cfg).forget_T))
@@ -295,7 +307,7 @@ def verify_trial(ctx: Context, trial_id: str, ref_flops: float) -> dict:
 def suppressed_key(cfg: ExperimentConfig, method: str, reference: StageRef) -> str:
     """Cache key of the suppressed model of ``method`` at its fixed and default hyperparameters
     (the ``suppressed`` baseline's model, the teacher its robustified trials share)."""
-    step = cfg.defender.suppressor(common_spec(cfg), method, {})
+    step = defenders.suppressor(cfg.defender, common_spec(cfg), method, cfg.defender.method_params(method))
     return cache_key(step.stage, step.spec, {"model": reference.key})
 
 

@@ -1,4 +1,5 @@
-"""The names of a defender search point's keys: encoded and decoded here, nowhere else.
+"""The names of a defender search point's keys: how they are encoded (the resolver,
+``trainables/defenders.py`` ``resolve``, decodes a point with them).
 
 A point is the flat dict Optuna asks, Tune passes to a trial and the tables store as
 ``param.*`` columns. With one method its dimensions are plain names (``lr``); with several the
@@ -45,11 +46,3 @@ def unscoped(values: dict[str, Any], scope: str | None) -> dict[str, Any]:
 def for_method(values: dict[str, Any], method: str) -> dict[str, Any]:
     """What applies to ``method`` in a config table: unscoped keys and ``<method>.<name>``."""
     return {**unscoped(values, None), **unscoped(values, method)}
-
-
-def decode(point: dict[str, Any], default_method: str) -> tuple[str, dict[str, Any], dict[str, dict[str, Any]]]:
-    """A point → (method, its parameters, each shared stage's parameters by scope)."""
-    method = point.get(METHOD, default_method)
-    rest = {k: v for k, v in point.items() if k != METHOD}
-    params = unscoped(rest, method if METHOD in point else None)
-    return method, params, {s: unscoped(rest, s) for s in SHARED}

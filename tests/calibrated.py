@@ -24,8 +24,9 @@ from pathlib import Path
 from search import config
 from search.adversary import attack_spec
 from search.runner import Runner, StageRef, run_stage
-from search.trial import common_spec, pretrain_spec, unlearn_spec
+from search.trial import common_spec, pretrain_spec, method_spec
 from trainables import methods as registry
+from trainables.defenders import resolve
 
 # Each method of the registry at its defaults on the reference (GradAscent: see its test).
 METHODS = list(registry.METHODS)
@@ -45,7 +46,7 @@ def reference(run: Runner) -> StageRef:
 
 def unlearned(run: Runner, ref: StageRef, method: str) -> StageRef:
     """``method`` at its defaults on the reference."""
-    return run_stage(run, "unlearn", unlearn_spec(config.load(), method, {}), {"model": ref})
+    return run_stage(run, "unlearn", method_spec(config.load(), method, {}), {"model": ref})
 
 
 def tar_attacked(run: Runner, ref: StageRef) -> tuple[StageRef, dict[str, float]]:
@@ -53,7 +54,7 @@ def tar_attacked(run: Runner, ref: StageRef) -> tuple[StageRef, dict[str, float]
     safeguard and of the TAR model under ``TAR_ATTACK``."""
     cfg = config.load()
     safeguard = unlearned(run, ref, "random_mapping")
-    tarred = run_stage(run, "tar", unlearn_spec(cfg, "tar", {}), {"model": safeguard, "reference": ref})
+    tarred = run_stage(run, "tar", method_spec(cfg, "tar", {}), {"model": safeguard, "reference": ref})
     spec = attack_spec(cfg, TAR_ATTACK, seed=1)
     attacked = {name: run_stage(run, "attack", spec, {"model": m}).result["metrics"]["forget_acc_max"]
                 for name, m in (("safeguard", safeguard), ("tar", tarred))}
@@ -64,7 +65,7 @@ def lat_on_rmu(run: Runner, ref: StageRef) -> tuple[list, StageRef]:
     """LAT at its defaults on an RMU safeguard at its defaults (``defender.safeguard``): the
     pipeline's steps and LAT's model."""
     on_rmu = config.load(None, ["defender.method=lat", "defender.safeguard={method: rmu}"])
-    steps = on_rmu.defender.pipeline(common_spec(on_rmu), "lat", {}, {})
+    steps = resolve(on_rmu.defender, common_spec(on_rmu), {}).steps
     safeguard, lat = steps
     guarded = run_stage(run, safeguard.stage, safeguard.spec, {"model": ref})
     return steps, run_stage(run, lat.stage, lat.spec, {"model": guarded})

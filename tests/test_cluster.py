@@ -115,12 +115,12 @@ def test_credentials_in_storage_uris_are_masked_everywhere_written():
 def test_the_tar_config_trains_as_the_authors_run_it(tmp_path):
     """run_tar_bio.sh: outer Schedule-Free AdamW (2e-5, 32 warm-up steps, no clipping), the
     adversary's published learning rates {2e-6, 2e-5, 4e-5} at batch 4."""
-    from search.trial import unlearn_spec
+    from search.trial import method_spec
 
     local = tmp_path / "bio.jsonl"
     local.write_text('{"text": "x"}\n')
     cfg = config.load(ROOT / "configs" / "tar_llama3_8b.yaml", [f"setting.forget_corpus=[{{path: {local}}}]"])
-    spec = unlearn_spec(cfg, "tar", {"retain_forget": 0.33})
+    spec = method_spec(cfg, "tar", {"retain_forget": 0.33})
     loop = spec.loop
     assert (loop.optimizer, loop.lr, loop.warmup_steps, loop.grad_clip, loop.steps) == (
         "adamw_schedule_free", 2e-5, 32, None, 750)

@@ -14,7 +14,7 @@ import torch
 
 from search.adversary import attack_spec
 from search.runner import Runner, run_stage
-from search.trial import pretrain_spec, unlearn_spec
+from search.trial import pretrain_spec, method_spec
 from trainables import models
 from trainables.stages import STAGES
 
@@ -56,7 +56,7 @@ def test_fsdp_matches_ddp_for_full_subset_and_stage_outputs(tiny_cfg, tmp_path):
     cfg = tiny_cfg.model_copy(update={"model": tiny_cfg.model.model_copy(update={"arch": "llama"})})
     spec = pretrain_spec(cfg, "pure")
     spec = spec.model_copy(update={"loop": spec.loop.model_copy(update={"steps": 6})})
-    rmu = unlearn_spec(cfg, "rmu", {"steps": 3, "layer": 0}, fixed={})
+    rmu = method_spec(cfg, "rmu", {"steps": 3, "layer": 0}, fixed={})
     ddp, fsdp, a, b = _two_ranks([
         ("ddp", "pretrain", spec, {}, tmp_path / "ddp"),
         ("fsdp", "pretrain", spec, {}, tmp_path / "fsdp"),

@@ -16,9 +16,10 @@ from search import config
 from search.adversary import attack_spec, family_spec
 from spaces.attacks import PRIORS as FAMILY_PRIORS
 from search.runner import Runner, run_stage
-from search.trial import Context, defender, common_spec, pretrained, pretrain_spec, unlearn_spec
+from search.trial import Context, defender, common_spec, pretrained, pretrain_spec, method_spec
 from tests.conftest import TINY
 from trainables import loop, models
+from trainables.defenders import distill_spec
 from search.families import needs_context
 from trainables.families import FAMILIES
 from trainables.stages import STAGES
@@ -70,12 +71,12 @@ def test_every_stage_runs_on_the_gpu(tmp_path):
     ref = _ran_on_gpu(lambda: run_stage(runner, "pretrain", pretrain_spec(cfg, "reference")))
     released = {}
     for method in METHODS:
-        spec = unlearn_spec(cfg, method, {"steps": 3})
+        spec = method_spec(cfg, method, {"steps": 3})
         released[method] = _ran_on_gpu(lambda: run_stage(runner, "unlearn", spec, {"model": ref}))
         assert all(math.isfinite(v) for v in released[method].result["metrics"].values()), method
-    tar_spec = unlearn_spec(cfg, "tar", {"steps": 2, "inner_steps": 2, "subsample": 2, "adversary_batch_size": 8})
+    tar_spec = method_spec(cfg, "tar", {"steps": 2, "inner_steps": 2, "subsample": 2, "adversary_batch_size": 8})
     tar = _ran_on_gpu(lambda: run_stage(runner, "tar", tar_spec, {"model": released["random_mapping"], "reference": ref}))
-    student = _ran_on_gpu(lambda: run_stage(runner, "distill", cfg.defender.undo.spec(common_spec(cfg), {"alpha": 0.5}),
+    student = _ran_on_gpu(lambda: run_stage(runner, "distill", distill_spec(cfg.defender.undo, common_spec(cfg), {"alpha": 0.5}),
                                              {"teacher": released["graddiff"]}))
     for model, point in ((tar, {"lr": 1e-3, "steps": 5}), (student, {"kind": "lora", "lora_r": 4, "lr": 1e-2, "steps": 5})):
         atk = _ran_on_gpu(lambda: run_stage(runner, "attack", attack_spec(cfg, point, 0), {"model": model}))

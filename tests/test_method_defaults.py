@@ -11,7 +11,7 @@ for context), with a margin; the figures are in the comments and in docs/defence
 import pytest
 
 from search import config
-from search.trial import unlearn_spec
+from search.trial import method_spec
 from tests import calibrated
 
 pytestmark = pytest.mark.slow
@@ -60,6 +60,6 @@ def test_lat_on_an_rmu_safeguard_keeps_it_unlearned_and_retains(reference):
     # defender.safeguard, as the paper's RMU + LAT): V 0.000 with retain 0.947-0.995 (seeds 0
     # and 1, 1 and 2 threads); the RMU safeguard alone: V 0.005-0.068, retain 0.91.
     (safeguard, _), lat = calibrated.lat_on_rmu(*reference)
-    assert safeguard.spec == unlearn_spec(config.load(), "rmu", {})  # the RMU model of the test above (cached)
+    assert safeguard.spec == method_spec(config.load(), "rmu", {})  # the RMU model of the test above (cached)
     m = lat.result["metrics"]
     assert m["forget_acc"] <= 0.10 and m["retain_acc"] >= 0.80, m

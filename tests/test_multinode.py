@@ -27,7 +27,7 @@ import torch
 
 from search import cache, tables
 from search.runner import Runner, run_stage
-from search.trial import pretrain_spec, unlearn_spec
+from search.trial import pretrain_spec, method_spec
 from tests.conftest import ROOT, forget_cluster, tiny_search
 from trainables import models
 
@@ -125,7 +125,7 @@ def test_two_ddp_workers_on_two_nodes_match_two_on_one_node(cluster, tiny_cfg, t
         within = Runner(f"{uri}-1", executor="ray", scaling={"num_workers": 2, "resources_per_worker": {"CPU": 1, "node1": 1}})
         with ThreadPoolExecutor(2) as pool:  # both at once: the nodes have the CPUs for it
             ref, one = pool.map(lambda r: run_stage(r, "pretrain", pretrain_spec(tiny_cfg, "pure")), (across, within))
-        spec = unlearn_spec(tiny_cfg, "tar", {"steps": 2, "inner_steps": 4, "subsample": 2, "adversary_batch_size": 8})
+        spec = method_spec(tiny_cfg, "tar", {"steps": 2, "inner_steps": 4, "subsample": 2, "adversary_batch_size": 8})
         tarred = run_stage(across, "tar", spec, {"model": ref, "reference": ref})
     finally:
         ray.shutdown()

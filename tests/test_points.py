@@ -11,12 +11,26 @@ def test_keys_split_and_join():
     assert points.unscoped({"undo.alpha": 0.3, "lr": 1e-3, "rmu.c": 6}, None) == {"lr": 1e-3}
 
 
-def test_a_point_decodes_to_what_encoded_it():
-    one = {"lr": 1e-3, "steps": 40, **points.scoped({"alpha": 0.5}, points.UNDO)}
-    assert points.decode(one, "graddiff") == ("graddiff", {"lr": 1e-3, "steps": 40}, {"undo": {"alpha": 0.5}})
-    several = {points.METHOD: "rmu", **points.scoped({"c": 6.0, "lr": 1e-2}, "rmu"), "undo.beta": 0.1}
-    assert points.decode(several, "graddiff") == ("rmu", {"c": 6.0, "lr": 1e-2}, {"undo": {"beta": 0.1}})
-    assert points.decode({}, "npo") == ("npo", {}, {"undo": {}})
+def test_a_point_resolves_to_what_encoded_it():
+    """The resolver decodes a point's names: plain ones for one method, ``<method>.<name>``
+    with several, ``undo.<name>`` for the shared stage; each value lands in its stage's spec."""
+    from search import config
+    from search.trial import common_spec
+    from trainables.defenders import resolve
+
+    one_cfg = config.load(None, ["defender.method=graddiff", "defender.undo={}"])
+    one = {"lr": 1e-3, "steps": 40, **points.scoped({"alpha": 0.5, "beta": 0.2}, points.UNDO)}
+    r = resolve(one_cfg.defender, common_spec(one_cfg), one)
+    assert (r.method, r.values) == ("graddiff", one)
+    assert (r.steps[0].spec.loop.lr, r.steps[0].spec.loop.steps, r.steps[1].spec.alpha) == (1e-3, 40, 0.5)
+    several_cfg = config.load(None, ["defender.method=[graddiff,rmu]", "defender.undo={}"])
+    several = {points.METHOD: "rmu", **points.scoped({"c": 6.0, "lr": 1e-2}, "rmu"), "undo.alpha": 0.3, "undo.beta": 0.1}
+    r = resolve(several_cfg.defender, common_spec(several_cfg), several)
+    assert (r.method, r.values) == ("rmu", {"c": 6.0, "lr": 1e-2, "undo.alpha": 0.3, "undo.beta": 0.1})
+    assert (r.steps[0].spec.params["c"], r.steps[0].spec.loop.lr, r.steps[1].spec.beta) == (6.0, 1e-2, 0.1)
+    plain = config.load(None, ["defender.method=npo"])
+    r = resolve(plain.defender, common_spec(plain), {})
+    assert (r.method, r.values, len(r.steps)) == ("npo", {}, 1)
 
 
 def test_a_config_table_gives_each_method_its_values_the_specific_one_winning():

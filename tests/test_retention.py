@@ -17,7 +17,7 @@ import torch
 from search import cache, retention
 from search.retention import Retention
 from search.runner import Runner, StageRef, rebuild, run_stage
-from search.trial import pretrain_spec, unlearn_spec
+from search.trial import pretrain_spec, method_spec
 from search.verify import front
 from tests.conftest import ROOT
 from trainables import models
@@ -119,7 +119,7 @@ def test_a_deleted_entry_is_made_again_from_its_recipe(tiny_cfg, tmp_path, capfd
     their recipes, bit for bit, and the stage runs."""
     runner = Runner(tmp_path / "cache", executor="local")
     ref = run_stage(runner, "pretrain", pretrain_spec(tiny_cfg, "reference"))
-    spec = unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3, "steps": 3})
+    spec = method_spec(tiny_cfg, "graddiff", {"lr": 1e-3, "steps": 3})
     released = run_stage(runner, "unlearn", spec, {"model": ref})
     weights = models.load_model(released.path).state_dict()
     assert cache.recipe(runner.cache_dir, released.key)["inputs"]["model"]["key"] == ref.key
@@ -145,7 +145,7 @@ sys.path.insert(0, {root!r})
 from search import cache, config
 from search.adversary import attack_spec
 from search.runner import Runner, run_stage
-from search.trial import pretrain_spec, unlearn_spec
+from search.trial import pretrain_spec, method_spec
 from tests.conftest import TINY
 cfg = config.load(None, TINY)
 runner = Runner({cache!r}, executor="local")
@@ -160,7 +160,7 @@ else:  # about to use it: gc deletes it under this process
     (tmp / "ready").touch()
     while not (tmp / "go").exists():
         time.sleep(0.02)
-out = run_stage(runner, "unlearn", unlearn_spec(cfg, "graddiff", {{"lr": 1e-3, "steps": 3}}), {{"model": ref}})
+out = run_stage(runner, "unlearn", method_spec(cfg, "graddiff", {{"lr": 1e-3, "steps": 3}}), {{"model": ref}})
 print(json.dumps({{"key": out.key, "metrics": out.result["metrics"], "ref_cached": ref.cached}}))
 """
 
@@ -174,7 +174,7 @@ def test_gc_in_another_process_and_a_process_using_the_entry_both_finish(tiny_cf
     cache_dir = tmp_path / "cache"
     ref = run_stage(Runner(cache_dir, executor="local"), "pretrain", pretrain_spec(tiny_cfg, "reference"))
     expect = run_stage(Runner(tmp_path / "clean", executor="local"), "unlearn",
-                       unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3, "steps": 3}),
+                       method_spec(tiny_cfg, "graddiff", {"lr": 1e-3, "steps": 3}),
                        {"model": run_stage(Runner(tmp_path / "clean", executor="local"), "pretrain",
                                            pretrain_spec(tiny_cfg, "reference"))})
     code = _USER.format(root=str(ROOT), cache=str(cache_dir), tmp=str(tmp_path))

@@ -6,10 +6,11 @@ import torch
 import json
 
 from search.runner import Runner, cache_key, canonical, run_stage
-from search.trial import common_spec, pretrain_spec, unlearn_spec
+from search.trial import common_spec, pretrain_spec, method_spec
 from search.adversary import attack_spec
 from trainables import attack, models
 from trainables import data as data_mod
+from trainables.defenders import REFERENCE, SUPPRESSED, resolve
 from trainables.settings import arithmetic
 from tests.conftest import ROOT
 
@@ -23,7 +24,7 @@ def test_pretrain_unlearn_attack_and_cache(tiny_cfg, tmp_path):
     assert again.cached and again.key == ref.key
 
     params = {"lr": 1e-3, "steps": 5, "lam": 1.0}
-    released = run_stage(runner, "unlearn", unlearn_spec(tiny_cfg, "graddiff", params), {"model": ref})
+    released = run_stage(runner, "unlearn", method_spec(tiny_cfg, "graddiff", params), {"model": ref})
     before = models.load_model(ref.path).state_dict()
     after = models.load_model(released.path).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # unlearning changed weights
@@ -45,12 +46,12 @@ def test_pretrain_unlearn_attack_and_cache(tiny_cfg, tmp_path):
 
 
 def test_stage_key_depends_on_spec_and_inputs(tiny_cfg):
-    a = cache_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k1"})
-    assert a == cache_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k1"})
-    assert a != cache_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 2e-3}), {"model": "k1"})
-    assert a != cache_key("unlearn", unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k2"})
+    a = cache_key("unlearn", method_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k1"})
+    assert a == cache_key("unlearn", method_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k1"})
+    assert a != cache_key("unlearn", method_spec(tiny_cfg, "graddiff", {"lr": 2e-3}), {"model": "k1"})
+    assert a != cache_key("unlearn", method_spec(tiny_cfg, "graddiff", {"lr": 1e-3}), {"model": "k2"})
     # the key is the canonical dump: the same work given as a Spec or as its dict is one key
-    spec = unlearn_spec(tiny_cfg, "graddiff", {"lr": 1e-3})
+    spec = method_spec(tiny_cfg, "graddiff", {"lr": 1e-3})
     assert a == cache_key("unlearn", spec.model_dump(), {"model": "k1"})
     assert canonical("unlearn", spec) == json.loads(json.dumps(spec.model_dump()))
 
@@ -111,28 +112,26 @@ def test_a_defender_is_a_pipeline_of_registered_stages():
     suppressed model. TAR: its safeguard's unlearning (nothing searched reaches it), then TAR
     on it with the reference beside. Every step is a registered stage with a valid spec."""
     from search import config
-    from search.trial import common_spec
-    from trainables.defenders import REFERENCE, SUPPRESSED
     from trainables.stages import SPECS
 
-    def stages(cfg, method, values, shared=None):
-        steps = cfg.defender.pipeline(common_spec(cfg), method, values, shared or {})
+    def stages(cfg, point):
+        steps = resolve(cfg.defender, common_spec(cfg), point).steps
         for s in steps:
             SPECS[s.stage].model_validate(s.spec.model_dump())
         return [(s.stage, s.inputs) for s in steps], steps
 
     shallow = config.load(None, ["defender.method=graddiff"])
-    assert stages(shallow, "graddiff", {"lr": 1e-3})[0] == [("unlearn", {"model": REFERENCE})]
+    assert stages(shallow, {"lr": 1e-3})[0] == [("unlearn", {"model": REFERENCE})]
     assert not shallow.defender.robust("graddiff")
     undo = config.load(ROOT / "configs" / "undo_arithmetic.yaml")
-    got, steps = stages(undo, "maxent", {}, {"undo": {"alpha": 0.4}})
+    got, steps = stages(undo, {"undo.alpha": 0.4})
     assert got == [("unlearn", {"model": REFERENCE}), ("distill", {"teacher": SUPPRESSED})]
     assert steps[1].spec.alpha == 0.4 and undo.defender.robust("maxent")
     tar = config.load(ROOT / "configs" / "tar_arithmetic.yaml")
-    got, steps = stages(tar, "tar", {"inner_steps": 8})
+    got, steps = stages(tar, {"inner_steps": 8})
     assert got == [("unlearn", {"model": REFERENCE}), ("tar", {"model": SUPPRESSED, "reference": REFERENCE})]
-    assert steps[0].spec.method == "random_mapping" and steps[1].spec.params["inner_steps"] == 8
-    assert tar.defender.suppressor(common_spec(tar), "tar", {"inner_steps": 32}).spec == steps[0].spec
+    assert steps[0].spec.method == "random_mapping" and steps[1].spec.params.inner_steps == 8
+    assert resolve(tar.defender, common_spec(tar), {"inner_steps": 32}).steps[0].spec == steps[0].spec
 
 
 def test_a_method_on_a_safeguard_is_a_trial_over_its_suppressed_baseline(tmp_path):
@@ -153,7 +152,7 @@ def test_a_method_on_a_safeguard_is_a_trial_over_its_suppressed_baseline(tmp_pat
     assert row["status"] == "ok" and row["param.epsilon"] == 2.0
     assert row["suppressed_key"] == sup["model_key"] != row["model_key"]
     assert row["forget_acc_attacked_suppressed"] == sup["forget_acc_attacked"]
-    lat = cfg.defender.robustifiers(common_spec(cfg), "lat", {"epsilon": 2.0}, {})[0]
+    lat = resolve(cfg.defender, common_spec(cfg), {"epsilon": 2.0}).steps[1]
     assert lat.name == "unlearn.lat" and lat.spec.loop.steps == 3
     assert row["flops.unlearn"] == sup["flops.unlearn"] + 6 * reference.result["n_params"] * 3 * 2 * 64 * 11
     assert row["compute_frac"] == pytest.approx(row["flops.unlearn"] / reference.result["flops"])

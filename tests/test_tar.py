@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from search import config, tables
-from search.trial import Context, baseline, defender, pretrained, suppress, unlearn_spec
+from search.trial import Context, baseline, defender, pretrained, suppress, method_spec
 from search.runner import Runner, run_stage
 from trainables.defenders import DEFENDER_SPACES
 from trainables.settings import arithmetic as A
@@ -180,9 +180,9 @@ def test_tar_stage_counts_flops_and_logs_the_tamper_resistance_loss(tar_cfg, tmp
     ctx = Context(tar_cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
     reference = pretrained(ctx, "reference")
     safeguard = suppress(ctx, "tar", {}, reference)
-    assert safeguard.result["curve"] and run_stage(ctx.runner, "unlearn", unlearn_spec(
+    assert safeguard.result["curve"] and run_stage(ctx.runner, "unlearn", method_spec(
         tar_cfg, "random_mapping", {}, fixed={"steps": 5}), {"model": reference}).cached  # the same spec
-    spec = unlearn_spec(tar_cfg, "tar", {"tasks_per_step": 2})
+    spec = method_spec(tar_cfg, "tar", {"tasks_per_step": 2})
     out = run_stage(ctx.runner, "tar", spec, {"model": safeguard, "reference": reference})
     n = out.result["n_params"]
     per_step = 2 * (4 * 8 + 2 * 64) + 64  # 2 tasks × (K adversary + 2 L_TR batches) + retain

@@ -8,7 +8,8 @@ import torch
 
 from search import config, tables
 from search.runner import Runner, run_stage
-from search.trial import Context, baseline, decode, defender, common_spec, pretrained, suppress
+from search.trial import Context, baseline, defender, common_spec, pretrained, suppress
+from trainables.defenders import distill_spec, resolve
 from trainables.settings import arithmetic as A
 from trainables import loop, models, undo
 
@@ -118,12 +119,12 @@ def test_distill_stage_stops_early_and_counts_flops(undo_cfg, tmp_path):
     reference = pretrained(ctx, "reference")
     teacher = suppress(ctx, "graddiff", {"lam": 1.0}, reference)
     # α = 0: the student is the teacher, within ε at step 0, so no step is taken
-    same = run_stage(ctx.runner, "distill", undo_cfg.defender.undo.spec(common_spec(undo_cfg), {"alpha": 0.0}), {"teacher": teacher})
+    same = run_stage(ctx.runner, "distill", distill_spec(undo_cfg.defender.undo, common_spec(undo_cfg), {"alpha": 0.0}), {"teacher": teacher})
     assert same.result["steps"] == 0 and same.result["flops"] == 0
     # a tiny teacher scores ~0, so the target is met early; with ε < 0 impossible, it is never
     # met and the student trains to the budget
     cfg = undo_cfg.model_copy(deep=True)
-    spec = cfg.defender.undo.spec(common_spec(cfg), {"alpha": 0.9}).model_copy(update={"epsilon": -1.0})
+    spec = distill_spec(cfg.defender.undo, common_spec(cfg), {"alpha": 0.9}).model_copy(update={"epsilon": -1.0})
     out = run_stage(ctx.runner, "distill", spec, {"teacher": teacher})
     steps, n = out.result["steps"], out.result["n_params"]
     assert steps == 20 and out.result["metrics"]["retain_acc"] == [
@@ -139,7 +140,9 @@ def test_undo_trial_and_suppressed_baseline_rows(undo_cfg, tmp_path):
     sup = baseline(ctx, "suppressed", reference, method="graddiff")
     pure_row = baseline(ctx, "pure", reference, pure)
     point = {"lam": 5.0, "undo.alpha": 0.5}
-    assert decode(undo_cfg, point) == ("graddiff", {"lam": 5.0}, {"undo": {"alpha": 0.5}})
+    resolved = resolve(undo_cfg.defender, common_spec(undo_cfg), point)
+    assert resolved.method == "graddiff" and resolved.values == point
+    assert resolved.steps[0].spec.params["lam"] == 5.0 and resolved.steps[1].spec.alpha == 0.5
     row = defender(ctx, "t1", point, reference)
     # the trial distilled the suppressed baseline's teacher and found its attacks in the cache
     assert row["suppressed_key"] == sup["model_key"]
@@ -204,10 +207,12 @@ def test_undo_dimensions_join_the_outer_search():
     for _ in range(6):
         trial = study.ask()
         _define_by_run(trial, multi.defender.search_space(), multi.defender.shared_space())
-        method, params, shared = decode(multi, trial.params)
-        undo_point = shared["undo"]
-        assert set(undo_point) == {"alpha", "steps", "lr"} and 0.1 <= undo_point["alpha"] <= 1
-        assert "lam" not in params if method == "graddiff" else "lam" in params  # fixed ⇒ not searched
+        resolved = resolve(multi.defender, common_spec(multi), trial.params)
+        undo_point = {k for k in resolved.values if k.startswith("undo.")}
+        assert undo_point == {"undo.alpha", "undo.steps", "undo.lr"} and 0.1 <= resolved.steps[-1].spec.alpha <= 1
+        lam = "lam" in resolved.values
+        assert not lam if resolved.method == "graddiff" else lam  # fixed ⇒ not searched
+        assert resolved.steps[0].spec.params["lam"] == 5.0 if resolved.method == "graddiff" else True
         study.tell(trial, [0.0, 0.0])
 
 

@@ -14,9 +14,10 @@ from search import config, tables
 from search.adversary import attack_spec, family_spec
 from spaces.attacks import PRIORS as FAMILY_PRIORS
 from search.runner import Runner, run_stage
-from search.trial import Context, common_spec, pretrained, suppress, unlearn_spec
+from search.trial import Context, common_spec, pretrained, suppress, method_spec
 from tests import wmdp_fixtures as F
 from trainables import models
+from trainables.defenders import distill_spec
 from trainables.settings import wmdp
 
 ARCHS = ("gpt2", "llama", "gemma2")
@@ -231,9 +232,9 @@ def test_rmu_undo_tar_and_attacks_on_tiny_models(wmdp_paths, tmp_path, arch):
     changed = {n for (n, p), q in zip(before.named_parameters(), after.parameters()) if not torch.equal(p, q)}
     assert changed and all(("down_proj" in n or "c_proj" in n) and "mlp" in n for n in changed)
     undo = config.UndoConfig(loop={"steps": 2, "batch_size": 4, "eval_every": 1})
-    distilled = run_stage(ctx.runner, "distill", undo.spec(common_spec(cfg), {"alpha": 0.5, "beta": 0.1}), {"teacher": rmu})
+    distilled = run_stage(ctx.runner, "distill", distill_spec(undo, common_spec(cfg), {"alpha": 0.5, "beta": 0.1}), {"teacher": rmu})
     assert 0 <= distilled.result["metrics"]["retain_acc"] <= 1
-    tar_spec = unlearn_spec(cfg, "tar", {"inner_steps": 2, "subsample": 1, "adversary_batch_size": 2, "steps": 1}, fixed={})
+    tar_spec = method_spec(cfg, "tar", {"inner_steps": 2, "subsample": 1, "adversary_batch_size": 2, "steps": 1}, fixed={})
     tar = run_stage(ctx.runner, "tar", tar_spec, {"model": rmu, "reference": reference})
     assert tar.result["flops"] > 0
     for params in ({"kind": "lora", "lora_r": 2, "lora_targets": "all"}, {"kind": "full", "data": "mix"}):
@@ -252,7 +253,7 @@ def test_bf16_and_gradient_checkpointing_train(wmdp_paths, tmp_path):
     ctx = Context(cfg, "exp", str(tmp_path / "exp"), Runner(tmp_path / "cache", "local"))
     reference = pretrained(ctx, "reference")
     rmu = suppress(ctx, "rmu", {}, reference)
-    model = models.load(rmu.path, unlearn_spec(cfg, "rmu", {}).load)
+    model = models.load(rmu.path, method_spec(cfg, "rmu", {}).load)
     assert model.dtype == torch.bfloat16 and model.is_gradient_checkpointing
 
 

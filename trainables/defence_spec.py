@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.loop import LoopConfig
-
 REFERENCE, SUPPRESSED = "reference", "suppressed"  # where a defender pipeline step's input comes from
 
 
@@ -19,9 +17,3 @@ class Common:
     load: dict[str, Any]
     seed: int
     forget_fraction: float
-
-
-def split_params(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Values → (loop settings, the rest: a stage's own hyperparameters)."""
-    keys = set(LoopConfig.model_fields)
-    return ({k: v for k, v in values.items() if k in keys}, {k: v for k, v in values.items() if k not in keys})

@@ -27,7 +27,7 @@ from pydantic import field_validator, model_validator
 
 from spaces import points
 from spaces.dims import Choice, Dim, check_space, searched, with_bounds
-from trainables import tar, unlearn
+from trainables import tar, undo, unlearn
 from trainables.defence_spec import REFERENCE, SUPPRESSED, Common
 from trainables.loop import LoopConfig, check_params
 from trainables.methods import METHODS
@@ -209,39 +209,6 @@ class DefenderConfig(Strict):
         default = getattr(DEFENDERS[method], "DEFAULT_SAFEGUARD", None)
         return self.safeguard or (SafeguardConfig(method=default) if default else None)
 
-    def method_spec(self, common: Common, method: str, values: dict[str, Any]) -> unlearn.Spec:
-        """Spec of ``method``'s own stage at ``values`` (its hyperparameters and loop keys),
-        over its default loop and the config's ``loop``."""
-        return unlearn.spec_for(common, DEFENDERS[method], method, values, self.loop.model_dump(exclude_unset=True))
-
-    def suppressor(self, common: Common, method: str, values: dict[str, Any]) -> Step:
-        """The pipeline's first step: the unlearning that makes ``method``'s suppressed model
-        from the reference, at fixed then searched ``values``; on a safeguard, the safeguard
-        (its method at its fixed parameters, nothing searched)."""
-        guard = self.safeguard_for(method)
-        name, values = (method, {**self.method_params(method), **values}) if guard is None else (guard.method, guard.params)
-        return Step("unlearn", self.method_spec(common, name, values), {"model": REFERENCE})
-
-    def robustifiers(self, common: Common, method: str, values: dict[str, Any],
-                     shared: dict[str, dict[str, Any]]) -> list[Step]:
-        """The steps after the suppressor, in order: on a safeguard, the method's own stage
-        (TAR's, or the unlearning) at ``values``; then UNDO's distillation (at ``shared``'s
-        ``undo`` values) when configured."""
-        steps = []
-        if self.safeguard_for(method) is not None:
-            spec = self.method_spec(common, method, {**self.method_params(method), **values})
-            stage = STAGE[method]  # a shallow method on a safeguard unlearns a second time: named apart
-            steps.append(Step(stage, spec, getattr(DEFENDERS[method], "INPUTS", {"model": SUPPRESSED}),
-                              name=f"{stage}.{method}" if stage == "unlearn" else stage))
-        if self.undo:
-            steps.append(Step("distill", self.undo.spec(common, shared.get(points.UNDO, {})), {"teacher": SUPPRESSED}))
-        return steps
-
-    def pipeline(self, common: Common, method: str, values: dict[str, Any],
-                 shared: dict[str, dict[str, Any]]) -> list[Step]:
-        """Every step that makes ``method``'s released model from the reference."""
-        return [self.suppressor(common, method, values), *self.robustifiers(common, method, values, shared)]
-
     def robust(self, method: str) -> bool:
         """Whether ``method``'s pipeline robustifies its suppressed model (which is then a
         baseline of its own: attacked once, before the trials that build on it)."""
@@ -272,3 +239,89 @@ class DefenderConfig(Strict):
     def single_space(self) -> dict[str, Dim]:
         """Every searched dimension of a single-method defender, UNDO's included (a grid's axes)."""
         return {**next(iter(self.search_space().values())), **self.shared_space()}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A point of the defender search, resolved: its method, its values as the trial's row
+    names them (``param.<name>``; a shared stage's as ``<scope>.<name>``) and its pipeline's
+    steps in order."""
+
+    method: str
+    values: dict[str, Any]
+    steps: list[Step]
+
+
+def resolve(d: DefenderConfig, common: Common, point: dict[str, Any]) -> Resolved:
+    """The one resolver: a point of the defender search (as Optuna drew it) → the fully
+    resolved stage specs of its pipeline.
+
+    The point's keys are ``spaces/points.py``'s: with several methods ``method`` and
+    ``<method>.<name>``, else plain names; a shared stage's (UNDO's) ``<scope>.<name>``. The
+    pipeline: the unlearning that makes the suppressed model from the reference (on a
+    safeguard: the safeguard, at its fixed parameters); then, on a safeguard, the method's own
+    stage at the point's values; then UNDO's distillation when configured. A stage's values are
+    its defaults, overridden by the config's loop, its fixed ``params``, then the point."""
+    several = points.METHOD in point
+    method = point.get(points.METHOD, d.methods[0])
+    mine: dict[str, Any] = {}
+    shared: dict[str, dict[str, Any]] = {s: {} for s in points.SHARED}
+    for k, v in point.items():  # decoded here, inline: the point's values go nowhere else first
+        scope, name = points.split(k)
+        if k == points.METHOD:
+            continue
+        if scope == (method if several else None):
+            mine[name] = v
+        elif scope in shared:
+            shared[scope][name] = v
+    values = {**d.method_params(method), **mine}
+    steps = [suppressor(d, common, method, values)]
+    if d.safeguard_for(method) is not None:
+        stage = STAGE[method]  # a shallow method on a safeguard unlearns a second time: named apart
+        steps.append(Step(stage, method_spec(d, common, method, values),
+                          getattr(DEFENDERS[method], "INPUTS", {"model": SUPPRESSED}),
+                          name=f"{stage}.{method}" if stage == "unlearn" else stage))
+    if d.undo is not None:
+        steps.append(Step("distill", distill_spec(d.undo, common, shared[points.UNDO]), {"teacher": SUPPRESSED}))
+    row = {**mine, **{points.key(s, n): v for s, vals in shared.items() for n, v in vals.items()}}
+    return Resolved(method, row, steps)
+
+
+def suppressor(d: DefenderConfig, common: Common, method: str, values: dict[str, Any]) -> Step:
+    """The pipeline's first step: the unlearning that makes ``method``'s suppressed model from
+    the reference at ``values`` (fixed then searched); on a safeguard, the safeguard (its
+    method at its fixed parameters: nothing searched reaches it)."""
+    guard = d.safeguard_for(method)
+    name, values = (method, values) if guard is None else (guard.method, guard.params)
+    return Step("unlearn", method_spec(d, common, name, values), {"model": REFERENCE})
+
+
+def _loop_keys(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Values → (loop settings, the rest: a stage's own hyperparameters)."""
+    keys = LoopConfig.model_fields
+    return {k: v for k, v in values.items() if k in keys}, {k: v for k, v in values.items() if k not in keys}
+
+
+def method_spec(d: DefenderConfig, common: Common, method: str, values: dict[str, Any]) -> Strict:
+    """``method``'s stage spec at ``values``: its default loop, overridden by the config's
+    ``loop`` then by the loop keys in ``values``; its hyperparameters are made canonical by the
+    spec (defaults filled in)."""
+    loop_keys, hyper = _loop_keys(values)
+    module = DEFENDERS[method]
+    spec = tar.Spec if STAGE[method] == "tar" else unlearn.Spec
+    return spec(setting=common.setting, method=method, load=common.load, params=hyper, seed=common.seed,
+                loop={**module.DEFAULT_LOOP, **d.loop.model_dump(exclude_unset=True), **loop_keys})
+
+
+def distill_spec(u: UndoConfig, common: Common, values: dict[str, Any]) -> undo.Spec:
+    """UNDO's distillation spec at the point's ``values`` over the fixed ``params``; ``init:
+    fresh`` takes no α or β."""
+    loop_keys, strength = _loop_keys({**u.params, **values})  # (steps, lr), (alpha, beta)
+    fresh = u.init == "fresh"
+    return undo.Spec(
+        setting=common.setting, load=common.load, init=u.init,
+        alpha=None if fresh else strength["alpha"], beta=None if fresh else strength["beta"],
+        temperature=u.temperature, epsilon=u.epsilon,
+        forget_fraction=common.forget_fraction,  # the reference's pre-training mix
+        loop={**u.loop.model_dump(), **loop_keys}, seed=common.seed,
+    )

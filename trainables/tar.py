@@ -40,7 +40,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -49,7 +49,7 @@ from trainables import compute, data, loop, memory, models, settings
 from trainables import defence_spec
 from trainables.methods._shared import hidden_states
 from trainables.strict import Strict
-from trainables.unlearn import Spec  # TAR's stage spec is the unlearning stage's (method: tar)
+from trainables.loop import LoopConfig
 
 CITATION = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LLMs (TAR), arXiv 2408.00761"
 # TAR trains on top of a safeguard (``defender.safeguard``; the authors' random mapping unless
@@ -90,6 +90,18 @@ class Params(Strict):
         if min(self.switch_beta) <= 0:
             raise ValueError("switch_beta: both Beta parameters must be > 0")
         return self
+
+
+class Spec(Strict):
+    """TAR's stage (``method: tar``, as the defender is named): the outer ``loop`` with these
+    ``params`` on the input safeguard; ``load``: how the input checkpoints are loaded."""
+
+    setting: dict[str, Any]
+    method: Literal["tar"] = "tar"
+    load: dict[str, Any]
+    params: Params
+    loop: LoopConfig
+    seed: int
 
 
 @dataclass
@@ -222,7 +234,7 @@ def step_sequences(spec: Spec) -> tuple[int, int]:
     """(sequences trained, sequences only forwarded) per outer step, as ``run`` charges compute:
     every task's adversary steps and L_TR batches, the retain batch; the frozen reference's
     forward on the retain batch."""
-    p, batch = Params(**spec.params), spec.loop.batch_size
+    p, batch = spec.params, spec.loop.batch_size
     return p.tasks_per_step * (p.inner_steps * p.adversary_batch_size + len(tr_steps(p)) * batch) + batch, batch
 
 
@@ -231,7 +243,7 @@ def memory_work(spec: Spec | dict, model: torch.nn.Module) -> memory.Work:
     optimizer's state, the inner adversary's AdamW state and the accumulated tamper-resistance
     gradient (3 more copies of the trained parameters); the CPU snapshot is off the GPU."""
     spec = Spec.model_validate(spec)
-    p = Params(**spec.params)
+    p = spec.params
     return memory.Work(trained=sum(q.numel() for q in model.parameters()), optimizer=spec.loop.optimizer,
                        frozen_copies=1, extra_trained_copies=3,
                        sequences=max(spec.loop.batch_size, p.adversary_batch_size),
@@ -242,7 +254,7 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     """TAR-train ``inputs['model']`` (the initial safeguard) and save the tamper-resistant model."""
     spec = Spec.model_validate(spec)
     setting, d = settings.load(spec.setting)
-    p = Params(**spec.params)
+    p = spec.params
     cfg = spec.loop
     dev = loop.device()
     model = models.load(inputs["model"], spec.load).to(dev)

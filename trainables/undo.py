@@ -28,7 +28,6 @@ from spaces import points
 from spaces.dims import Choice, Dim, check_fixed, check_space, searched, with_bounds
 from spaces.undo import SPACE as UNDO_SPACE
 from trainables import compute, data, loop, memory, models, settings
-from trainables.defence_spec import Common, split_params
 from trainables.loop import LoopConfig
 from trainables.strict import Strict
 
@@ -233,18 +232,6 @@ class UndoConfig(Strict):
                     _in_unit(v, f"space.{name}")
         loop.check_loop_keys(self.params, self.loop.model_dump(), "params")
         return self
-
-    def spec(self, common: Common, values: dict[str, Any]) -> Spec:
-        """The distillation's spec at searched ``values`` (over the fixed ``params``)."""
-        loop_keys, strength = split_params({**self.params, **values})  # (steps, lr), (alpha, beta)
-        fresh = self.init == "fresh"
-        return Spec(
-            setting=common.setting, load=common.load, init=self.init,
-            alpha=None if fresh else strength["alpha"], beta=None if fresh else strength["beta"],
-            temperature=self.temperature, epsilon=self.epsilon,
-            forget_fraction=common.forget_fraction,  # the reference's pre-training mix
-            loop=LoopConfig(**{**self.loop.model_dump(), **loop_keys}), seed=common.seed,
-        )
 
     def search_space(self) -> dict[str, Dim]:
         """The searched UNDO dimensions, as ``undo.<name>``."""

@@ -3,42 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import model_validator
 
 from trainables import compute, data, loop, memory, models, settings
 from trainables.loop import LoopConfig
 from trainables.methods import METHODS
 from trainables.strict import Strict
-from trainables.defence_spec import Common, split_params
 
 
 class Spec(Strict):
-    """A defender ``method`` (its ``params``, canonical: defaults filled in) applied to the
-    input model by ``loop``; ``load``: how the input checkpoint is loaded. TAR's stage takes the
-    same spec (``method: tar``)."""
+    """A shallow unlearning ``method`` of the registry (its ``params``: canonical, defaults
+    filled in from its ``Params``) applied to the input model by ``loop``; ``load``: how the
+    input checkpoint is loaded."""
 
     setting: dict[str, Any]
-    method: str
+    method: Literal[tuple(METHODS)]  # type: ignore[valid-type]
     load: dict[str, Any]
     params: dict[str, Any]
     loop: LoopConfig
     seed: int
 
-
-def spec_for(common: Common, module: Any, method: str, values: dict, loop_overrides: dict) -> Spec:
-    """Spec applying ``method`` (``module`` its defender module: ``Params``, ``DEFAULT_LOOP``)
-    with ``values`` (its hyperparameters and loop keys, fixed then searched): the method's
-    default loop, overridden by ``loop_overrides`` (the config's ``defender.loop``), then by the
-    loop keys in ``values``; hyperparameters canonical (defaults filled in)."""
-    loop_keys, hyper = split_params(values)
-    return Spec(
-        setting=common.setting, method=method, load=common.load,
-        params=module.Params(**hyper).model_dump(),
-        loop=LoopConfig(**{**module.DEFAULT_LOOP, **loop_overrides, **loop_keys}),
-        seed=common.seed,
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical(cls, v: Any) -> Any:
+        """The method's hyperparameters checked and completed by its ``Params``, so the same
+        work has one spec however it was written."""
+        if isinstance(v, dict) and v.get("method") in METHODS and isinstance(v.get("params"), dict):
+            v = {**v, "params": METHODS[v["method"]].Params(**v["params"]).model_dump()}
+        return v
 
 
 def step_sequences(spec: Spec) -> tuple[int, int]:
