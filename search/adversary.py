@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import optuna
 
 from search import archive, attack_workers, studies
-from search.families import family_of, named, training_free
+from search.families import family_of, names_family, training_free
 from search.runner import Runner, StageRef, run_stage
 from spaces import ATTACK_PRIOR as PRIOR
 from spaces import BATTERIES
@@ -36,7 +36,6 @@ from spaces.attacks import PRIORS as FAMILY_PRIORS, SPACES as FAMILY_SPACES
 from spaces.dims import MAX_COUNT, point_in, suggest
 from trainables import attack as attack_stage
 from trainables.families import FAMILIES, spec_fields, stage_of
-from trainables.loop import LoopConfig
 
 if TYPE_CHECKING:
     from search.config import ExperimentConfig
@@ -77,9 +76,10 @@ def seed_of(*parts: object) -> int:
 LOOP_KEYS = ("optimizer", "schedule", "lr", "steps", "batch_size", "warmup_steps", "eval_every", "eval_at")
 
 
-def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> attack_stage.Spec:
+def attack_spec(cfg: ExperimentConfig, params: dict, seed: int, caps: dict | None = None) -> attack_stage.Spec:
     """The attack stage's spec for one point of the attack space (fixed ``attack.params``, then
-    the point's own values; LoRA's defaults where a LoRA attack leaves one out)."""
+    the point's own values; LoRA's defaults where a LoRA attack leaves one out); ``caps``: the
+    search's limits on this run (``max_flops``, ``prune``, ``stop_at``, ``past_peak``)."""
     p = {**cfg.attack.params, **params}
     loop = {**cfg.attack.loop.model_dump(), **{k: p[k] for k in LOOP_KEYS if k in p}}
     if loop["schedule"].startswith("warmup") and not loop["warmup_steps"]:
@@ -89,29 +89,33 @@ def attack_spec(cfg: ExperimentConfig, params: dict, seed: int) -> attack_stage.
         q = {**LORA_DEFAULTS, **{k: v for k, v in p.items() if k in LORA_DEFAULTS}}
         lora = {"r": q["lora_r"], "alpha": q["lora_alpha"], "dropout": q["lora_dropout"], "targets": q["lora_targets"]}
     then = p.get("then", "none")
-    return attack_stage.Spec(
-        then=None if then == "none" else {"family": then, **spec_fields(then, p)},
-        setting=cfg.setting.model_dump(),
-        load=cfg.model.load_options(),
-        loop=LoopConfig(**loop),
-        data=p.get("data", "forget"),
-        retain_fraction=p.get("retain_fraction", cfg.attack.retain_fraction),  # a battery may fix it
-        loss_on=cfg.attack.loss_on,
-        n_examples=p.get("n_examples"),
-        lora=lora,
-        past_peak=cfg.attack.past_peak.model_dump() if cfg.attack.past_peak else None,
-        seed=seed,
-    )
+    return attack_stage.Spec(**{
+        "then": None if then == "none" else {"family": then, **spec_fields(then, p)},
+        "setting": cfg.setting.model_dump(),
+        "load": cfg.model.load_options(),
+        "loop": loop,  # validated into the spec's LoopConfig
+        "data": p.get("data", "forget"),
+        "retain_fraction": p.get("retain_fraction", cfg.attack.retain_fraction),  # a battery may fix it
+        "loss_on": cfg.attack.loss_on,
+        "n_examples": p.get("n_examples"),
+        "lora": lora,
+        "past_peak": cfg.attack.past_peak.model_dump() if cfg.attack.past_peak else None,
+        "seed": seed,
+        **(caps or {}),
+    })
 
 
-def family_spec(cfg: ExperimentConfig, params: dict, seed: int):
-    """(stage name, spec) of one point of the attack space, whatever its family."""
+def family_spec(cfg: ExperimentConfig, params: dict, seed: int, caps: dict | None = None):
+    """(stage name, spec) of one point of the attack space, whatever its family; ``caps`` (the
+    search's limits: FLOPs left, pruning, past-peak) apply to the families that train."""
     family = family_of(cfg, params)
+    spec = attack_stage.Spec if family == "finetune" else FAMILIES[family].Spec
+    caps = {k: v for k, v in (caps or {}).items() if k in spec.model_fields}
     if family == "finetune":
-        return "attack", attack_spec(cfg, params, seed)
+        return "attack", attack_spec(cfg, params, seed, caps)
     fields = spec_fields(family, {**cfg.attack.params, **params})
-    spec = FAMILIES[family].Spec(setting=cfg.setting.model_dump(), load=cfg.model.load_options(), seed=seed, **fields)
-    return stage_of(family), spec
+    return stage_of(family), spec(setting=cfg.setting.model_dump(), load=cfg.model.load_options(), seed=seed,
+                                  **fields, **caps)
 
 
 def attack_columns(spec, n_examples: int | None, source: str, family: str = "finetune") -> dict:
@@ -177,9 +181,7 @@ def adversary_search(
     lock = threading.Lock()  # concurrent attacks append rows and add up FLOPs
 
     def run_attack(attack_id: str, params: dict, attack_seed: int, source: str, extra: dict | None = None) -> dict:
-        stage, spec = family_spec(cfg, params, attack_seed)
-        # the search's caps (FLOPs left, pruning, past-peak) apply to the families that train
-        spec = spec.model_copy(update={k: v for k, v in (extra or {}).items() if k in type(spec).model_fields})
+        stage, spec = family_spec(cfg, params, attack_seed, extra)
         row = {
             "experiment": experiment, "trial_id": trial_id, "attack_id": attack_id, "attack.role": role,
             **attack_columns(spec, n_examples, source, family_of(cfg, params)),
@@ -268,7 +270,8 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         then = {**a.params, **params}.get("then", "none") if family == "finetune" else "none"
         if then != "none":  # the composed family's dimensions, conditional on it
             params.update(suggest(trial, a.family_space(then)))
-        named(params, family, families, a.params)
+        if names_family(family, families, a.params):
+            params["family"] = family
         extra = {"prune": prune_rule(cfg, study)}
         if limit is not None:
             extra["max_flops"] = max(0.0, limit - spent())
@@ -315,7 +318,8 @@ def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -
         p = point_in(space, point)
         if family == "finetune" and p.get("kind", a.params.get("kind", "full")) != "lora":
             p = {k: v for k, v in p.items() if k not in a.lora_space()}
-        named(p, family, families, a.params)
+        if names_family(family, families, a.params):
+            p["family"] = family
         key = json.dumps(p, sort_keys=True)
         if p and key not in seen:
             seen.add(key)

@@ -17,14 +17,23 @@ from __future__ import annotations
 
 import os
 import queue
+import tempfile
 import threading
 from pathlib import Path
 
 from search import cache
 from trainables.families import FAMILIES
 from trainables.resident import ResidentModel
+from trainables.stages import STAGES
 
 ATTACK_STAGES = {m.STAGE for m in FAMILIES.values()}  # every attack family's stage
+
+
+def run_on(resident: ResidentModel, stage: str, spec: dict) -> dict:
+    """Run one attack stage (any family's ``stage``) on a resident model; it is restored after."""
+    with resident.lent(spec.get("load", {})) as model, tempfile.TemporaryDirectory() as tmp:
+        # an attack stage writes nothing; its contract gives it a folder
+        return STAGES[stage](spec, {"model": resident.path}, Path(tmp), model=model)
 
 
 class _ActorBody(ResidentModel):
@@ -40,7 +49,7 @@ class _ActorBody(ResidentModel):
 
     def run_attack(self, spec: dict, stage: str = "attack") -> dict:
         self.started += 1
-        return super().run_attack(spec, stage)
+        return run_on(self, stage, spec)
 
     def status(self) -> dict:
         """This process's pid and attacks begun: answered while an attack runs (two threads)."""
@@ -96,7 +105,7 @@ class AttackPool:
         slot = self._take(spec["load"])
         try:
             if not self.remote:
-                return slot.run_attack(spec, stage)
+                return run_on(slot, stage, spec)
             import ray
 
             try:

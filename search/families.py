@@ -65,12 +65,10 @@ def family_of(cfg: ExperimentConfig, params: dict) -> str:
     return {**cfg.attack.params, **params}.get("family", only)
 
 
-def named(point: dict, family: str, families: list[str], fixed: dict) -> dict:
-    """``point`` naming its family where that tells it apart: every family but the fine-tune
-    (the archive keeps the name), and the fine-tune when the search draws the family."""
-    if family != "finetune" or (len(families) > 1 and "family" not in fixed):
-        point["family"] = family
-    return point
+def names_family(family: str, families: list[str], fixed: dict) -> bool:
+    """Whether a point of ``family`` names it: every family but the fine-tune does (the archive
+    keeps the name), and the fine-tune when the search draws the family."""
+    return family != "finetune" or (len(families) > 1 and "family" not in fixed)
 
 
 def family_columns(values: dict[str, float], n_rep: int, row: dict | None = None) -> dict:

@@ -137,6 +137,8 @@ class Runner:
 def canonical(stage: str, spec: Strict | dict) -> dict:
     """``spec`` checked against the stage's ``Spec`` and dumped as JSON, every field present:
     the same work gives the same dump however the spec was built."""
+    if type(spec) is SPECS[stage]:  # built and checked already: its dump is the canonical one
+        return spec.model_dump(mode="json")
     raw = spec.model_dump() if isinstance(spec, Strict) else spec
     return SPECS[stage].model_validate(raw).model_dump(mode="json")
 

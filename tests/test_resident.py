@@ -43,7 +43,7 @@ def test_restored_weights_equal_the_released_model_bit_for_bit(tmp_path):
     for params in (ATTACK, {**ATTACK, "kind": "lora", "lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0,
                             "lora_targets": "all"}):
         spec = attack_spec(cfg, params, seed=3).model_dump(mode="json")
-        result = worker.run_attack(spec)
+        result = attack_workers.run_on(worker, "attack", spec)
         assert result["metrics"]["forget_acc_sel_max"] >= 0  # it ran
         now = _state(worker.model)
         assert now.keys() == released.keys()  # no adapter left behind

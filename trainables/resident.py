@@ -3,17 +3,17 @@ bit for bit after every attack, so an attack's fixed cost is a restore (millisec
 model; a 7B model's 14.5 GB at host-to-device speed on a GPU) instead of a load, and — under
 Ray Train — a worker-group start (tens of seconds). ``search/attack_workers.py`` runs these inside
 Ray actors; without Ray, an adversary search keeps one per concurrent attack in its process.
+An attack borrows the model (``lent``) and is run on it by the stage's own ``run``.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+import contextlib
+from typing import Iterator
 
 import torch
 
 from trainables import loop, models
-from trainables.stages import STAGES
 
 
 class ResidentModel:
@@ -40,12 +40,13 @@ class ResidentModel:
             torch.cuda.synchronize()
         self.model.eval()
 
-    def run_attack(self, spec: dict, stage: str = "attack") -> dict:
-        """Run one attack stage (any family's) on the model and restore it, whatever happened."""
-        if spec.get("load", {}) != self.load_options:
+    @contextlib.contextmanager
+    def lent(self, load_options: dict) -> Iterator[torch.nn.Module]:
+        """The model, for one attack that asks for it with ``load_options`` (they must be the
+        ones it was loaded with); restored when the attack ends, whatever happened."""
+        if load_options != self.load_options:
             raise ValueError("resident model: an attack asked for other load options than the model was loaded with")
         try:
-            with tempfile.TemporaryDirectory() as tmp:  # the attack stage writes nothing; its contract gives it a folder
-                return STAGES[stage](spec, {"model": self.path}, Path(tmp), model=self.model)
+            yield self.model
         finally:
             self.restore()
