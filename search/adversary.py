@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Literal
 
 import optuna
 
-from search import archive, attack_workers, studies
+from search import archive, studies
 from search.families import family_of, names_family, training_free
-from search.runner import Runner, StageRef, run_stage
+from search.runner import Runner, StageRef, pool_for, run_stage
 from spaces import ATTACK_PRIOR as PRIOR
 from spaces import BATTERIES
 from spaces.attack import LORA_DEFAULTS
@@ -208,7 +208,7 @@ def adversary_search(
                 out.search_flops += ref.result["flops"]
         return ref.result
 
-    pool = attack_workers.pool_for(runner, str(released.path), a.concurrency)
+    pool = pool_for(runner, str(released.path), a.concurrency)
     try:
         for name in a.batteries:
             for i, params in enumerate(BATTERIES[name](a.battery_steps, cfg.setting.name)):

@@ -1,4 +1,4 @@
-"""Resident attack workers (search/attack_workers.py, trainables/resident.py): a released model loaded
+"""Resident attack workers (search/runner.py, trainables/resident.py): a released model loaded
 once, restored bit for bit after every attack, the same results as a fresh load per attack,
 and a worker killed mid-search replaced with nothing lost or counted twice."""
 
@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from search import attack_workers, config, trial
+from search import config, runner as stage_runner, trial
 from search.adversary import adversary_search
 from search.runner import Runner
 from tests.conftest import ROOT, TINY
@@ -43,7 +43,7 @@ def test_restored_weights_equal_the_released_model_bit_for_bit(tmp_path):
     for params in (ATTACK, {**ATTACK, "kind": "lora", "lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0,
                             "lora_targets": "all"}):
         spec = attack_spec(cfg, params, seed=3).model_dump(mode="json")
-        result = attack_workers.run_on(worker, "attack", spec)
+        result = stage_runner.run_on(worker, "attack", spec)
         assert result["metrics"]["forget_acc_sel_max"] >= 0  # it ran
         now = _state(worker.model)
         assert now.keys() == released.keys()  # no adapter left behind
@@ -86,8 +86,8 @@ def test_a_resident_worker_killed_mid_search_is_replaced_and_nothing_is_lost_or_
     ctx = trial.Context(cfg, "e", str(tmp_path / "e"), Runner(tmp_path / "cache", "local"))
     reference = trial.pretrained(ctx, "reference")
     pools = []
-    real = attack_workers.pool_for
-    monkeypatch.setattr(attack_workers, "pool_for", lambda *a: pools.append(real(*a)) or pools[-1])
+    real = stage_runner.pool_for
+    monkeypatch.setattr(stage_runner, "pool_for", lambda *a: pools.append(real(*a)) or pools[-1])
     killed = {}
 
     def kill_during_the_second_attack() -> None:
@@ -132,7 +132,7 @@ def test_resident_workers_leave_the_trials_placement_group(tmp_path, local_ray):
 
     @local_ray.remote(num_cpus=0.25)
     def like_a_trial() -> dict:
-        pool = attack_workers.AttackPool(path, 1, {"num_workers": 1, "resources_per_worker": {"CPU": 1}})
+        pool = stage_runner.AttackPool(path, 1, {"num_workers": 1, "resources_per_worker": {"CPU": 1}})
         try:
             return pool.execute("attack", spec, {"model": path}, tmp_path)
         finally:

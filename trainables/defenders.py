@@ -4,8 +4,9 @@
 Each module gives ``CITATION``, ``DEFAULT_LOOP`` (its loop on arithmetic) and ``Params`` (its
 hyperparameters and their defaults); ``STAGE`` names the stage that makes the released model.
 
-A defender is a pipeline of stages (``DefenderConfig.pipeline``): the unlearning that makes the
-*suppressed* model from the reference, then the robustifiers on top of it. With a
+A defender is a pipeline of stages, which ``resolve`` (the one resolver) builds from a point of
+the defender search: the unlearning that makes the *suppressed* model from the reference, then
+the robustifiers on top of it. With a
 ``safeguard`` (required by TAR, optional for any method: LAT on top of RMU, as Sheshadri et al.
 run it) the suppressed model is the safeguard's output and the method's own stage trains on
 it; with ``undo`` UNDO's distillation follows. ``search/`` runs whatever steps the pipeline

@@ -1,7 +1,7 @@
 """A released model kept in memory across the attacks on it: loaded once, its weights restored
 bit for bit after every attack, so an attack's fixed cost is a restore (milliseconds on a small
 model; a 7B model's 14.5 GB at host-to-device speed on a GPU) instead of a load, and — under
-Ray Train — a worker-group start (tens of seconds). ``search/attack_workers.py`` runs these inside
+Ray Train — a worker-group start (tens of seconds). ``search/runner.py`` runs these inside
 Ray actors; without Ray, an adversary search keeps one per concurrent attack in its process.
 An attack borrows the model (``lent``) and is run on it by the stage's own ``run``.
 """
