@@ -37,3 +37,18 @@ def test_a_config_table_gives_each_method_its_values_the_specific_one_winning():
     table = {"rmu.lr": 1e-2, "lr": 1e-3, "lam": 2.0, "npo.beta": 0.1}
     assert points.for_method(table, "rmu") == {"lr": 1e-2, "lam": 2.0}
     assert points.for_method(table, "graddiff") == {"lr": 1e-3, "lam": 2.0}
+
+
+def test_every_shipped_config_resolves_to_the_committed_specs():
+    """Every config of ``configs/`` (and a panel of defender overrides and attack points)
+    resolves to the stage specs committed in ``tests/data/resolved_specs.json``: a refactor
+    keeps cached results valid, and a deliberate change of a spec is a reviewed diff."""
+    import json
+
+    from tests import resolved_specs
+
+    want, got = json.loads(resolved_specs.TABLE.read_text()), resolved_specs.table()
+    changed = sorted(f"{part}: {k}" for part in want for k in set(want[part]) | set(got[part])
+                     if want[part].get(k) != got[part].get(k))
+    assert not changed, (f"{len(changed)} resolved specs differ from the committed ones, e.g. {changed[:3]}; "
+                         "if deliberate: python -m tests.resolved_specs --write")
