@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.adversary_search import panel  # noqa: E402
 from search import config  # noqa: E402
 from search.adversary import adversary_search, family_worst  # noqa: E402
-from search.families import training_free  # noqa: E402
+from search.attack_families import training_free  # noqa: E402
 from search.runner import Runner  # noqa: E402
 from search.trial import Context, pretrained  # noqa: E402
 from trainables import compute, heldout, settings  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
     extra = [n for n in names if n in ("repnoise", "lat")]
     models, ref_flops = panel(cache, runner, [n for n in names if n not in extra], args.set)
     quick = config.load(None, [f"cache_dir={cache}", *args.set])
-    # the families this model takes (search/families.py fit_families), the fine-tune first
+    # the families this model takes (search/attack_families.py fit_families), the fine-tune first
     order = ["finetune", *sorted(f for f in quick.attack.families if f != "finetune")]
     if args.families:
         order = [f for f in order if f in args.families.split(",")]

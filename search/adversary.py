@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import optuna
 
 from search import archive, studies
-from search.families import family_of, names_family, training_free
+from search.attack_families import family_of, names_family, training_free
 from search.runner import Runner, StageRef, pool_for, run_stage
 from spaces import ATTACK_PRIOR as PRIOR
 from spaces import BATTERIES

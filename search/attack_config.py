@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from search.families import all_family_dims
+from search.attack_families import all_family_dims
 from spaces import ATTACK_PRIOR as PRIOR
 from spaces import ATTACK_SPACE, BATTERIES, LORA_SPACE
 from spaces.attacks import SPACES as FAMILY_SPACES
@@ -73,7 +73,7 @@ class AttackConfig(Strict):
     past_peak: PastPeak | None = None
     # attack families searched (trainables/families/: finetune, quantize, prune, ...); None:
     # every registered family that the model can take (a family that puts tokens before each
-    # question needs positions for them: search/families.py fit_families). With more than one,
+    # question needs positions for them: search/attack_families.py fit_families). With more than one,
     # the family is a searched dimension and each family's dimensions are drawn only for it;
     # training-free families' informed points run first and do not count against a run-count budget.
     families: list[str] | None = None

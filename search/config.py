@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 # Each section's schema lives with what owns it; this module composes them and reads YAML.
 from search.cache import DEFAULT_DIR as DEFAULT_CACHE_DIR
-from search.families import fit_families
+from search.attack_families import fit_families
 from search.attack_config import AttackConfig
 from search.retention import CacheConfig
 from search.runner import ScalingConfig

@@ -22,7 +22,7 @@ from ray import tune
 
 from search import archive, cache, tables, verify
 from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text, family_worst
-from search.families import family_columns
+from search.attack_families import family_columns
 from search.config import ExperimentConfig
 from search.disk import storage_full
 from search.ray_worker import in_ray_worker

@@ -45,7 +45,7 @@ from search import tables
 from search.disk import storage_full
 from search.adversary import AttackOutcome, adversary_search, error_text, family_worst, seed_of
 from search.attack_config import AttackConfig, PastPeak
-from search.families import family_columns, fit_families
+from search.attack_families import family_columns, fit_families
 from search.runner import StageRef, rebuild
 from spaces import ATTACK_PRIOR, ATTACK_SPACE, BATTERIES
 from spaces.dims import MAX_COUNT

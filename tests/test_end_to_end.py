@@ -14,7 +14,7 @@ import pytest
 from analysis.report import front_mask
 from search import cache, retention, tables
 from tests.conftest import ROOT, tiny_search
-from search.families import needs_context, training_free
+from search.attack_families import needs_context, training_free
 from trainables.families import FAMILIES
 
 pytestmark = pytest.mark.slow

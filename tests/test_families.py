@@ -9,7 +9,7 @@ import torch
 
 from search import config
 from search.adversary import adversary_search, informed_start
-from search.families import needs_context, training_free
+from search.attack_families import needs_context, training_free
 from search.runner import Runner
 from search.trial import Context, pretrained, score_columns
 from tests.conftest import TINY

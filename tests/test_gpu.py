@@ -20,7 +20,7 @@ from search.trial import Context, defender, common_spec, pretrained, pretrain_sp
 from tests.conftest import TINY
 from trainables import loop, models
 from trainables.defenders import distill_spec
-from search.families import needs_context
+from search.attack_families import needs_context
 from trainables.families import FAMILIES
 from trainables.stages import STAGES
 from trainables.methods import METHODS

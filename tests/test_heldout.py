@@ -13,7 +13,7 @@ import torch
 
 from search import archive, config, tables
 from search.adversary import adversary_search, choose, informed_start, prune_rule
-from search.families import all_family_dims
+from search.attack_families import all_family_dims
 from search.runner import Runner
 from search.trial import Context, pretrained
 from trainables import attack, heldout

@@ -30,7 +30,7 @@ CITATION = "Łucki et al. 2024 (in-context relearning); Brown et al. 2020 (k-sho
 STAGE = "few_shot"
 SEEDED = True  # the examples are a seeded draw from T
 TRAINING_FREE = True
-CONTEXT = True  # needs positions before the question (search/families.py context_room)
+CONTEXT = True  # needs positions before the question (search/attack_families.py context_room)
 
 
 class Spec(Strict):

@@ -34,7 +34,7 @@ CITATION = "Zou et al. 2023 (GCG); Łucki et al. 2024 (universal prefixes recove
 STAGE = "prefix"
 SEEDED = True
 TRAINING_FREE = False
-CONTEXT = True  # needs positions before the question (search/families.py context_room)
+CONTEXT = True  # needs positions before the question (search/attack_families.py context_room)
 
 
 class Spec(Strict):

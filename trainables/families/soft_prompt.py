@@ -29,7 +29,7 @@ CITATION = "Schwinn et al. 2024 (soft prompt threats); Lester et al. 2021 (promp
 STAGE = "soft_prompt"
 SEEDED = True
 TRAINING_FREE = False
-CONTEXT = True  # needs positions before the question (search/families.py context_room)
+CONTEXT = True  # needs positions before the question (search/attack_families.py context_room)
 
 
 class Spec(Strict):
