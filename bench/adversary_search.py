@@ -38,7 +38,7 @@ from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
 from search.runner import Runner, run_stage  # noqa: E402
 from search.trial import Context, common_spec, pretrained, suppress, method_spec  # noqa: E402
-from trainables.defenders import distill_spec  # noqa: E402
+from search.defender_config import distill_spec  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

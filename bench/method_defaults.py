@@ -29,7 +29,7 @@ from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
 from search.runner import Runner, run_stage  # noqa: E402
 from search.trial import Context, baseline, common_spec, pretrained  # noqa: E402
-from trainables.defenders import resolve  # noqa: E402
+from search.defender_config import resolve  # noqa: E402
 from trainables.methods import METHODS  # noqa: E402
 
 

@@ -29,12 +29,13 @@ from spaces.dims import MAX_COUNT, Choice, grid_size
 from trainables import architectures, settings
 from trainables.settings import SettingConfig
 from trainables.sources import missing
-from trainables.defenders import DEFENDERS, DefenderConfig
+from search.defender_config import DefenderConfig
+from trainables.defenders import DEFENDERS
 from trainables.models import ModelConfig
 from trainables.pretrain import PretrainConfig
 from trainables.settings import SETTINGS
 from trainables.strict import Strict, format_error
-from trainables.undo import UndoConfig
+from search.defender_config import UndoConfig
 
 __all__ = ["AttackConfig", "ConfigError", "DefenderConfig", "ExperimentConfig", "PretrainConfig", "ScalingConfig",
            "SearchConfig", "TrackingConfig", "UndoConfig", "VerifyConfig", "load"]

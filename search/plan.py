@@ -21,7 +21,7 @@ from search.config import ExperimentConfig
 from spaces import points
 from spaces.dims import At, Choice, Dim, point_in
 from trainables import compute, settings
-from trainables.defenders import resolve, suppressor
+from search.defender_config import resolve, suppressor
 from trainables.stages import MODULES
 from trainables.loop import LoopConfig
 

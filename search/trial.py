@@ -1,7 +1,7 @@
 """One defender trial, and the baselines, as plain functions over the stage runner.
 
 ``defender(ctx, trial_id, point)`` resolves one point of the defender space into its pipeline
-(``trainables/defenders.py`` ``resolve``: the unlearning that makes the suppressed model, then
+(``search/defender_config.py`` ``resolve``: the unlearning that makes the suppressed model, then
 any robustifier on top), runs the steps in order, scores the released model and attacks it with
 the adversary search; ``baseline(ctx, kind)`` does the same for the pure, reference and
 suppressed models. Each writes its rows as one part, failed or not. ``defender_trial``, the Tune function trainable, only wraps ``defender``.
@@ -20,7 +20,7 @@ from typing import Callable
 
 from ray import tune
 
-from search import archive, cache, tables, verify
+from search import archive, cache, defender_config, tables, verify
 from search.adversary import AttackOutcome, adversary_search, curve_rows, error_text, family_worst
 from search.attack_families import family_columns
 from search.config import ExperimentConfig
@@ -28,7 +28,7 @@ from search.disk import storage_full
 from search.ray_worker import in_ray_worker
 from search.runner import Runner, StageRef, cache_key, run_stage
 from trainables import evaluate as evaluate_stage, heldout, settings
-from trainables import defenders, pretrain as pretrain_stage
+from trainables import pretrain as pretrain_stage
 from trainables.defence_spec import REFERENCE, SUPPRESSED, Common
 from trainables.sources import is_local
 from trainables.stages import STAGES
@@ -122,7 +122,7 @@ def method_spec(cfg: ExperimentConfig, method: str, params: dict, fixed: dict | 
     (default: the config's ``defender.params`` for ``method``), then by ``params``; the same for
     hyperparameters."""
     fixed = cfg.defender.method_params(method) if fixed is None else fixed
-    return defenders.method_spec(cfg.defender, common_spec(cfg), method, {**fixed, **params})
+    return defender_config.method_spec(cfg.defender, common_spec(cfg), method, {**fixed, **params})
 
 
 def _data(cfg: ExperimentConfig):
@@ -227,7 +227,7 @@ def suppress(ctx: Context, method: str, params: dict, reference: StageRef) -> St
     (cached per distinct spec, so every trial of one unlearning config robustifies the same
     model)."""
     values = {**ctx.cfg.defender.method_params(method), **params}
-    step = defenders.suppressor(ctx.cfg.defender, common_spec(ctx.cfg), method, values)
+    step = defender_config.suppressor(ctx.cfg.defender, common_spec(ctx.cfg), method, values)
     return run_stage(ctx.runner, step.stage, step.spec, {"model": reference})
 
 
@@ -250,8 +250,8 @@ def defender(ctx: Context, trial_id: str, config: dict, reference: StageRef) -> 
     robustness.
     """
     start = time.perf_counter()
-    # the point resolved once into its pipeline's stage specs (trainables/defenders.py resolve)
-    resolved = defenders.resolve(ctx.cfg.defender, common_spec(ctx.cfg), config)
+    # the point resolved once into its pipeline's stage specs (search/defender_config.py resolve)
+    resolved = defender_config.resolve(ctx.cfg.defender, common_spec(ctx.cfg), config)
     row = _row(ctx, trial_id, "defender", resolved.method, resolved.values)
     try:
         ref_flops = reference.result["flops"]
@@ -307,7 +307,7 @@ def verify_trial(ctx: Context, trial_id: str, ref_flops: float) -> dict:
 def suppressed_key(cfg: ExperimentConfig, method: str, reference: StageRef) -> str:
     """Cache key of the suppressed model of ``method`` at its fixed and default hyperparameters
     (the ``suppressed`` baseline's model, the teacher its robustified trials share)."""
-    step = defenders.suppressor(cfg.defender, common_spec(cfg), method, cfg.defender.method_params(method))
+    step = defender_config.suppressor(cfg.defender, common_spec(cfg), method, cfg.defender.method_params(method))
     return cache_key(step.stage, step.spec, {"model": reference.key})
 
 

@@ -1,5 +1,5 @@
 """Search spaces: ``spaces/<defender>.py`` for each defender (found by its name,
-``trainables/defenders.py``), ``spaces/undo.py`` for UNDO's stage, ``spaces/attack.py`` for the
+``search/defender_config.py``), ``spaces/undo.py`` for UNDO's stage, ``spaces/attack.py`` for the
 fine-tuning attacker and ``spaces/attacks/`` for the other attack families; ``dims`` their
 dimensions, ``points`` the names of a point's keys, ``batteries`` the papers' fixed attacks."""
 

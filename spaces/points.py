@@ -1,5 +1,5 @@
 """The names of a defender search point's keys: how they are encoded (the resolver,
-``trainables/defenders.py`` ``resolve``, decodes a point with them).
+``search/defender_config.py`` ``resolve``, decodes a point with them).
 
 A point is the flat dict Optuna asks, Tune passes to a trial and the tables store as
 ``param.*`` columns. With one method its dimensions are plain names (``lr``); with several the

@@ -26,7 +26,7 @@ from search.adversary import attack_spec
 from search.runner import Runner, StageRef, run_stage
 from search.trial import common_spec, pretrain_spec, method_spec
 from trainables import methods as registry
-from trainables.defenders import resolve
+from search.defender_config import resolve
 
 # Each method of the registry at its defaults on the reference (GradAscent: see its test).
 METHODS = list(registry.METHODS)

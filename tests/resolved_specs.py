@@ -21,7 +21,7 @@ from search.runner import canonical
 from search.trial import common_spec
 from spaces.batteries import BATTERIES
 from spaces.dims import Choice, Dim, suggest
-from trainables.defenders import resolve
+from search.defender_config import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = Path(__file__).resolve().parent / "data" / "resolved_specs.json"

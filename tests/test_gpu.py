@@ -19,7 +19,7 @@ from search.runner import Runner, run_stage
 from search.trial import Context, defender, common_spec, pretrained, pretrain_spec, method_spec
 from tests.conftest import TINY
 from trainables import loop, models
-from trainables.defenders import distill_spec
+from search.defender_config import distill_spec
 from search.attack_families import needs_context
 from trainables.families import FAMILIES
 from trainables.stages import STAGES

@@ -45,7 +45,10 @@ def _top_level_imports(name: str) -> set[str]:
 
 
 def test_no_layer_imports_one_above_it():
-    above = {"spaces": ("trainables", "search", "analysis"), "trainables": ("search", "analysis")}
+    """spaces/ (what is searched) and trainables/ (what runs) are two bottom layers that know
+    nothing of each other: the configuration sections that join them (``search/*_config.py``)
+    and everything else in search/ sit above both, analysis/ on top."""
+    above = {"spaces": ("trainables", "search", "analysis"), "trainables": ("spaces", "search", "analysis")}
     for module, imported in _imports().items():
         for target in imported:
             assert not target.startswith(above.get(module.split(".")[0], ())), f"{module} imports {target}"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from trainables.defenders import DEFENDER_SPACES
+from search.defender_config import DEFENDER_SPACES
 from trainables.settings import arithmetic as A
 from trainables.loop import LoopConfig, train
 from trainables.defenders import DEFENDERS, STAGE

@@ -16,7 +16,7 @@ def test_a_point_resolves_to_what_encoded_it():
     with several, ``undo.<name>`` for the shared stage; each value lands in its stage's spec."""
     from search import config
     from search.trial import common_spec
-    from trainables.defenders import resolve
+    from search.defender_config import resolve
 
     one_cfg = config.load(None, ["defender.method=graddiff", "defender.undo={}"])
     one = {"lr": 1e-3, "steps": 40, **points.scoped({"alpha": 0.5, "beta": 0.2}, points.UNDO)}

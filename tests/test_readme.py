@@ -164,12 +164,12 @@ def test_the_configuration_reference_is_what_the_config_models_say():
 
 
 def test_the_methods_table_is_what_the_method_and_space_files_say():
-    """docs/methods.md is generated from the registry (``python -m trainables.methods_table``): a
+    """docs/methods.md is generated from the registry (``python -m search.methods_table``): a
     method added or a default changed without regenerating it fails here."""
-    from trainables import methods_table
+    from search import methods_table
 
     assert (ROOT / "docs" / "methods.md").read_text() == methods_table.page(), \
-        "regenerate: .venv/bin/python -m trainables.methods_table > docs/methods.md"
+        "regenerate: .venv/bin/python -m search.methods_table > docs/methods.md"
 
 
 def test_the_benchmark_tables_are_what_their_result_files_say():

@@ -10,7 +10,8 @@ from search.trial import common_spec, pretrain_spec, method_spec
 from search.adversary import attack_spec
 from trainables import attack, models
 from trainables import data as data_mod
-from trainables.defenders import REFERENCE, SUPPRESSED, resolve
+from search.defender_config import resolve
+from trainables.defence_spec import REFERENCE, SUPPRESSED
 from trainables.settings import arithmetic
 from tests.conftest import ROOT
 

@@ -12,7 +12,7 @@ import torch
 from search import config, tables
 from search.trial import Context, baseline, defender, pretrained, suppress, method_spec
 from search.runner import Runner, run_stage
-from trainables.defenders import DEFENDER_SPACES
+from search.defender_config import DEFENDER_SPACES
 from trainables.settings import arithmetic as A
 from trainables import models, tar
 from trainables.methods import METHODS, random_mapping

@@ -9,7 +9,7 @@ import torch
 from search import config, tables
 from search.runner import Runner, run_stage
 from search.trial import Context, baseline, defender, common_spec, pretrained, suppress
-from trainables.defenders import distill_spec, resolve
+from search.defender_config import distill_spec, resolve
 from trainables.settings import arithmetic as A
 from trainables import loop, models, undo
 

@@ -17,7 +17,7 @@ from search.runner import Runner, run_stage
 from search.trial import Context, common_spec, pretrained, suppress, method_spec
 from tests import wmdp_fixtures as F
 from trainables import models
-from trainables.defenders import distill_spec
+from search.defender_config import distill_spec
 from trainables.settings import wmdp
 
 ARCHS = ("gpt2", "llama", "gemma2")

@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
-from typing import Any, Literal
-
-from pydantic import Field, field_validator, model_validator
-
-from spaces import points
-from spaces.dims import Choice, Dim, check_fixed, check_space, searched, with_bounds
-from spaces.undo import SPACE as UNDO_SPACE
 from trainables import compute, data, loop, memory, models, settings
 from trainables.loop import LoopConfig
 from trainables.strict import Strict
 
+# Distillation defaults on arithmetic: AdamW, warmup + cosine, clipping (LoopConfig's 1.0).
+DISTILL_LOOP = {"steps": 1500, "lr": 2e-3, "schedule": "warmup_cosine", "warmup_steps": 50, "eval_every": 50}
 CITATION = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), arXiv 2506.06278"
 INITS = ("corrupt", "fresh")
 
@@ -179,62 +175,3 @@ def run(spec: Spec | dict, inputs: dict[str, str], out_dir: Path) -> dict:
     result["steps"] = steps
     result["teacher_retain_acc"] = target
     return result
-
-
-# The config section `defender.undo:` (validated at load time).
-
-def _in_unit(v: Any, where: str) -> None:
-    try:
-        check_unit(where, float(v))
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: must be a number in [0, 1], got {v!r}") from None
-
-
-# Distillation defaults on arithmetic: AdamW, warmup + cosine, clipping (LoopConfig's 1.0).
-DISTILL_LOOP = {"steps": 1500, "lr": 2e-3, "schedule": "warmup_cosine", "warmup_steps": 50, "eval_every": 50}
-
-
-class UndoConfig(Strict):
-    """UNDO after the shallow method: corrupt a copy of the suppressed model (or start a fresh
-    one) and distil the suppressed model's outputs into it (``trainables/undo.py``).
-
-    The dimensions of ``spaces/undo.py`` (alpha, beta, steps, lr) are searched unless fixed in
-    ``params``; ``space`` narrows or widens them (``{values: [...]}`` makes a sweep). With
-    ``init: fresh`` alpha and beta do not apply.
-    """
-
-    init: Literal["corrupt", "fresh"] = "corrupt"
-    temperature: float = Field(1.0, gt=0)
-    # Stop once the student's retain accuracy is within epsilon of the teacher's (absolute).
-    epsilon: float = Field(0.05, ge=0, le=1)
-    loop: LoopConfig = LoopConfig(**DISTILL_LOOP)
-    params: dict[str, Any] = {}
-    space: dict[str, Any] = {}
-
-    @field_validator("loop", mode="before")
-    @classmethod
-    def _loop_defaults(cls, v: Any) -> Any:
-        """Keys the config leaves out keep the distillation defaults, not LoopConfig's."""
-        return {**DISTILL_LOOP, **v} if isinstance(v, dict) else v
-
-    @model_validator(mode="after")
-    def _check(self) -> "UndoConfig":
-        if self.loop.eval_every < 1:
-            raise ValueError("loop.eval_every: must be >= 1 (the early stop is checked at evaluations)")
-        check_fixed(self.params, UNDO_SPACE, "params")
-        check_space(self.space, UNDO_SPACE, "space")
-        for name in ("alpha", "beta"):
-            if name in self.params:
-                _in_unit(self.params[name], f"params.{name}")
-            if name in self.space:
-                dim = with_bounds(UNDO_SPACE[name], self.space[name])
-                for v in dim.values if isinstance(dim, Choice) else (dim.low, dim.high):
-                    _in_unit(v, f"space.{name}")
-        loop.check_loop_keys(self.params, self.loop.model_dump(), "params")
-        return self
-
-    def search_space(self) -> dict[str, Dim]:
-        """The searched UNDO dimensions, as ``undo.<name>``."""
-        skip = {"alpha", "beta"} if self.init == "fresh" else set()
-        dims = searched(UNDO_SPACE, self.space, {**self.params, **dict.fromkeys(skip)})
-        return points.scoped(dims, points.UNDO)

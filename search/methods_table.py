@@ -3,7 +3,7 @@ method's loss, defaults, searched space and paper, as its two files declare them
 (``trainables/methods/<method>.py``, ``spaces/<method>.py``). ``tests/test_readme.py`` checks
 that the committed page is what this prints, so a new method shows up in it or fails the suite.
 
-    python -m trainables.methods_table > docs/methods.md
+    python -m search.methods_table > docs/methods.md
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from spaces.dims import Choice, Dim
-from trainables.defenders import DEFENDER_SPACES
+from search.defender_config import DEFENDER_SPACES
 from trainables.methods import METHODS
 
 HEADER = """# Unlearning methods
 
 One file per method in `trainables/methods/` (its loss, defaults and paper) and one search space
 per method in `spaces/`, both found by the method's name: `defender.method: <name>` picks it. This
-page is generated from them by `python -m trainables.methods_table > docs/methods.md` (a test fails
+page is generated from them by `python -m search.methods_table > docs/methods.md` (a test fails
 when they disagree). Defaults are calibrated on the arithmetic reference model (loop: AdamW, batch
 64, constant lr); [defences](defences.md) has what they reach, UNDO, TAR and safeguards. f: a
 forget batch, r: a retain batch.
