@@ -26,9 +26,20 @@ TINY = [
     "defender.space.steps=[5,10]", "attack.space.steps=[5,10]",
     "attack.budget=2", "attack.reseeds=1", "attack.loop.eval_every=5", "search.trials=2",
     # fine-tuning only: tests of the search's bookkeeping count its attacks; the other families
-    # are tested in tests/test_families.py and by the first end-to-end search
+    # are tested in tests/test_families.py, tests/test_activation_and_context_families.py and by
+    # the first end-to-end search
     "attack.families=[finetune]", "verify.families=[finetune]",
 ]
+
+
+def tiny_model(arch: str = "gpt2", seed: int = 0):
+    """A two-layer, 32-wide model of ``arch`` on the arithmetic vocabulary (no training)."""
+    # imported here: this file sets the environment above before any project module loads
+    from trainables import models
+    from trainables.settings import arithmetic
+
+    cfg = models.ModelConfig(arch=arch, d_model=32, n_layer=2, n_head=2, init_seed=seed)
+    return models.build_model(cfg, len(arithmetic.VOCAB), arithmetic.SEQ_LEN)
 
 
 def tiny_search(tmp_path: Path, name: str, *extra: str, cache: str | None = None) -> list[str]:
