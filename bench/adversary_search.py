@@ -38,7 +38,6 @@ from search import config  # noqa: E402
 from search.adversary import adversary_search  # noqa: E402
 from search.runner import Runner, run_stage  # noqa: E402
 from search.trial import Context, common_spec, pretrained, suppress, method_spec  # noqa: E402
-from search.defender_config import distill_spec  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -56,7 +55,7 @@ def panel(cache: Path, runner: Runner, names: list[str], overrides: list[str] = 
         elif name == "undo":
             cfg = config.load(CONFIGS / "undo_arithmetic.yaml", [f"cache_dir={cache}", *overrides])
             teacher = suppress(Context(cfg, "bench", "/tmp/bench-adversary", runner), "maxent", {}, reference)
-            models["undo α0.6"] = run_stage(runner, "distill", distill_spec(cfg.defender.undo, common_spec(cfg), {"alpha": 0.6}), {"teacher": teacher})
+            models["undo α0.6"] = run_stage(runner, "distill", cfg.defender.undo.spec(common_spec(cfg), {"alpha": 0.6}), {"teacher": teacher})
         elif name == "tar":
             cfg = config.load(CONFIGS / "tar_arithmetic.yaml", [f"cache_dir={cache}", *overrides])
             safeguard = suppress(Context(cfg, "bench", "/tmp/bench-adversary", runner), "tar", {}, reference)

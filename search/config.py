@@ -29,13 +29,12 @@ from spaces.dims import MAX_COUNT, Choice, grid_size
 from trainables import architectures, settings
 from trainables.settings import SettingConfig
 from trainables.sources import missing
-from search.defender_config import DefenderConfig
+from search.defender_config import FOLLOWERS, DefenderConfig, UndoConfig
 from trainables.defenders import DEFENDERS
 from trainables.models import ModelConfig
 from trainables.pretrain import PretrainConfig
 from trainables.settings import SETTINGS
 from trainables.strict import Strict, format_error
-from search.defender_config import UndoConfig
 
 __all__ = ["AttackConfig", "ConfigError", "DefenderConfig", "ExperimentConfig", "PretrainConfig", "ScalingConfig",
            "SearchConfig", "TrackingConfig", "UndoConfig", "VerifyConfig", "load"]
@@ -153,7 +152,7 @@ class ExperimentConfig(Strict):
         for name, dim in dims.items():
             if not isinstance(dim, Choice):
                 scope, short = points.split(name)
-                where = f"defender.undo.space.{short}" if scope == points.UNDO else f"defender.space.{name}"
+                where = f"defender.{scope}.space.{short}" if scope in FOLLOWERS else f"defender.space.{name}"
                 raise ValueError(f"search.sampler: grid needs a list of values for every searched "
                                  f"dimension; {where} is a range (give {{values: [...]}} or fix it in params)")
         n = grid_size(dims)

@@ -7,9 +7,9 @@ optionally a ``safeguard`` every method trains on and UNDO after the method (``u
 of the defender's pipeline: the unlearning that makes the *suppressed* model from the
 reference, then the robustifiers on top of it. With a ``safeguard`` (required by TAR, optional
 for any method: LAT on top of RMU, as Sheshadri et al. run it) the suppressed model is the
-safeguard's output and the method's own stage trains on it; with ``undo`` UNDO's distillation
-follows. The trial (``search/trial.py``) runs whatever steps come back, so it names neither
-UNDO nor TAR.
+safeguard's output and the method's own stage trains on it; with ``undo`` (a ``FOLLOWERS``
+section) UNDO's distillation follows. The trial (``search/trial.py``) runs whatever steps come
+back, so it names neither UNDO nor TAR.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from spaces.dims import Choice, Dim, check_fixed, check_space, searched, with_bo
 from spaces.undo import SPACE as UNDO_SPACE
 from trainables import loop, tar, undo, unlearn
 from trainables.defence_spec import REFERENCE, SUPPRESSED, Common
-from trainables.defenders import DEFENDERS, ROBUSTIFIERS, STAGE
+from trainables.defenders import DEFENDERS, STAGE
 from trainables.loop import LoopConfig, check_params
 from trainables.methods import METHODS
 from trainables.strict import Strict
@@ -90,10 +90,28 @@ class UndoConfig(Strict):
         return self
 
     def search_space(self) -> dict[str, Dim]:
-        """The searched UNDO dimensions, as ``undo.<name>``."""
+        """The searched UNDO dimensions (``init: fresh`` takes no α or β)."""
         skip = {"alpha", "beta"} if self.init == "fresh" else set()
-        dims = searched(UNDO_SPACE, self.space, {**self.params, **dict.fromkeys(skip)})
-        return points.scoped(dims, points.UNDO)
+        return searched(UNDO_SPACE, self.space, {**self.params, **dict.fromkeys(skip)})
+
+    def spec(self, common: Common, values: dict[str, Any]) -> undo.Spec:
+        """UNDO's distillation spec at the point's ``values`` over the fixed ``params``."""
+        loop_keys, strength = _loop_keys({**self.params, **values})  # (steps, lr), (alpha, beta)
+        fresh = self.init == "fresh"
+        return undo.Spec(
+            setting=common.setting, load=common.load, init=self.init,
+            alpha=None if fresh else strength["alpha"], beta=None if fresh else strength["beta"],
+            temperature=self.temperature, epsilon=self.epsilon,
+            forget_fraction=common.forget_fraction,  # the reference's pre-training mix
+            loop={**self.loop.model_dump(), **loop_keys}, seed=common.seed,
+        )
+
+
+# Robustifiers that follow every selected method when their section is set (``defender.<name>``,
+# a field of DefenderConfig): name → the stage's module (its ``STAGE``, ``LABEL``, ``INPUTS``).
+# Their dimensions are searched with the method's, as ``<name>.<dimension>``. TAR, the other
+# robustifier, is a defender of the registry on a safeguard.
+FOLLOWERS: dict[str, ModuleType] = {"undo": undo}
 
 
 @dataclass(frozen=True)
@@ -147,7 +165,7 @@ class DefenderConfig(Strict):
     loop: LoopConfig = LoopConfig()
     params: dict[str, Any] = {}
     space: dict[str, Any] = {}
-    undo: UndoConfig | None = None
+    undo: UndoConfig | None = None  # a FOLLOWERS section
     safeguard: SafeguardConfig | None = None
 
     @model_validator(mode="before")
@@ -184,9 +202,10 @@ class DefenderConfig(Strict):
     def _check(self) -> "DefenderConfig":
         if not self.methods:
             raise ValueError("method: name at least one method")
-        if self.undo is not None and any(self.safeguard_for(m) for m in self.methods):
-            raise ValueError("undo: UNDO after a method on a safeguard (TAR, or defender.safeguard) is not "
-                             "supported; search one robustness method at a time")
+        for name in self.following():
+            if any(self.safeguard_for(m) for m in self.methods):
+                raise ValueError(f"{name}: {FOLLOWERS[name].LABEL} after a method on a safeguard (TAR, or "
+                                 "defender.safeguard) is not supported; search one robustness method at a time")
         for field, table in (("params", self.params), ("space", self.space)):
             for key in table:
                 scope, _ = points.split(key)
@@ -260,11 +279,11 @@ class DefenderConfig(Strict):
     def robust(self, method: str) -> bool:
         """Whether ``method``'s pipeline robustifies its suppressed model (which is then a
         baseline of its own: attacked once, before the trials that build on it)."""
-        return self.safeguard_for(method) is not None or self.undo is not None
+        return self.safeguard_for(method) is not None or bool(self.following())
 
     def label(self) -> str:
         """The defender in a log line: its methods, then the robustifier every method gets."""
-        return "/".join(self.methods) + (f" + {ROBUSTIFIERS['distill']}" if self.undo else "")
+        return "/".join(self.methods) + "".join(f" + {FOLLOWERS[n].LABEL}" for n in self.following())
 
     def method_params(self, method: str) -> dict[str, Any]:
         """The fixed values that apply to ``method`` (hyperparameters and loop keys)."""
@@ -280,9 +299,14 @@ class DefenderConfig(Strict):
             out[m] = {k: v for k, v in dims.items() if k not in gone}
         return out
 
+    def following(self) -> dict[str, Any]:
+        """The configured sections of ``FOLLOWERS`` (e.g. ``undo``), by name."""
+        return {n: getattr(self, n) for n in FOLLOWERS if getattr(self, n) is not None}
+
     def shared_space(self) -> dict[str, Dim]:
-        """Dimensions searched whatever the method: UNDO's, as ``undo.<name>``."""
-        return self.undo.search_space() if self.undo else {}
+        """Dimensions searched whatever the method: each follower's, as ``<name>.<dimension>``
+        (``undo.alpha``)."""
+        return {points.key(n, k): d for n, section in self.following().items() for k, d in section.search_space().items()}
 
     def single_space(self) -> dict[str, Dim]:
         """Every searched dimension of a single-method defender, UNDO's included (a grid's axes)."""
@@ -313,7 +337,7 @@ def resolve(d: DefenderConfig, common: Common, point: dict[str, Any]) -> Resolve
     several = points.METHOD in point
     method = point.get(points.METHOD, d.methods[0])
     mine: dict[str, Any] = {}
-    shared: dict[str, dict[str, Any]] = {s: {} for s in points.SHARED}
+    shared: dict[str, dict[str, Any]] = {s: {} for s in FOLLOWERS}
     for k, v in point.items():  # decoded here, inline: the point's values go nowhere else first
         scope, name = points.split(k)
         if k == points.METHOD:
@@ -329,8 +353,8 @@ def resolve(d: DefenderConfig, common: Common, point: dict[str, Any]) -> Resolve
         steps.append(Step(stage, method_spec(d, common, method, values),
                           getattr(DEFENDERS[method], "INPUTS", {"model": SUPPRESSED}),
                           name=f"{stage}.{method}" if stage == "unlearn" else stage))
-    if d.undo is not None:
-        steps.append(Step("distill", distill_spec(d.undo, common, shared[points.UNDO]), {"teacher": SUPPRESSED}))
+    for name, section in d.following().items():
+        steps.append(Step(FOLLOWERS[name].STAGE, section.spec(common, shared[name]), FOLLOWERS[name].INPUTS))
     row = {**mine, **{points.key(s, n): v for s, vals in shared.items() for n, v in vals.items()}}
     return Resolved(method, row, steps)
 
@@ -359,17 +383,3 @@ def method_spec(d: DefenderConfig, common: Common, method: str, values: dict[str
     spec = tar.Spec if STAGE[method] == "tar" else unlearn.Spec
     return spec(setting=common.setting, method=method, load=common.load, params=hyper, seed=common.seed,
                 loop={**module.DEFAULT_LOOP, **d.loop.model_dump(exclude_unset=True), **loop_keys})
-
-
-def distill_spec(u: UndoConfig, common: Common, values: dict[str, Any]) -> undo.Spec:
-    """UNDO's distillation spec at the point's ``values`` over the fixed ``params``; ``init:
-    fresh`` takes no α or β."""
-    loop_keys, strength = _loop_keys({**u.params, **values})  # (steps, lr), (alpha, beta)
-    fresh = u.init == "fresh"
-    return undo.Spec(
-        setting=common.setting, load=common.load, init=u.init,
-        alpha=None if fresh else strength["alpha"], beta=None if fresh else strength["beta"],
-        temperature=u.temperature, epsilon=u.epsilon,
-        forget_fraction=common.forget_fraction,  # the reference's pre-training mix
-        loop={**u.loop.model_dump(), **loop_keys}, seed=common.seed,
-    )

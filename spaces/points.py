@@ -4,7 +4,8 @@
 A point is the flat dict Optuna asks, Tune passes to a trial and the tables store as
 ``param.*`` columns. With one method its dimensions are plain names (``lr``); with several the
 point holds ``method`` and ``<method>.<name>`` (``rmu.c``). A stage shared by every method
-(UNDO) names its dimensions ``<stage>.<name>`` (``undo.alpha``) either way. The config's
+(UNDO: ``search/defender_config.py`` ``FOLLOWERS``) names its dimensions ``<name>.<dimension>``
+(``undo.alpha``) either way. The config's
 ``defender.params`` / ``space`` keys use the same ``<method>.<name>`` form.
 """
 
@@ -13,8 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 METHOD = "method"
-UNDO = "undo"  # the scope of UNDO's dimensions
-SHARED = (UNDO,)
 
 
 def key(scope: str | None, name: str) -> str:

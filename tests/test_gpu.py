@@ -19,7 +19,6 @@ from search.runner import Runner, run_stage
 from search.trial import Context, defender, common_spec, pretrained, pretrain_spec, method_spec
 from tests.conftest import TINY
 from trainables import loop, models
-from search.defender_config import distill_spec
 from search.attack_families import needs_context
 from trainables.families import FAMILIES
 from trainables.stages import STAGES
@@ -76,7 +75,7 @@ def test_every_stage_runs_on_the_gpu(tmp_path):
         assert all(math.isfinite(v) for v in released[method].result["metrics"].values()), method
     tar_spec = method_spec(cfg, "tar", {"steps": 2, "inner_steps": 2, "subsample": 2, "adversary_batch_size": 8})
     tar = _ran_on_gpu(lambda: run_stage(runner, "tar", tar_spec, {"model": released["random_mapping"], "reference": ref}))
-    student = _ran_on_gpu(lambda: run_stage(runner, "distill", distill_spec(cfg.defender.undo, common_spec(cfg), {"alpha": 0.5}),
+    student = _ran_on_gpu(lambda: run_stage(runner, "distill", cfg.defender.undo.spec(common_spec(cfg), {"alpha": 0.5}),
                                              {"teacher": released["graddiff"]}))
     for model, point in ((tar, {"lr": 1e-3, "steps": 5}), (student, {"kind": "lora", "lora_r": 4, "lr": 1e-2, "steps": 5})):
         atk = _ran_on_gpu(lambda: run_stage(runner, "attack", attack_spec(cfg, point, 0), {"model": model}))

@@ -6,8 +6,8 @@ from spaces import points
 def test_keys_split_and_join():
     assert points.split("rmu.c") == ("rmu", "c") and points.split("lr") == (None, "lr")
     assert points.key("undo", "alpha") == "undo.alpha" and points.key(None, "lr") == "lr"
-    assert points.scoped({"alpha": 0.3}, points.UNDO) == {"undo.alpha": 0.3}
-    assert points.unscoped({"undo.alpha": 0.3, "lr": 1e-3, "rmu.c": 6}, points.UNDO) == {"alpha": 0.3}
+    assert points.scoped({"alpha": 0.3}, "undo") == {"undo.alpha": 0.3}
+    assert points.unscoped({"undo.alpha": 0.3, "lr": 1e-3, "rmu.c": 6}, "undo") == {"alpha": 0.3}
     assert points.unscoped({"undo.alpha": 0.3, "lr": 1e-3, "rmu.c": 6}, None) == {"lr": 1e-3}
 
 
@@ -19,7 +19,7 @@ def test_a_point_resolves_to_what_encoded_it():
     from search.defender_config import resolve
 
     one_cfg = config.load(None, ["defender.method=graddiff", "defender.undo={}"])
-    one = {"lr": 1e-3, "steps": 40, **points.scoped({"alpha": 0.5, "beta": 0.2}, points.UNDO)}
+    one = {"lr": 1e-3, "steps": 40, **points.scoped({"alpha": 0.5, "beta": 0.2}, "undo")}
     r = resolve(one_cfg.defender, common_spec(one_cfg), one)
     assert (r.method, r.values) == ("graddiff", one)
     assert (r.steps[0].spec.loop.lr, r.steps[0].spec.loop.steps, r.steps[1].spec.alpha) == (1e-3, 40, 0.5)

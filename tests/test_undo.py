@@ -9,7 +9,7 @@ import torch
 from search import config, tables
 from search.runner import Runner, run_stage
 from search.trial import Context, baseline, defender, common_spec, pretrained, suppress
-from search.defender_config import distill_spec, resolve
+from search.defender_config import resolve
 from trainables.settings import arithmetic as A
 from trainables import loop, models, undo
 
@@ -119,12 +119,12 @@ def test_distill_stage_stops_early_and_counts_flops(undo_cfg, tmp_path):
     reference = pretrained(ctx, "reference")
     teacher = suppress(ctx, "graddiff", {"lam": 1.0}, reference)
     # α = 0: the student is the teacher, within ε at step 0, so no step is taken
-    same = run_stage(ctx.runner, "distill", distill_spec(undo_cfg.defender.undo, common_spec(undo_cfg), {"alpha": 0.0}), {"teacher": teacher})
+    same = run_stage(ctx.runner, "distill", undo_cfg.defender.undo.spec(common_spec(undo_cfg), {"alpha": 0.0}), {"teacher": teacher})
     assert same.result["steps"] == 0 and same.result["flops"] == 0
     # a tiny teacher scores ~0, so the target is met early; with ε < 0 impossible, it is never
     # met and the student trains to the budget
     cfg = undo_cfg.model_copy(deep=True)
-    spec = distill_spec(cfg.defender.undo, common_spec(cfg), {"alpha": 0.9}).model_copy(update={"epsilon": -1.0})
+    spec = cfg.defender.undo.spec(common_spec(cfg), {"alpha": 0.9}).model_copy(update={"epsilon": -1.0})
     out = run_stage(ctx.runner, "distill", spec, {"teacher": teacher})
     steps, n = out.result["steps"], out.result["n_params"]
     assert steps == 20 and out.result["metrics"]["retain_acc"] == [
@@ -220,7 +220,7 @@ def test_the_gemma_config_is_centred_on_undos_wmdp_corruption():
     from tests.conftest import ROOT
 
     cfg = config.load(ROOT / "configs" / "wmdp_gemma2_2b_undo.yaml")
-    space = cfg.defender.undo.search_space()
+    space = cfg.defender.shared_space()
     alphas = list(space["undo.alpha"].values)
     assert sorted(alphas)[len(alphas) // 2] == 0.25 and list(space["undo.beta"].values) == [0.0]
     assert cfg.defender.undo.loop.lr == 2e-5 and list(space["undo.lr"].values) == [2e-5]

@@ -17,7 +17,6 @@ from search.runner import Runner, run_stage
 from search.trial import Context, common_spec, pretrained, suppress, method_spec
 from tests import wmdp_fixtures as F
 from trainables import models
-from search.defender_config import distill_spec
 from trainables.settings import wmdp
 
 ARCHS = ("gpt2", "llama", "gemma2")
@@ -232,7 +231,7 @@ def test_rmu_undo_tar_and_attacks_on_tiny_models(wmdp_paths, tmp_path, arch):
     changed = {n for (n, p), q in zip(before.named_parameters(), after.parameters()) if not torch.equal(p, q)}
     assert changed and all(("down_proj" in n or "c_proj" in n) and "mlp" in n for n in changed)
     undo = config.UndoConfig(loop={"steps": 2, "batch_size": 4, "eval_every": 1})
-    distilled = run_stage(ctx.runner, "distill", distill_spec(undo, common_spec(cfg), {"alpha": 0.5, "beta": 0.1}), {"teacher": rmu})
+    distilled = run_stage(ctx.runner, "distill", undo.spec(common_spec(cfg), {"alpha": 0.5, "beta": 0.1}), {"teacher": rmu})
     assert 0 <= distilled.result["metrics"]["retain_acc"] <= 1
     tar_spec = method_spec(cfg, "tar", {"inner_steps": 2, "subsample": 1, "adversary_batch_size": 2, "steps": 1}, fixed={})
     tar = run_stage(ctx.runner, "tar", tar_spec, {"model": rmu, "reference": reference})

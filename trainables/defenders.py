@@ -17,6 +17,4 @@ from trainables import tar
 from trainables.methods import METHODS
 
 DEFENDERS: dict[str, ModuleType] = {**METHODS, "tar": tar}
-STAGE: dict[str, str] = {**dict.fromkeys(METHODS, "unlearn"), "tar": "tar"}
-# Stages that robustify a suppressed model, and how logs and plots name them.
-ROBUSTIFIERS: dict[str, str] = {"tar": "TAR", "distill": "UNDO"}
+STAGE: dict[str, str] = {**dict.fromkeys(METHODS, "unlearn"), "tar": tar.STAGE}

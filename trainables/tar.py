@@ -55,6 +55,8 @@ CITATION = "Tamirisa et al. 2024, Tamper-Resistant Safeguards for Open-Weight LL
 # TAR trains on top of a safeguard (``defender.safeguard``; the authors' random mapping unless
 # the config names another), the frozen reference beside it for the retain term.
 DEFAULT_SAFEGUARD = "random_mapping"
+STAGE = "tar"
+LABEL = "TAR"
 INPUTS = {"model": defence_spec.SUPPRESSED, "reference": defence_spec.REFERENCE}
 # Parallel strategies TAR cannot run under, and why (checked when the config loads).
 NOT_WITH_STRATEGY = {"fsdp": "its inner-loop snapshot and first-order gradient assume full parameters; use ddp"}

@@ -21,10 +21,15 @@ from typing import Any, Literal
 
 import torch
 
-from trainables import compute, data, loop, memory, models, settings
+from trainables import compute, data, defence_spec, loop, memory, models, settings
 from trainables.loop import LoopConfig
 from trainables.strict import Strict
 
+# The robustifier plug-in: the stage that follows every selected method when the config sets
+# ``defender.undo`` (search/defender_config.py FOLLOWERS), how logs name it, and its inputs.
+STAGE = "distill"
+LABEL = "UNDO"
+INPUTS = {"teacher": defence_spec.SUPPRESSED}
 # Distillation defaults on arithmetic: AdamW, warmup + cosine, clipping (LoopConfig's 1.0).
 DISTILL_LOOP = {"steps": 1500, "lr": 2e-3, "schedule": "warmup_cosine", "warmup_steps": 50, "eval_every": 50}
 CITATION = "Lee et al. 2025, Distillation Robustifies Unlearning (UNDO), arXiv 2506.06278"
