@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from spaces import points
 from spaces.dims import Choice, Dim, check_fixed, check_space, searched, with_bounds
 from spaces.undo import SPACE as UNDO_SPACE
-from trainables import loop, tar, undo, unlearn
+from trainables import loop, undo, unlearn
 from trainables.defence_spec import REFERENCE, SUPPRESSED, Common
 from trainables.defenders import DEFENDERS, STAGE
 from trainables.loop import LoopConfig, check_params
@@ -332,7 +332,8 @@ def resolve(d: DefenderConfig, common: Common, point: dict[str, Any]) -> Resolve
     ``<method>.<name>``, else plain names; a shared stage's (UNDO's) ``<scope>.<name>``. The
     pipeline: the unlearning that makes the suppressed model from the reference (on a
     safeguard: the safeguard, at its fixed parameters); then, on a safeguard, the method's own
-    stage at the point's values; then UNDO's distillation when configured. A stage's values are
+    stage at the point's values; then each configured ``FOLLOWERS`` stage (UNDO's distillation),
+at the point's ``<name>.<dimension>`` values. A stage's values are
     its defaults, overridden by the config's loop, its fixed ``params``, then the point."""
     several = points.METHOD in point
     method = point.get(points.METHOD, d.methods[0])
@@ -380,6 +381,6 @@ def method_spec(d: DefenderConfig, common: Common, method: str, values: dict[str
     spec (defaults filled in)."""
     loop_keys, hyper = _loop_keys(values)
     module = DEFENDERS[method]
-    spec = tar.Spec if STAGE[method] == "tar" else unlearn.Spec
+    spec = getattr(module, "Spec", unlearn.Spec)  # a defender with a stage of its own (TAR) gives its spec
     return spec(setting=common.setting, method=method, load=common.load, params=hyper, seed=common.seed,
                 loop={**module.DEFAULT_LOOP, **d.loop.model_dump(exclude_unset=True), **loop_keys})
