@@ -124,5 +124,5 @@ def test_the_tar_config_trains_as_the_authors_run_it(tmp_path):
     loop = spec.loop
     assert (loop.optimizer, loop.lr, loop.warmup_steps, loop.grad_clip, loop.steps) == (
         "adamw_schedule_free", 2e-5, 32, None, 750)
-    assert spec.params["adversary_lrs"] == [2e-6, 2e-5, 4e-5] and spec.params["adversary_batch_size"] == 4
+    assert spec.params.adversary_lrs == [2e-6, 2e-5, 4e-5] and spec.params.adversary_batch_size == 4
     assert set(cfg.defender.search_space()["tar"]) == {"retain_forget"}

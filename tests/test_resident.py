@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from search import config, runner as stage_runner, trial
+from search import adversary, config, runner as stage_runner, trial
 from search.adversary import adversary_search
 from search.runner import Runner
 from tests.conftest import ROOT, TINY
@@ -86,8 +86,8 @@ def test_a_resident_worker_killed_mid_search_is_replaced_and_nothing_is_lost_or_
     ctx = trial.Context(cfg, "e", str(tmp_path / "e"), Runner(tmp_path / "cache", "local"))
     reference = trial.pretrained(ctx, "reference")
     pools = []
-    real = stage_runner.pool_for
-    monkeypatch.setattr(stage_runner, "pool_for", lambda *a: pools.append(real(*a)) or pools[-1])
+    real = stage_runner.pool_for  # the adversary search asks for its pool by this name
+    monkeypatch.setattr(adversary, "pool_for", lambda *a: pools.append(real(*a)) or pools[-1])
     killed = {}
 
     def kill_during_the_second_attack() -> None:
