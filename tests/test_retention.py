@@ -16,7 +16,7 @@ import torch
 
 from search import cache, retention
 from search.retention import Retention
-from search.runner import Runner, StageRef, rebuild, run_stage
+from search.runner import Runner, rebuild, run_stage
 from search.trial import pretrain_spec, method_spec
 from search.verify import front
 from tests.conftest import ROOT
