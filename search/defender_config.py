@@ -348,7 +348,7 @@ at the point's ``<name>.<dimension>`` values. A stage's values are
         elif scope in shared:
             shared[scope][name] = v
     values = {**d.method_params(method), **mine}
-    steps = [suppressor(d, common, method, values)]
+    steps = [suppressor(d, common, method, mine)]
     if d.safeguard_for(method) is not None:
         stage = STAGE[method]  # a shallow method on a safeguard unlearns a second time: named apart
         steps.append(Step(stage, method_spec(d, common, method, values),
@@ -360,12 +360,13 @@ at the point's ``<name>.<dimension>`` values. A stage's values are
     return Resolved(method, row, steps)
 
 
-def suppressor(d: DefenderConfig, common: Common, method: str, values: dict[str, Any]) -> Step:
+def suppressor(d: DefenderConfig, common: Common, method: str, searched: dict[str, Any]) -> Step:
     """The pipeline's first step: the unlearning that makes ``method``'s suppressed model from
-    the reference at ``values`` (fixed then searched); on a safeguard, the safeguard (its
-    method at its fixed parameters: nothing searched reaches it)."""
+    the reference at its fixed values (the config's ``params``) then ``searched``; on a
+    safeguard, the safeguard (its method at its fixed parameters: nothing searched reaches it)."""
     guard = d.safeguard_for(method)
-    name, values = (method, values) if guard is None else (guard.method, guard.params)
+    name, values = ((method, {**d.method_params(method), **searched}) if guard is None
+                    else (guard.method, guard.params))
     return Step("unlearn", method_spec(d, common, name, values), {"model": REFERENCE})
 
 

@@ -300,7 +300,7 @@ def rows(cfg: ExperimentConfig, n: int, cache_dir: str | None = None) -> list[Ro
         # a suppressor no searched value reaches runs once (every trial asks for the same
         # stage: the cache); else once per trial, plus once at the defaults when a
         # robustifier builds on it (the suppressed baseline)
-        searched = first.spec != suppressor(cfg.defender, common, method, cfg.defender.method_params(method)).spec
+        searched = first.spec != suppressor(cfg.defender, common, method, {}).spec
         out.append(row(f"unlearn {first.spec.method}", trials + cfg.defender.robust(method) if searched else 1, first))
         for step in robustifiers:  # a distillation may stop early: costed at its budget
             out.append(row(f"{step.name} (on {first.spec.method})", trials, step))

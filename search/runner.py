@@ -321,7 +321,6 @@ def _fit(runner: Runner, stage: str, spec: dict, inputs: dict[str, str], staged:
     return json.loads((staged / cache.RESULT_FILE).read_text())
 
 
-# Resident attack workers.
 # Resident attack workers: the attacks of one adversary search run on copies of the released
 # model that stay loaded (``trainables.resident.ResidentModel``), one per concurrent attack.
 #

@@ -226,8 +226,7 @@ def suppress(ctx: Context, method: str, params: dict, reference: StageRef) -> St
     """The suppressed model: the first step of ``method``'s pipeline at searched ``params``
     (cached per distinct spec, so every trial of one unlearning config robustifies the same
     model)."""
-    values = {**ctx.cfg.defender.method_params(method), **params}
-    step = defender_config.suppressor(ctx.cfg.defender, common_spec(ctx.cfg), method, values)
+    step = defender_config.suppressor(ctx.cfg.defender, common_spec(ctx.cfg), method, params)
     return run_stage(ctx.runner, step.stage, step.spec, {"model": reference})
 
 
@@ -307,7 +306,7 @@ def verify_trial(ctx: Context, trial_id: str, ref_flops: float) -> dict:
 def suppressed_key(cfg: ExperimentConfig, method: str, reference: StageRef) -> str:
     """Cache key of the suppressed model of ``method`` at its fixed and default hyperparameters
     (the ``suppressed`` baseline's model, the teacher its robustified trials share)."""
-    step = defender_config.suppressor(cfg.defender, common_spec(cfg), method, cfg.defender.method_params(method))
+    step = defender_config.suppressor(cfg.defender, common_spec(cfg), method, {})
     return cache_key(step.stage, step.spec, {"model": reference.key})
 
 
