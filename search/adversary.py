@@ -178,6 +178,7 @@ def adversary_search(
     # attack id → the FLOPs cap it ran under: a re-run of an attack the budget cut is cut alike,
     # so that it trains the same schedule and evaluates at the cut step its checkpoint may be
     caps: dict[str, float | None] = {}
+    seeds: dict[str, int] = {}  # attack id → its seed, from which its re-runs' seeds derive
     lock = threading.Lock()  # concurrent attacks append rows and add up FLOPs
 
     def run_attack(attack_id: str, params: dict, attack_seed: int, source: str, extra: dict | None = None) -> dict:
@@ -194,7 +195,7 @@ def adversary_search(
             raise
         m, pruned = ref.result["metrics"], ref.result.get("pruned_at") is not None
         with lock:
-            points[attack_id] = params
+            points[attack_id], seeds[attack_id] = params, attack_seed
             caps[attack_id] = spec.model_dump().get("max_flops")
             out.attacks.append({
                 **row, "seq": len(out.attacks), "status": "pruned" if pruned else "ok", "error": None, **m,
@@ -219,7 +220,7 @@ def adversary_search(
         if a.budget:
             limit = a.budget_flops * ref_flops if a.budget_flops is not None else None
             out.study = _search(cfg, seed, tag, released, exp_dir, run_attack, lambda: out.search_flops, limit, role)
-        _choose_and_reseed(cfg, out, seed, points, caps, run_attack)
+        _choose_and_reseed(cfg, out, seeds, points, caps, run_attack)
     finally:
         if pool is not None:
             pool.close()
@@ -260,10 +261,17 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         study.enqueue_trial(point, skip_if_exists=True)
     # training-free attacks of the informed start cost an evaluation each: not counted as runs
     free = sum(training_free(family_of(cfg, p)) for p in start)
+    # TPE draws among the families the start tried: a family it has not seen is all prior weight,
+    # and at a small run budget one such draw costs the leading family a refinement
+    tried = {family_of(cfg, p) for p in start}
+    drawn = [f for f in families if f in tried] or families
+
+    repeats: dict[str, int] = {}  # point → how many times it ran: a repeat of it gets a seed of its own
+    repeats_lock = threading.Lock()
 
     def objective(trial: optuna.Trial) -> float:
-        family = trial.suggest_categorical("family", families) if "family" not in a.params and len(families) > 1 \
-            else families[0]
+        family = trial.suggest_categorical("family", drawn) if "family" not in a.params and len(drawn) > 1 \
+            else drawn[0]
         params = suggest(trial, a.family_space(family))  # each family's dimensions: conditional on it
         if family == "finetune" and {**a.params, **params}.get("kind", "full") == "lora":
             params.update(suggest(trial, lora_space))  # a conditional space
@@ -275,7 +283,13 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
         extra = {"prune": prune_rule(cfg, study)}
         if limit is not None:
             extra["max_flops"] = max(0.0, limit - spent())
-        result = run_attack(f"{trial_id}-a{trial.number}", params, seed_of(seed, trial.number), "search", extra)
+        # the attack's seed follows what it is, not when it ran: the same point gets the same seed in
+        # a search of its family alone and in one across families (common random numbers: the two
+        # compare on their choices, not on seed luck, and the cache serves the repeat)
+        point = json.dumps({**params, "family": family}, sort_keys=True)
+        with repeats_lock:
+            repeats[point] = k = repeats.get(point, -1) + 1
+        result = run_attack(f"{trial_id}-a{trial.number}", params, seed_of(seed, point, k), "search", extra)
         if result.get("truncated_at") is not None and result.get("pruned_at") is None and result.get("stopped_at") is None:
             study.stop()  # it ran to the end of the budget: nothing more fits (a stopped one left some)
         for step, key, value in result["curve"]:  # the V_sel trajectory, for the pruner
@@ -298,7 +312,11 @@ def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -
     """The first points of a model's adversary search: up to ``attack.archive`` of the attacks
     strongest against other models of this experiment, then up to ``attack.prior`` points of
     the literature's prior, each restricted to the searched dimensions (bounds applied), without
-    repeats."""
+    repeats. Training-free families' points come first (uncounted). The other trained families'
+    points (steer, soft prompt, prefix) come last and only while the counted points stay within
+    half of ``attack.budget``: the rest is TPE's, to refine what the start found (on every panel
+    measured the fine-tune is the strongest family; at the quick budget of 4, three such points
+    would leave the fine-tune only its 2 prior points)."""
     a = cfg.attack
     families = a.searched_families()
     found = archive.strongest(exp_dir, a.archive, exclude_key=model_key) if exp_dir and a.archive else []
@@ -306,7 +324,7 @@ def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -
     free = [{**p, "family": f} for f in families if f != "finetune" and training_free(f) for p in FAMILY_PRIORS[f]]
     tuned = [{**p, "family": f} for f in families if f != "finetune" and not training_free(f) for p in FAMILY_PRIORS[f]]
     finetune = [{**p, "family": "finetune"} for p in PRIOR[: a.prior]] if "finetune" in families else []
-    out, seen = [], set()
+    out, seen, counted = [], set(), 0
     for point in [*free, *found, *finetune, *tuned]:
         family = point.get("family", "finetune")
         if family not in families:
@@ -321,9 +339,13 @@ def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -
         if names_family(family, families, a.params):
             p["family"] = family
         key = json.dumps(p, sort_keys=True)
-        if p and key not in seen:
-            seen.add(key)
-            out.append(p)
+        if not p or key in seen:
+            continue
+        if counted and counted >= a.budget // 2 and any(point is t for t in tuned):
+            break  # the tuned points are last: TPE gets the rest
+        seen.add(key)
+        out.append(p)
+        counted += not training_free(family)
     return out
 
 
@@ -335,7 +357,7 @@ def choose(rows: list[dict]) -> dict | None:
     return max(ran, key=lambda r: (r["forget_acc_sel_max"], -r["seq"])) if ran else None
 
 
-def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, points: dict, caps: dict,
+def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seeds: dict, points: dict, caps: dict,
                        run_attack) -> None:
     """Choose the strongest (attack, checkpoint) on V_sel, re-run it ``attack.reseeds`` times
     (to that checkpoint, under the FLOPs cap it ran under; not a deterministic family's), and set
@@ -346,15 +368,14 @@ def _choose_and_reseed(cfg: ExperimentConfig, out: AttackOutcome, seed: int, poi
     out.best_attack_id, out.best_step = best["attack_id"], int(best["best_step"])
     out.attacked_sel = best["forget_acc_sel_max"]
     values = [best["forget_acc_rep_at_best"]]
-    # the re-runs' seeds name the attack without its trial: Tune's trial ids are random, and the
-    # same config and seed must re-run with the same seeds (``seed`` already names the model)
-    local_id = best["attack_id"].removeprefix(best["trial_id"])
+    # the re-runs' seeds derive from the attack's own (which names the model and the point), not
+    # from its id: Tune's trial ids are random, and the same attack must re-run with the same seeds
     # a deterministic family's re-run (quantize's) would give the same model
     reseeds = cfg.attack.reseeds if FAMILIES[best.get("attack.family", "finetune")].SEEDED else 0
     for i in range(reseeds):
         try:
             result = run_attack(f"{best['attack_id']}-r{i + 1}", points[best["attack_id"]],
-                                seed_of(seed, "reseed", local_id, i), "reseed",
+                                seed_of(seeds[best["attack_id"]], "reseed", i), "reseed",
                                 {"stop_at": out.best_step, "past_peak": None, "max_flops": caps.get(best["attack_id"])})
         except Exception:
             continue  # a failed re-run is a row with its error; the mean is over those that ran

@@ -203,6 +203,30 @@ def test_unlearning_under_a_quarter_of_a_4bit_step_rounds_back_under_4bit_not_8b
     assert unlearned <= 0.25 and back4 >= 0.9 and back8 <= unlearned + 0.1, (unlearned, back4, back8)
 
 
+def test_an_attack_runs_alike_searched_alone_or_across_families_and_tpe_draws_families_the_start_tried(tmp_path):
+    """Common random numbers: an attack's seed follows its point, so the fine-tune's informed
+    attacks score the same in a fine-tune-only search and in the cross-family one (and its chosen
+    attack's re-runs too). TPE then draws only families the informed start tried: at budget 4
+    steer's informed point does not fit in half the run budget, so no steer attack runs."""
+    sets = [*TINY, "attack.budget=4", "attack.prior=2", f"cache_dir={tmp_path / 'cache'}"]
+    cross_cfg = config.load(None, [*sets, "attack.families=null"])
+    alone_cfg = config.load(None, [*sets, "attack.families=[finetune]"])
+    runner = Runner(tmp_path / "cache", "local")
+    ref = pretrained(Context(cross_cfg, "e", str(tmp_path / "e"), runner), "reference")
+    cross = adversary_search(runner, cross_cfg, ref, "t", "e", 400)
+    alone = adversary_search(runner, alone_cfg, ref, "t", "e", 400)
+
+    def prior_scores(out):
+        rows = [r for r in out.attacks if r["attack.source"] == "search" and r["attack.family"] == "finetune"]
+        return [(r["attack.lr"], r["attack.data"], r["forget_acc_sel_max"], r["forget_acc_rep_at_best"]) for r in rows[:2]]
+
+    assert prior_scores(cross) == prior_scores(alone)
+    searched = [r for r in cross.attacks if r["attack.source"] == "search"]
+    assert len(searched) == 4 + sum(training_free(r["attack.family"]) for r in searched[:-2])
+    assert "steer" not in {r["attack.family"] for r in cross.attacks}
+    assert {r["attack.family"] for r in searched} <= {"finetune", *(f for f in FAMILIES if training_free(f))}
+
+
 def test_cross_family_search_runs_training_free_families_first_and_reports_each(tmp_path):
     cfg = config.load(None, [*TINY, "attack.families=null", f"cache_dir={tmp_path / 'cache'}"])
     # default: every family the model takes (a fresh GPT-2 has no position before a question)
@@ -213,7 +237,15 @@ def test_cross_family_search_runs_training_free_families_first_and_reports_each(
     start = informed_start(cfg, None, ref.key)
     free = [p for p in start if training_free(p["family"])]
     assert start[: len(free)] == free and {p["family"] for p in free} == {"quantize", "prune", "ablate"}
-    assert start[-1]["family"] == "steer"  # a trained family's informed point after the fine-tune's
+    # a trained family's informed point comes after the fine-tune's, only while the counted points
+    # stay within half the run budget (budget 2: the fine-tune's prior already takes that half)
+    assert "steer" not in {p["family"] for p in start} and start[-1]["family"] == "finetune"
+    wide = config.load(None, [*TINY, "attack.families=null", "attack.budget=8", "attack.prior=2"])
+    counted = [p["family"] for p in informed_start(wide, None, ref.key) if not training_free(p["family"])]
+    assert counted == ["finetune", "finetune", "steer"]
+    llama = config.load(None, [*TINY, "attack.families=null", "attack.budget=8", "attack.prior=2", "model.arch=llama"])
+    counted = [p["family"] for p in informed_start(llama, None, ref.key) if not training_free(p["family"])]
+    assert counted == ["finetune", "finetune", "prefix", "soft_prompt"]  # 4 of 8: steer is TPE's to draw
     out = adversary_search(runner, cfg, ref, "t", "e", 400)
     searched = [a for a in out.attacks if a["attack.source"] == "search"]
     assert len(searched) == cfg.attack.budget + len(free)  # free points are not counted as runs
