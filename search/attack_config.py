@@ -75,7 +75,9 @@ class AttackConfig(Strict):
     # every registered family that the model can take (a family that puts tokens before each
     # question needs positions for them: search/attack_families.py fit_families). With more than one,
     # the family is a searched dimension and each family's dimensions are drawn only for it;
-    # training-free families' informed points run first and do not count against a run-count budget.
+    # training-free families' informed points run first and do not count against a run-count budget;
+    # other trained families' informed points join while the counted ones stay within half of
+    # budget, and TPE draws among the families the informed start tried.
     families: list[str] | None = None
     _every_family: bool = PrivateAttr(False)  # families was None: every family that fits
 
