@@ -259,11 +259,11 @@ def _search(cfg: ExperimentConfig, seed: int, trial_id: str, released: StageRef,
     start = informed_start(cfg, exp_dir, released.key)
     for point in start:
         study.enqueue_trial(point, skip_if_exists=True)
+    tried = [family_of(cfg, p) for p in start]
     # training-free attacks of the informed start cost an evaluation each: not counted as runs
-    free = sum(training_free(family_of(cfg, p)) for p in start)
+    free = sum(map(training_free, tried))
     # TPE draws among the families the start tried: a family it has not seen is all prior weight,
     # and at a small run budget one such draw costs the leading family a refinement
-    tried = {family_of(cfg, p) for p in start}
     drawn = [f for f in families if f in tried] or families
 
     repeats: dict[str, int] = {}  # point → how many times it ran: a repeat of it gets a seed of its own
@@ -325,7 +325,8 @@ def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -
     tuned = [{**p, "family": f} for f in families if f != "finetune" and not training_free(f) for p in FAMILY_PRIORS[f]]
     finetune = [{**p, "family": "finetune"} for p in PRIOR[: a.prior]] if "finetune" in families else []
     out, seen, counted = [], set(), 0
-    for point in [*free, *found, *finetune, *tuned]:
+    first_tuned = len(free) + len(found) + len(finetune)  # the tuned points are last
+    for i, point in enumerate([*free, *found, *finetune, *tuned]):
         family = point.get("family", "finetune")
         if family not in families:
             continue  # an archived attack of a family this search does not draw
@@ -341,8 +342,9 @@ def informed_start(cfg: ExperimentConfig, exp_dir: str | None, model_key: str) -
         key = json.dumps(p, sort_keys=True)
         if not p or key in seen:
             continue
-        if counted and counted >= a.budget // 2 and any(point is t for t in tuned):
-            break  # the tuned points are last: TPE gets the rest
+        # past half the budget TPE gets the rest (with nothing counted yet, one tuned point joins)
+        if i >= first_tuned and counted and counted >= a.budget // 2:
+            break
         seen.add(key)
         out.append(p)
         counted += not training_free(family)

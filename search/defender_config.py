@@ -332,9 +332,9 @@ def resolve(d: DefenderConfig, common: Common, point: dict[str, Any]) -> Resolve
     ``<method>.<name>``, else plain names; a shared stage's (UNDO's) ``<scope>.<name>``. The
     pipeline: the unlearning that makes the suppressed model from the reference (on a
     safeguard: the safeguard, at its fixed parameters); then, on a safeguard, the method's own
-    stage at the point's values; then each configured ``FOLLOWERS`` stage (UNDO's distillation),
-at the point's ``<name>.<dimension>`` values. A stage's values are
-    its defaults, overridden by the config's loop, its fixed ``params``, then the point."""
+    stage at the point's values; then each configured ``FOLLOWERS`` stage (UNDO's distillation)
+    at the point's ``<name>.<dimension>`` values. A stage's values are its defaults, overridden
+    by the config's loop, its fixed ``params``, then the point."""
     several = points.METHOD in point
     method = point.get(points.METHOD, d.methods[0])
     mine: dict[str, Any] = {}
